@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/sluicegw/sluice/cmd/sluice/chat"
+	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/longpoll"
+	"github.com/sluicegw/sluice/topics"
+)
+
+// serveConfig is the configuration of `sluice serve`.
+type serveConfig struct {
+	Addr            string
+	Secret          string
+	APIKey          string
+	RedisURL        string
+	LongpollWindow  time.Duration
+	SessionTimeout  time.Duration
+	TokenMaxAge     time.Duration
+	History         int
+	HistoryTTL      time.Duration
+	MaxBodyBytes    int
+	ShutdownTimeout time.Duration
+	LogLevel        string
+	LogFormat       string
+}
+
+func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
+	cfg := &serveConfig{}
+	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, the HTTP API at /api, /healthz and /readyz.", stderr)
+	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
+	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
+	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for /api/*; unset: /api/* answers 403")
+	fs.string(&cfg.RedisURL, "redis", "REDIS_URL", "", "Redis URL for shared state; empty: the embedded in-memory store (one instance)")
+	fs.duration(&cfg.LongpollWindow, "longpoll-window", "SLUICE_LONGPOLL_WINDOW", 10*time.Second, "how long a long-poll waits for messages before answering 204 (keep under phoenix.js's 20s timeout)")
+	fs.duration(&cfg.SessionTimeout, "session-timeout", "SLUICE_SESSION_TIMEOUT", 15*time.Second, "how long a session lives after its client's last poll ended; then its presence leaves")
+	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens, whatever the token embeds (the seed's max_age: 86400)")
+	fs.int(&cfg.History, "history", "SLUICE_HISTORY", 1000, "messages kept per topic for clients that fall behind or resume")
+	fs.duration(&cfg.HistoryTTL, "history-ttl", "SLUICE_HISTORY_TTL", time.Hour, "how long a topic's history is kept after its last message")
+	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
+	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long to wait for requests in flight on SIGTERM/SIGINT")
+	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
+	fs.string(&cfg.LogFormat, "log-format", "SLUICE_LOG_FORMAT", "text", "text or json")
+	if err := fs.parse(args); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, err)
+			return nil, errUsage
+		}
+		return nil, err
+	}
+	switch {
+	case cfg.LongpollWindow <= 0 || cfg.LongpollWindow >= 20*time.Second:
+		return nil, fmt.Errorf("--longpoll-window must be between 0 and 20s (phoenix.js gives up on a request after 20s), got %s", cfg.LongpollWindow)
+	case cfg.SessionTimeout <= 0:
+		return nil, fmt.Errorf("--session-timeout must be positive, got %s", cfg.SessionTimeout)
+	case cfg.TokenMaxAge <= 0:
+		return nil, fmt.Errorf("--token-max-age must be positive, got %s", cfg.TokenMaxAge)
+	case cfg.History <= 0:
+		return nil, fmt.Errorf("--history must be positive, got %d", cfg.History)
+	case cfg.MaxBodyBytes <= 0:
+		return nil, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBodyBytes)
+	case cfg.Secret != "" && len(cfg.Secret) < 20:
+		return nil, errors.New("--secret must be at least 20 bytes long (as Phoenix requires of secret_key_base)")
+	}
+	return cfg, nil
+}
+
+func newLogger(cfg *serveConfig, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch cfg.LogFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, got %q", cfg.LogFormat)
+}
+
+func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
+	cfg, err := parseServeFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.RedisURL != "" {
+		return errors.New("--redis / REDIS_URL: the Redis store is not built yet; leave it empty to use the embedded in-memory store")
+	}
+	if cfg.Secret == "" {
+		var b [32]byte
+		_, _ = rand.Read(b[:])
+		cfg.Secret = hex.EncodeToString(b[:])
+		log.Warn("no --secret or SLUICE_SECRET: using a random secret; tokens signed by other processes (sluice token, your Phoenix app) will not verify")
+	}
+	srv, err := newServer(cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	return srv.serve(ctx, ln)
+}
+
+// server is a running gateway with its HTTP front.
+type server struct {
+	cfg    *serveConfig
+	log    *slog.Logger
+	gw     *gateway.Gateway
+	broker *topics.MemoryBroker
+	echo   *echo.Echo
+}
+
+func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
+	broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL)
+	store := gateway.NewMemoryStore()
+	app := chat.New(chat.NewMemoryStore(chat.HistorySize * 10))
+	router := &topics.Router[gateway.Handler]{}
+	app.Register(router)
+	gw, err := gateway.New(gateway.Config{
+		Router:         router,
+		Authenticate:   gateway.TokenAuthenticator(cfg.Secret, cfg.TokenMaxAge),
+		Sessions:       store,
+		Presence:       store,
+		Broker:         broker,
+		SessionTimeout: cfg.SessionTimeout,
+		Logger:         log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &server{cfg: cfg, log: log, gw: gw, broker: broker, echo: echo.New()}
+	e := s.echo
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.httpError
+	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Logger: log}).Register(e, "/socket/longpoll")
+	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
+	e.GET("/readyz", func(c echo.Context) error { return c.String(http.StatusOK, "ready\n") })
+	api := e.Group("/api", middleware.BodyLimit(strconv.Itoa(cfg.MaxBodyBytes)+"B"), s.requireAPIKey)
+	s.registerAPI(api)
+	app.RegisterAPI(api)
+	return s, nil
+}
+
+// httpError answers errors as JSON {"error": "..."} so that curl users see why.
+func (s *server) httpError(err error, c echo.Context) {
+	if c.Response().Committed {
+		return
+	}
+	code, msg := http.StatusInternalServerError, "internal error"
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		code = he.Code
+		msg = fmt.Sprint(he.Message)
+	} else {
+		s.log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+	}
+	if code == http.StatusRequestEntityTooLarge {
+		msg = fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes)
+	}
+	_ = c.JSON(code, map[string]string{"error": msg})
+}
+
+// serve runs until ctx is done, then shuts down gracefully.
+func (s *server) serve(ctx context.Context, ln net.Listener) error {
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	go s.gw.Run(runCtx, time.Second)
+	go s.broker.Run(runCtx, time.Minute)
+	hs := &http.Server{
+		Handler:           s.echo,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", "memory", "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.cfg.APIKey != "")
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
+	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer scancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		s.log.Warn("shutdown deadline passed; closing connections", "err", err)
+		_ = hs.Close()
+	}
+	s.log.Info("stopped")
+	return nil
+}
+
+// trimBearer returns the key of an "Authorization: Bearer <key>" header.
+func trimBearer(h string) (string, bool) {
+	scheme, key, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(key), true
+}

@@ -1,0 +1,417 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/url"
+	"runtime/debug"
+	"slices"
+	"time"
+
+	"github.com/sluicegw/sluice/topics"
+)
+
+// Config wires a Gateway.
+type Config struct {
+	// Router maps topic patterns to channel handlers.
+	Router *topics.Router[Handler]
+	// Authenticate verifies a connecting client (see TokenAuthenticator).
+	Authenticate Authenticator
+	// Sessions, Presence and Broker hold the shared state.
+	Sessions SessionStore
+	Presence PresenceStore
+	Broker   topics.Broker
+	// SessionTimeout is how long a session lives after its client's last
+	// request ended; a poll in progress keeps it alive. Default 15s.
+	SessionTimeout time.Duration
+	// MaxChannels is the number of channels one session may join (Phoenix's
+	// max_channels_per_transport). Default 100.
+	MaxChannels int
+	// MaxPollMessages bounds the frames returned by one poll; the rest wait
+	// for the next. Default 1000.
+	MaxPollMessages int
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Gateway is the channel core. It is safe for concurrent use; it keeps no
+// per-session state of its own, so several Gateways (one per instance) can
+// share the same stores.
+type Gateway struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// ConnectInfo is what a transport knows about a connecting client.
+type ConnectInfo struct {
+	// Params are the connect request's query parameters.
+	Params url.Values
+	// Token is the user token (from the `token` param or X-Phoenix-AuthToken).
+	Token string
+	// Vsn is the requested protocol version.
+	Vsn string
+}
+
+// Identity is an authenticated user.
+type Identity struct {
+	// UserID is the id as the token carried it: a JSON number or string.
+	UserID json.RawMessage
+	// Name is the display name, if the token had one.
+	Name string
+}
+
+// Authenticator verifies a connecting client, like a Phoenix socket's
+// connect/3. An error refuses the connection.
+type Authenticator func(ctx context.Context, info ConnectInfo) (Identity, error)
+
+// ErrUnauthorized is returned by Connect when the Authenticator refuses.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// New returns a Gateway for cfg.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Router == nil || cfg.Authenticate == nil || cfg.Sessions == nil || cfg.Presence == nil || cfg.Broker == nil {
+		return nil, errors.New("gateway: Router, Authenticate, Sessions, Presence and Broker are required")
+	}
+	if cfg.SessionTimeout <= 0 {
+		cfg.SessionTimeout = 15 * time.Second
+	}
+	if cfg.MaxChannels <= 0 {
+		cfg.MaxChannels = 100
+	}
+	if cfg.MaxPollMessages <= 0 {
+		cfg.MaxPollMessages = 1000
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Gateway{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// SessionTimeout returns the configured session timeout.
+func (g *Gateway) SessionTimeout() time.Duration { return g.cfg.SessionTimeout }
+
+// Connect authenticates a client and creates its session. It returns the
+// token the client resumes the session with.
+func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, error) {
+	ser, err := SerializerFor(info.Vsn)
+	if err != nil {
+		return SessionToken{}, err
+	}
+	id, err := g.cfg.Authenticate(ctx, info)
+	if err != nil {
+		return SessionToken{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
+	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
+	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
+	if err != nil {
+		return SessionToken{}, fmt.Errorf("create session: %w", err)
+	}
+	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
+		return SessionToken{}, fmt.Errorf("create session: %w", err)
+	}
+	g.log.Debug("session created", "session", s.ID, "socket_id", s.SocketID(), "vsn", s.Vsn)
+	return SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, nil
+}
+
+// BatchError reports which frame of a batch could not be decoded. Nothing of
+// the batch was applied.
+type BatchError struct {
+	Index int // 0-based
+	Err   error
+}
+
+func (e *BatchError) Error() string { return fmt.Sprintf("frame %d: %v", e.Index+1, e.Err) }
+func (e *BatchError) Unwrap() error { return e.Err }
+
+// Handle applies the frames a client sent for its session, in order. Every
+// frame is decoded first: if one is malformed, nothing is applied and a
+// *BatchError says which. Replies and pushes go to the session's mailbox, to
+// be delivered by its next poll or stream.
+func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte) error {
+	s, err := g.cfg.Sessions.Load(ctx, sessionID)
+	if err != nil {
+		return err
+	}
+	ser, err := SerializerFor(s.Vsn)
+	if err != nil {
+		return err
+	}
+	msgs := make([]*Message, len(frames))
+	for i, f := range frames {
+		if msgs[i], err = ser.Decode(f); err != nil {
+			return &BatchError{Index: i, Err: err}
+		}
+	}
+	unlock, err := g.cfg.Sessions.Lock(ctx, sessionID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// Reload under the lock: another request may have changed the session.
+	if s, err = g.cfg.Sessions.Load(ctx, sessionID); err != nil {
+		return err
+	}
+	fx := &effects{}
+	for _, m := range msgs {
+		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
+			g.log.Debug("duplicate message ignored", "session", s.ID, "topic", m.Topic, "event", m.Event, "ref", *m.Ref)
+			continue
+		}
+		g.dispatch(ctx, s, m, fx)
+	}
+	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
+		return err
+	}
+	return fx.flush(ctx, g)
+}
+
+// dispatch routes one client message as Phoenix's socket does (PROTOCOL.md §3.1).
+func (g *Gateway) dispatch(ctx context.Context, s *Session, m *Message, fx *effects) {
+	reply := func(joinRef *string, status string, response any) {
+		p, _ := marshalPayload(response)
+		fx.mailbox(s.ID, &Message{JoinRef: joinRef, Ref: m.Ref, Topic: m.Topic, Event: EventReply, Payload: replyPayload(status, p)})
+	}
+	if m.Topic == TopicPhoenix && m.Event == EventHeartbeat {
+		reply(nil, "ok", nil)
+		return
+	}
+	ch := s.Channels[m.Topic]
+	switch {
+	case m.Event == EventJoin:
+		g.join(ctx, s, m, fx, reply)
+	case ch == nil && m.Event == EventLeave:
+		reply(m.JoinRef, "ok", nil)
+	case ch == nil:
+		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
+	case m.JoinRef != nil && !sameRef(m.JoinRef, ch.JoinRef):
+		// A message for an earlier join of this topic: dropped, as Phoenix does.
+		g.log.Debug("stale join_ref dropped", "session", s.ID, "topic", m.Topic, "event", m.Event, "join_ref", refString(m.JoinRef))
+	case m.Event == EventLeave:
+		reply(ch.JoinRef, "ok", nil)
+		g.endChannel(g.context(ctx, s, ch, fx), "left", true)
+	default:
+		g.handleIn(g.context(ctx, s, ch, fx), m, reply)
+	}
+}
+
+func (g *Gateway) context(ctx context.Context, s *Session, ch *ChannelState, fx *effects) *Context {
+	h, _, _ := g.cfg.Router.Match(ch.Topic)
+	return &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h, fx: fx}
+}
+
+func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects, reply func(*string, string, any)) {
+	h, _, ok := g.cfg.Router.Match(m.Topic)
+	if !ok {
+		g.log.Warn("join of unmatched topic", "session", s.ID, "topic", m.Topic)
+		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
+		return
+	}
+	old := s.Channels[m.Topic]
+	if old == nil && len(s.Channels) >= g.cfg.MaxChannels {
+		g.log.Error("too many channels joined", "session", s.ID, "topic", m.Topic, "limit", g.cfg.MaxChannels)
+		reply(m.JoinRef, "error", map[string]string{"reason": "too many channels joined"})
+		return
+	}
+	joinRef := m.JoinRef
+	if joinRef == nil {
+		joinRef = m.Ref // as Phoenix: the join's ref stands in for a V1 client's join_ref
+	}
+	ch := &ChannelState{Topic: m.Topic, JoinRef: joinRef, Slot: s.NextSlot}
+	c := &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h, fx: fx}
+	var r Reply
+	if crashed := g.protect(c, "join", func() { r = h.Join(c, m.Payload) }); crashed {
+		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
+		return
+	}
+	if r.status != "ok" {
+		if r.status == "" {
+			r = Error(map[string]string{"reason": "join refused"})
+		}
+		p, _ := marshalPayload(r.response)
+		reply(m.JoinRef, r.status, p)
+		return
+	}
+	head, err := g.cfg.Broker.Head(ctx, channelTopic(m.Topic))
+	if err != nil {
+		g.log.Error("join: read topic head", "session", s.ID, "topic", m.Topic, "err", err)
+		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
+		return
+	}
+	ch.Since = head
+	s.NextSlot++
+	if s.Channels == nil {
+		s.Channels = make(map[string]*ChannelState)
+	}
+	s.Channels[m.Topic] = ch
+	p, _ := marshalPayload(r.response)
+	reply(m.JoinRef, "ok", p)
+	if old != nil {
+		// Duplicate join: the new join's reply first, then the old channel's
+		// phx_close, which the client discards by its stale join_ref.
+		g.endChannel(&Context{ctx: ctx, gw: g, session: s, channel: old, handler: h, fx: fx}, "duplicate_join", true)
+	}
+	if r.stop {
+		g.endChannel(c, "closed", true)
+		return
+	}
+	if aj, ok := h.(AfterJoiner); ok {
+		var err error
+		if g.protect(c, "after_join", func() { err = aj.AfterJoin(c) }) || err != nil {
+			if err != nil {
+				g.log.Error("after_join failed", "session", s.ID, "topic", m.Topic, "err", err)
+			}
+			g.crash(c)
+		}
+	}
+}
+
+func (g *Gateway) handleIn(c *Context, m *Message, reply func(*string, string, any)) {
+	var r Reply
+	if g.protect(c, m.Event, func() { r = c.handler.HandleIn(c, m.Event, m.Payload) }) {
+		g.crash(c)
+		return
+	}
+	if r.status != "" {
+		p, _ := marshalPayload(r.response)
+		reply(c.channel.JoinRef, r.status, p)
+	}
+	if r.stop {
+		g.endChannel(c, "closed", true)
+	}
+}
+
+// protect runs f and reports whether it panicked, logging the panic: a
+// handler's crash ends its channel, never the process.
+func (g *Gateway) protect(c *Context, what string, f func()) (crashed bool) {
+	defer func() {
+		if v := recover(); v != nil {
+			crashed = true
+			g.log.Error("channel crashed", "session", c.session.ID, "topic", c.channel.Topic, "in", what, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+	return false
+}
+
+// crash ends a channel whose handler failed: the client gets phx_error and
+// rejoins, as with a crashed Phoenix channel process.
+func (g *Gateway) crash(c *Context) {
+	jr := c.channel.JoinRef
+	c.fx.mailbox(c.session.ID, &Message{JoinRef: jr, Ref: jr, Topic: c.channel.Topic, Event: EventError, Payload: json.RawMessage(`{"reason":"channel_crash"}`)})
+	g.endChannel(c, "crashed", false)
+}
+
+// endChannel removes a channel from its session, untracks its presence and
+// tells the handler. With notify the client gets phx_close (ref = join_ref).
+func (g *Gateway) endChannel(c *Context, reason string, notify bool) {
+	if cur := c.session.Channels[c.channel.Topic]; cur == c.channel {
+		delete(c.session.Channels, c.channel.Topic)
+	}
+	if notify {
+		jr := c.channel.JoinRef
+		c.fx.mailbox(c.session.ID, &Message{JoinRef: jr, Ref: jr, Topic: c.channel.Topic, Event: EventClose, Payload: emptyObject})
+	}
+	if err := g.untrackChannel(c); err != nil {
+		g.log.Error("untrack presence", "session", c.session.ID, "topic", c.channel.Topic, "err", err)
+	}
+	if t, ok := c.handler.(Terminator); ok {
+		g.protect(c, "terminate", func() { t.Terminate(c, reason) })
+	}
+}
+
+// Broadcast sends event to every subscriber of topic, like Phoenix's
+// Endpoint.broadcast/3. Interceptors apply per subscriber.
+func (g *Gateway) Broadcast(ctx context.Context, topic, event string, payload any) error {
+	p, err := marshalPayload(payload)
+	if err != nil {
+		return fmt.Errorf("broadcast %s: %w", event, err)
+	}
+	return g.publish(ctx, topic, event, p, "")
+}
+
+func (g *Gateway) publish(ctx context.Context, topic, event string, payload json.RawMessage, from string) error {
+	fx := &effects{}
+	fx.topic(topic, event, payload, from)
+	return fx.flush(ctx, g)
+}
+
+// Disconnect ends every session of socketID, like broadcasting "disconnect"
+// to a Phoenix socket id: their channels end without a message, their
+// presences leave, and their clients' next requests find no session (so
+// phoenix.js reconnects and rejoins). It returns how many sessions ended.
+func (g *Gateway) Disconnect(ctx context.Context, socketID string) (int, error) {
+	ids, err := g.cfg.Sessions.BySocket(ctx, socketID)
+	if err != nil {
+		return 0, fmt.Errorf("disconnect %s: %w", socketID, err)
+	}
+	n := 0
+	for _, id := range ids {
+		s, err := g.cfg.Sessions.Remove(ctx, id)
+		if errors.Is(err, ErrNoSession) {
+			continue
+		}
+		if err != nil {
+			return n, fmt.Errorf("disconnect %s: %w", socketID, err)
+		}
+		g.endSession(ctx, s, "disconnected")
+		n++
+	}
+	return n, nil
+}
+
+// endSession finishes a session already removed from the store: its
+// channels end (presence leaves), and polls waiting on it are woken.
+func (g *Gateway) endSession(ctx context.Context, s *Session, reason string) {
+	fx := &effects{}
+	topicsOf := slices.Sorted(maps.Keys(s.Channels))
+	for _, t := range topicsOf {
+		g.endChannel(g.context(ctx, s, s.Channels[t], fx), reason, false)
+	}
+	// Wake the session's waiting poll so it finds the session gone at once.
+	fx.items = append(fx.items, effect{mailboxTopic(s.ID), encodeRecord(&Message{Topic: TopicPhoenix, Event: EventClose, Payload: emptyObject}, "")})
+	if err := fx.flush(ctx, g); err != nil {
+		g.log.Error("end session", "session", s.ID, "err", err)
+	}
+	if err := g.cfg.Broker.Delete(ctx, mailboxTopic(s.ID)); err != nil {
+		g.log.Error("end session: delete mailbox", "session", s.ID, "err", err)
+	}
+	g.log.Info("session ended", "session", s.ID, "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
+}
+
+// ExpireSessions ends the sessions whose deadline passed and returns how many.
+func (g *Gateway) ExpireSessions(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		batch, err := g.cfg.Sessions.Claim(ctx, time.Now(), 100)
+		if err != nil {
+			return n, fmt.Errorf("expire sessions: %w", err)
+		}
+		for _, s := range batch {
+			g.endSession(ctx, s, "expired")
+		}
+		n += len(batch)
+		if len(batch) < 100 {
+			return n, nil
+		}
+	}
+}
+
+// Run expires idle sessions every interval until ctx is done.
+func (g *Gateway) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := g.ExpireSessions(ctx); err != nil && ctx.Err() == nil {
+				g.log.Error("session expiry", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,187 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/sluicegw/sluice/topics"
+)
+
+// Delivery is what a poll returns: the encoded frames, oldest first, and the
+// token that acknowledges them.
+type Delivery struct {
+	Frames [][]byte
+	Token  SessionToken
+}
+
+// Poll returns the frames for the session after the token's cursor, waiting
+// up to wait for some to arrive. With none, it returns an empty Delivery and
+// the same token. A retried poll with the same token gets the same frames:
+// nothing is acknowledged until the client presents the returned token.
+func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration) (*Delivery, error) {
+	s, err := g.cfg.Sessions.Load(ctx, tok.SessionID)
+	if err != nil {
+		return nil, err
+	}
+	// A poll in progress keeps its session alive; when it ends the session
+	// has SessionTimeout left for the next one.
+	if err := g.cfg.Sessions.Touch(ctx, s.ID, time.Now().Add(wait+g.cfg.SessionTimeout)); err != nil {
+		return nil, err
+	}
+	defer func() {
+		_ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), s.ID, time.Now().Add(g.cfg.SessionTimeout))
+	}()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	var listener *topics.Listener
+	defer func() {
+		if listener != nil {
+			listener.Close()
+		}
+	}()
+	for {
+		d, err := g.collect(ctx, s, tok.Cursor)
+		if err != nil || len(d.Frames) > 0 {
+			return d, err
+		}
+		if listener == nil {
+			// Listen, then look again, so nothing published in between is missed.
+			listener = g.cfg.Broker.Listen(sessionTopics(s)...)
+			continue
+		}
+		select {
+		case <-listener.C:
+		case <-timer.C:
+			return &Delivery{Token: tok}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		// The session may have joined or left channels meanwhile, or ended.
+		if s, err = g.cfg.Sessions.Load(ctx, tok.SessionID); err != nil {
+			return nil, err
+		}
+		listener.Close()
+		listener = nil
+	}
+}
+
+// sessionTopics lists the broker topics a session's deliveries come from.
+func sessionTopics(s *Session) []string {
+	out := []string{mailboxTopic(s.ID)}
+	for t := range s.Channels {
+		out = append(out, channelTopic(t))
+	}
+	return out
+}
+
+// timedFrame is a frame with the time its record was made, to merge sources.
+type timedFrame struct {
+	time  int64
+	frame []byte
+}
+
+// collect reads what the session has after cursor from its mailbox and its
+// channels' topics, applies broadcast_from exclusions and interceptors, and
+// encodes it with the session's serializer.
+func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Delivery, error) {
+	ser, err := SerializerFor(s.Vsn)
+	if err != nil {
+		return nil, err
+	}
+	limit := g.cfg.MaxPollMessages
+	next := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
+	var out []timedFrame
+	emit := func(t int64, m *Message) {
+		b, err := ser.Encode(m)
+		if err != nil {
+			g.log.Error("encode frame", "session", s.ID, "topic", m.Topic, "event", m.Event, "err", err)
+			return
+		}
+		out = append(out, timedFrame{t, b})
+	}
+
+	mb, err := g.cfg.Broker.Read(ctx, mailboxTopic(s.ID), cur.Mailbox, limit)
+	if err != nil {
+		return nil, err
+	}
+	if mb.Gap {
+		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", s.ID)
+	}
+	for _, rec := range mb.Records {
+		next.Mailbox = rec.Seq
+		r, err := decodeRecord(rec.Data)
+		if err != nil {
+			g.log.Error("bad mailbox record", "session", s.ID, "err", err)
+			continue
+		}
+		if r.Topic == TopicPhoenix && r.Event == EventClose {
+			continue // the session-ended wake-up, not for the client
+		}
+		emit(r.Time, &r.Message)
+	}
+
+	for _, t := range slices.Sorted(maps.Keys(s.Channels)) {
+		ch := s.Channels[t]
+		after := ch.Since
+		if c, ok := cur.Slots[ch.Slot]; ok && c > after {
+			after = c
+		}
+		next.Slots[ch.Slot] = after
+		batch, err := g.cfg.Broker.Read(ctx, channelTopic(t), after, limit)
+		if err != nil {
+			return nil, err
+		}
+		if batch.Gap || mb.Gap {
+			// Messages were dropped before this client read them: tell it, so
+			// phoenix.js rejoins, rather than leave a silent gap.
+			g.log.Warn("client fell behind the retained history", "session", s.ID, "topic", t)
+			emit(time.Now().UnixNano(), &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
+			next.Slots[ch.Slot] = batch.Head
+			continue
+		}
+		c := g.context(ctx, s, ch, nil)
+		var intercepts []string
+		ic, _ := c.handler.(Interceptor)
+		if ic != nil {
+			intercepts = ic.Intercepts()
+		}
+		own := owner(s.ID, ch.Slot)
+		for _, rec := range batch.Records {
+			next.Slots[ch.Slot] = rec.Seq
+			r, err := decodeRecord(rec.Data)
+			if err != nil {
+				g.log.Error("bad topic record", "topic", t, "err", err)
+				continue
+			}
+			if r.From != "" && r.From == own {
+				continue
+			}
+			if ic != nil && slices.Contains(intercepts, r.Event) {
+				c.deliver = func(m *Message) { emit(r.Time, m) }
+				var err error
+				if g.protect(c, "handle_out", func() { err = ic.HandleOut(c, r.Event, r.Payload) }) || err != nil {
+					g.log.Error("handle_out failed", "session", s.ID, "topic", t, "event", r.Event, "err", err)
+				}
+				continue
+			}
+			emit(r.Time, &Message{Topic: t, Event: r.Event, Payload: r.Payload})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b timedFrame) int {
+		switch {
+		case a.time < b.time:
+			return -1
+		case a.time > b.time:
+			return 1
+		}
+		return 0
+	})
+	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out))}
+	for i, f := range out {
+		d.Frames[i] = f.frame
+	}
+	return d, nil
+}

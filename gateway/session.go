@@ -1,0 +1,192 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrNoSession is returned for a session that does not exist: never created,
+// expired, or disconnected.
+var ErrNoSession = errors.New("unknown or expired session")
+
+// Session is the state of one client connection (one phoenix.js Socket),
+// kept in a SessionStore so that any instance can serve its next request.
+type Session struct {
+	ID string `json:"id"`
+	// UserID is the user id as the token carried it: a JSON number or string.
+	UserID json.RawMessage `json:"uid"`
+	// Name is the user's display name from the token, if it had one.
+	Name string `json:"name,omitempty"`
+	// Vsn is the negotiated serializer version.
+	Vsn string `json:"vsn"`
+	// Channels holds the joined channels by topic.
+	Channels map[string]*ChannelState `json:"ch,omitempty"`
+	// NextSlot numbers the channels joined by this session; a slot is never
+	// reused, so a cursor for a left channel never applies to a later join.
+	NextSlot int `json:"slot"`
+	// RecentRefs remembers the refs of the latest handled messages, so that a
+	// replayed POST is not applied twice.
+	RecentRefs []string  `json:"refs,omitempty"`
+	CreatedAt  time.Time `json:"at"`
+}
+
+// ChannelState is one joined channel of a session.
+type ChannelState struct {
+	Topic   string  `json:"t"`
+	JoinRef *string `json:"j"`
+	// Slot identifies this join within the session (see Session.NextSlot).
+	Slot int `json:"s"`
+	// Since is the topic's head when the join completed: the session receives
+	// the topic's records after it.
+	Since uint64 `json:"c"`
+	// Assigns is the channel's state kept by its handler between messages.
+	Assigns map[string]json.RawMessage `json:"a,omitempty"`
+}
+
+// UserKey returns the user id as a string: the presence key and the suffix of
+// the socket id.
+func (s *Session) UserKey() string { return userKey(s.UserID) }
+
+func userKey(raw json.RawMessage) string {
+	var str string
+	if json.Unmarshal(raw, &str) == nil {
+		return str
+	}
+	return string(raw)
+}
+
+// SocketID is the Phoenix socket id, "user_socket:<user id>".
+func (s *Session) SocketID() string { return "user_socket:" + s.UserKey() }
+
+// owner identifies a channel of a session in presence entries and in
+// broadcast_from exclusions.
+func owner(sessionID string, slot int) string { return sessionID + "/" + strconv.Itoa(slot) }
+
+// mailboxTopic is the broker log of a session's own frames (replies and
+// pushes). Client topics live under "t:" so they can never reach it.
+func mailboxTopic(sessionID string) string { return "m:" + sessionID }
+
+// channelTopic is the broker log of a client topic.
+func channelTopic(topic string) string { return "t:" + topic }
+
+// newSessionID returns 128 random bits in hex.
+func newSessionID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// validSessionID reports whether id has the shape newSessionID makes.
+func validSessionID(id string) bool {
+	if len(id) != 32 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil
+}
+
+// rememberRef records ref as handled and reports whether it already was.
+func (s *Session) rememberRef(key string, limit int) (seen bool) {
+	for _, r := range s.RecentRefs {
+		if r == key {
+			return true
+		}
+	}
+	s.RecentRefs = append(s.RecentRefs, key)
+	if over := len(s.RecentRefs) - limit; over > 0 {
+		s.RecentRefs = append([]string(nil), s.RecentRefs[over:]...)
+	}
+	return false
+}
+
+// SessionStore keeps sessions. Implementations: MemoryStore, and the Redis
+// store. Both pass the conformance suite in gateway/storetest.
+type SessionStore interface {
+	// Create stores a new session that expires at deadline unless touched.
+	Create(ctx context.Context, s *Session, deadline time.Time) error
+	// Load returns the session or ErrNoSession.
+	Load(ctx context.Context, id string) (*Session, error)
+	// Save replaces a session that still exists; it returns ErrNoSession if the
+	// session expired or was deleted meanwhile, and never revives it.
+	Save(ctx context.Context, s *Session) error
+	// Touch moves the session's expiry deadline; ErrNoSession if it is gone.
+	Touch(ctx context.Context, id string, deadline time.Time) error
+	// Lock serializes the handling of one session's messages across
+	// instances. It waits up to ctx's deadline; unlock releases it.
+	Lock(ctx context.Context, id string) (unlock func(), err error)
+	// Claim removes and returns up to limit sessions whose deadline passed.
+	// Each expired session is returned by exactly one Claim, on one instance.
+	Claim(ctx context.Context, now time.Time, limit int) ([]*Session, error)
+	// Remove deletes the session and returns it; ErrNoSession if another
+	// caller removed it first (so its departure is announced exactly once).
+	Remove(ctx context.Context, id string) (*Session, error)
+	// BySocket lists the ids of the live sessions of a socket id.
+	BySocket(ctx context.Context, socketID string) ([]string, error)
+}
+
+// Cursor is a client's delivery position: the last record it received from
+// its session's mailbox and from each joined channel's topic (by slot).
+type Cursor struct {
+	Mailbox uint64
+	Slots   map[int]uint64
+}
+
+// SessionToken is what a transport hands to its client to resume a session:
+// the session id and the delivery cursor, "<id>.<mailbox>[.<slot>-<seq>...]".
+// Because the cursor travels with the client, a retried poll after a lost
+// response is answered from the same position, on any instance.
+type SessionToken struct {
+	SessionID string
+	Cursor    Cursor
+}
+
+// String encodes the token.
+func (t SessionToken) String() string {
+	var b strings.Builder
+	b.WriteString(t.SessionID)
+	b.WriteByte('.')
+	b.WriteString(strconv.FormatUint(t.Cursor.Mailbox, 10))
+	for slot, seq := range sortedSlots(t.Cursor.Slots) {
+		b.WriteByte('.')
+		b.WriteString(strconv.Itoa(slot))
+		b.WriteByte('-')
+		b.WriteString(strconv.FormatUint(seq, 10))
+	}
+	return b.String()
+}
+
+// ParseSessionToken decodes a token made by SessionToken.String.
+func ParseSessionToken(s string) (SessionToken, bool) {
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 || len(parts) > 2+maxChannelsHardLimit || !validSessionID(parts[0]) {
+		return SessionToken{}, false
+	}
+	t := SessionToken{SessionID: parts[0]}
+	var err error
+	if t.Cursor.Mailbox, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
+		return SessionToken{}, false
+	}
+	for _, p := range parts[2:] {
+		slotS, seqS, ok := strings.Cut(p, "-")
+		slot, err1 := strconv.Atoi(slotS)
+		seq, err2 := strconv.ParseUint(seqS, 10, 64)
+		if !ok || err1 != nil || err2 != nil || slot < 0 {
+			return SessionToken{}, false
+		}
+		if t.Cursor.Slots == nil {
+			t.Cursor.Slots = make(map[int]uint64)
+		}
+		t.Cursor.Slots[slot] = seq
+	}
+	return t, true
+}
+
+// maxChannelsHardLimit bounds the slots a token may carry, whatever the
+// configured channel limit, so parsing stays cheap on hostile input.
+const maxChannelsHardLimit = 1000

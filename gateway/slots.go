@@ -1,0 +1,23 @@
+package gateway
+
+import (
+	"iter"
+	"slices"
+)
+
+// sortedSlots iterates a cursor's slots in ascending order, so that tokens
+// are deterministic.
+func sortedSlots(m map[int]uint64) iter.Seq2[int, uint64] {
+	return func(yield func(int, uint64) bool) {
+		keys := make([]int, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if !yield(k, m[k]) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,249 @@
+// Package longpoll serves Phoenix's LongPoll transport, so that an unmodified
+// phoenix.js client (`new Socket("/socket", {transport: LongPoll})`) talks to
+// Sluice as it would to Phoenix. Every answer is HTTP 200 with a JSON body
+// whose "status" carries the outcome, as Phoenix's is; Sluice adds an "error"
+// field to refusals so that curl users see why.
+//
+// The transport is thin: the gateway does the channel work. Unlike Phoenix's,
+// the session token carries the client's delivery cursor, so any instance can
+// answer any request, and a poll retried after a lost response gets the same
+// messages again.
+package longpoll
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/sluicegw/sluice/gateway"
+)
+
+// Config tunes the transport.
+type Config struct {
+	// Window is how long a poll waits for messages before answering 204.
+	// Keep it well under phoenix.js's 20 s request timeout. Default 10s.
+	Window time.Duration
+	// MaxBodyBytes bounds a POST body; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// MaxFrames bounds the frames of one POST batch (phoenix.js sends at most
+	// 100). A larger batch is refused whole rather than cut silently.
+	MaxFrames int
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Transport is the LongPoll HTTP handler.
+type Transport struct {
+	gw  *gateway.Gateway
+	cfg Config
+}
+
+// New returns a Transport serving gw.
+func New(gw *gateway.Gateway, cfg Config) *Transport {
+	if cfg.Window <= 0 {
+		cfg.Window = 10 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.MaxFrames <= 0 {
+		cfg.MaxFrames = 100
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Transport{gw: gw, cfg: cfg}
+}
+
+// Register mounts the transport at path (Phoenix's is "/socket/longpoll").
+func (t *Transport) Register(e *echo.Echo, path string) {
+	e.Any(path, t.Serve)
+}
+
+// Serve answers one LongPoll request.
+func (t *Transport) Serve(c echo.Context) error {
+	h := c.Response().Header()
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Cache-Control", "no-store, private")
+	h.Set("X-Accel-Buffering", "no")
+	switch c.Request().Method {
+	case http.MethodOptions:
+		// CORS preflight, as Phoenix answers it.
+		h.Set("Access-Control-Allow-Headers", c.Request().Header.Get("Access-Control-Request-Headers"))
+		h.Set("Access-Control-Allow-Methods", "get, post, options")
+		h.Set("Access-Control-Max-Age", "3600")
+		return c.NoContent(http.StatusOK)
+	case http.MethodGet:
+		return t.poll(c)
+	case http.MethodPost:
+		return t.publish(c)
+	default:
+		return c.NoContent(http.StatusBadRequest)
+	}
+}
+
+// reply is a LongPoll answer body. Fields are in Phoenix's (sorted) order.
+type reply struct {
+	Error    string   `json:"error,omitempty"`
+	Messages []string `json:"messages,omitempty"`
+	Status   int      `json:"status"`
+	Token    string   `json:"token,omitempty"`
+}
+
+// pollReply always carries messages, even empty, as Phoenix's GET answers do.
+type pollReply struct {
+	Messages []string `json:"messages"`
+	Status   int      `json:"status"`
+	Token    string   `json:"token"`
+}
+
+func send(c echo.Context, httpStatus int, body any) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("encode longpoll reply: %w", err)
+	}
+	return c.Blob(httpStatus, "application/json; charset=utf-8", b)
+}
+
+// sessionToken finds the session token: the X-Phoenix-LongPoll-Token header
+// (phoenix.js 1.9), else the LAST `token` query parameter, because phoenix.js
+// appends it after the app's own params, which often hold the user token too.
+func sessionToken(r *http.Request) string {
+	if v := r.Header.Get("X-Phoenix-Longpoll-Token"); v != "" {
+		return v
+	}
+	vals := r.URL.Query()["token"]
+	if len(vals) == 0 {
+		return ""
+	}
+	return vals[len(vals)-1]
+}
+
+// userToken finds the user token for a new session: X-Phoenix-AuthToken
+// (phoenix.js authToken option), else the first `token` parameter that is not
+// a session token.
+func userToken(r *http.Request) string {
+	if v := r.Header.Get("X-Phoenix-AuthToken"); v != "" {
+		return v
+	}
+	for _, v := range r.URL.Query()["token"] {
+		if _, ok := gateway.ParseSessionToken(v); !ok && v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (t *Transport) poll(c echo.Context) error {
+	r := c.Request()
+	if tok, ok := gateway.ParseSessionToken(sessionToken(r)); ok {
+		d, err := t.gw.Poll(r.Context(), tok, t.cfg.Window)
+		switch {
+		case err == nil && len(d.Frames) == 0:
+			return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: d.Token.String()})
+		case err == nil:
+			msgs := make([]string, len(d.Frames))
+			for i, f := range d.Frames {
+				msgs[i] = string(f)
+			}
+			return send(c, http.StatusOK, pollReply{Messages: msgs, Status: http.StatusOK, Token: d.Token.String()})
+		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+			return nil // the client went away
+		case !errors.Is(err, gateway.ErrNoSession):
+			t.cfg.Logger.Error("poll failed", "session", tok.SessionID, "err", err)
+			return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+		}
+		// The session is gone: start a new one, as Phoenix does. phoenix.js
+		// (1.8.2+) sees a 410 while holding a token as "session gone" and
+		// reconnects, rejoining its channels.
+	}
+	tok, err := t.gw.Connect(r.Context(), gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r), Vsn: r.URL.Query().Get("vsn")})
+	switch {
+	case err == nil:
+		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: tok.String()})
+	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
+		t.cfg.Logger.Info("connect refused", "err", err)
+		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
+	default:
+		t.cfg.Logger.Error("connect failed", "err", err)
+		return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+	}
+}
+
+func (t *Transport) publish(c echo.Context) error {
+	r := c.Request()
+	tok, ok := gateway.ParseSessionToken(sessionToken(r))
+	if !ok {
+		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "missing or malformed session token: GET /socket/longpoll first"})
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes)})
+	case err != nil:
+		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: "reading body: " + err.Error()})
+	}
+	frames, err := splitFrames(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error()})
+	}
+	if len(frames) > t.cfg.MaxFrames {
+		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames)})
+	}
+	err = t.gw.Handle(r.Context(), tok.SessionID, frames)
+	var batchErr *gateway.BatchError
+	switch {
+	case err == nil:
+		return send(c, http.StatusOK, reply{Status: http.StatusOK})
+	case errors.Is(err, gateway.ErrNoSession):
+		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: err.Error()})
+	case errors.As(err, &batchErr):
+		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
+	default:
+		t.cfg.Logger.Error("publish failed", "session", tok.SessionID, "err", err)
+		return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+	}
+}
+
+// splitFrames cuts a POST body into frames. An application/x-ndjson body is
+// one frame per line (phoenix.js's batches); any other body is one frame, as
+// in Phoenix. Blank lines are skipped. Phoenix reads a line that does not
+// start with "[" as a base64 binary frame; Sluice does not support binary
+// payloads and says so, and it also takes V1 JSON objects per line.
+func splitFrames(contentType string, body []byte) ([][]byte, error) {
+	mediaType, _, _ := mime.ParseMediaType(contentType)
+	if mediaType != "application/x-ndjson" {
+		body = bytes.TrimSpace(body)
+		if len(body) == 0 {
+			return nil, errors.New("empty body: POST one JSON frame, or application/x-ndjson lines")
+		}
+		return [][]byte{body}, nil
+	}
+	var frames [][]byte
+	for i, line := range strings.Split(string(body), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "":
+			continue
+		case line[0] == '[' || line[0] == '{':
+			frames = append(frames, []byte(line))
+		default:
+			return nil, fmt.Errorf("line %d: binary (base64) frames are not supported; send JSON frames; nothing was applied", i+1)
+		}
+	}
+	if len(frames) == 0 {
+		return nil, errors.New("empty batch: no frames in the body")
+	}
+	return frames, nil
+}

@@ -1,0 +1,152 @@
+package topics
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// MemoryBroker is a Broker for a single instance, holding its logs in memory.
+type MemoryBroker struct {
+	hub       *Hub
+	maxLen    int
+	retention time.Duration
+	now       func() time.Time
+
+	mu   sync.Mutex
+	logs map[string]*memLog
+}
+
+type memLog struct {
+	head    uint64
+	records []Record // the newest records, at most maxLen
+	touched time.Time
+}
+
+// NewMemoryBroker returns a broker keeping at most maxLen records per topic and
+// forgetting a topic retention after its last publish (see Sweep).
+func NewMemoryBroker(maxLen int, retention time.Duration) *MemoryBroker {
+	if maxLen <= 0 {
+		maxLen = 1000
+	}
+	return &MemoryBroker{hub: NewHub(), maxLen: maxLen, retention: retention, now: time.Now, logs: make(map[string]*memLog)}
+}
+
+// Publish implements Broker.
+func (b *MemoryBroker) Publish(_ context.Context, topic string, data ...[]byte) (uint64, error) {
+	b.mu.Lock()
+	l := b.logLocked(topic)
+	for _, d := range data {
+		l.head++
+		l.records = append(l.records, Record{Seq: l.head, Data: d})
+	}
+	if over := len(l.records) - b.maxLen; over > 0 {
+		// Copy rather than reslice so the dropped records can be collected.
+		l.records = append(make([]Record, 0, b.maxLen), l.records[over:]...)
+	}
+	l.touched = b.now()
+	head := l.head
+	b.mu.Unlock()
+	b.hub.Wake(topic)
+	return head, nil
+}
+
+// logLocked returns topic's log, creating it. A new log starts its sequence
+// at the current time in microseconds rather than at zero, so that a topic
+// forgotten and created again never reuses a sequence number: a reader still
+// holding a cursor from the old log sees a Gap instead of silently skipping
+// the new log's first records.
+func (b *MemoryBroker) logLocked(topic string) *memLog {
+	l := b.logs[topic]
+	if l == nil {
+		now := b.now()
+		l = &memLog{head: uint64(now.UnixMicro()), touched: now}
+		b.logs[topic] = l
+	}
+	return l
+}
+
+// Read implements Broker.
+func (b *MemoryBroker) Read(_ context.Context, topic string, after uint64, limit int) (Batch, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.logs[topic]
+	if l == nil {
+		return Batch{Gap: after > 0}, nil
+	}
+	batch := Batch{Head: l.head}
+	if after > l.head {
+		batch.Gap = true
+		return batch, nil
+	}
+	if after == l.head {
+		return batch, nil
+	}
+	if len(l.records) == 0 {
+		batch.Gap = true // records after the cursor were published and dropped
+		return batch, nil
+	}
+	first := l.records[0].Seq
+	if after+1 < first {
+		batch.Gap = true
+		after = first - 1
+	}
+	recs := l.records[after+1-first:]
+	if limit > 0 && len(recs) > limit {
+		recs = recs[:limit]
+	}
+	batch.Records = append([]Record(nil), recs...)
+	return batch, nil
+}
+
+// Head implements Broker. It creates the topic's log if needed, so that the
+// position it returns stays valid for a later Read.
+func (b *MemoryBroker) Head(_ context.Context, topic string) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.logLocked(topic).head, nil
+}
+
+// Delete implements Broker.
+func (b *MemoryBroker) Delete(_ context.Context, topic string) error {
+	b.mu.Lock()
+	delete(b.logs, topic)
+	b.mu.Unlock()
+	return nil
+}
+
+// Listen implements Broker.
+func (b *MemoryBroker) Listen(topics ...string) *Listener { return b.hub.Listen(topics...) }
+
+// Sweep forgets topics not published to for the retention period and returns
+// how many it forgot. Call it periodically; Run does.
+func (b *MemoryBroker) Sweep() int {
+	if b.retention <= 0 {
+		return 0
+	}
+	cutoff := b.now().Add(-b.retention)
+	n := 0
+	b.mu.Lock()
+	for t, l := range b.logs {
+		if l.touched.Before(cutoff) {
+			delete(b.logs, t)
+			n++
+		}
+	}
+	b.mu.Unlock()
+	return n
+}
+
+// Run sweeps every interval until ctx is done.
+func (b *MemoryBroker) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			b.Sweep()
+		}
+	}
+}

@@ -146,7 +146,9 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 			return &BatchError{Index: i, Err: err}
 		}
 	}
-	unlock, err := g.cfg.Sessions.Lock(ctx, sessionID)
+	lctx, cancel := context.WithTimeout(ctx, lockWait)
+	unlock, err := g.cfg.Sessions.Lock(lctx, sessionID)
+	cancel()
 	if err != nil {
 		return err
 	}
@@ -164,6 +166,16 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		g.dispatch(ctx, s, m, fx)
 	}
 	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
+		if errors.Is(err, ErrNoSession) {
+			// The session ended while we worked (its lock expired): take
+			// back the presences this batch tracked.
+			for _, ch := range s.Channels {
+				g.endChannel(g.context(ctx, s, ch, fx), "expired", false)
+			}
+			if ferr := fx.flush(ctx, g); ferr != nil {
+				g.log.Error("untrack after session ended", "session", s.ID, "err", ferr)
+			}
+		}
 		return err
 	}
 	return fx.flush(ctx, g)
@@ -350,50 +362,93 @@ func (g *Gateway) Disconnect(ctx context.Context, socketID string) (int, error) 
 	}
 	n := 0
 	for _, id := range ids {
-		s, err := g.cfg.Sessions.Remove(ctx, id)
-		if errors.Is(err, ErrNoSession) {
-			continue
-		}
+		ended, err := g.endSession(ctx, id, "disconnected")
 		if err != nil {
 			return n, fmt.Errorf("disconnect %s: %w", socketID, err)
 		}
-		g.endSession(ctx, s, "disconnected")
-		n++
+		if ended {
+			n++
+		}
 	}
 	return n, nil
 }
 
-// endSession finishes a session already removed from the store: its
-// channels end (presence leaves), and polls waiting on it are woken.
-func (g *Gateway) endSession(ctx context.Context, s *Session, reason string) {
+// endSession ends a session: under its lock (so that no join is half done),
+// its channels end and their presences leave, then it is removed and polls
+// waiting on it are woken. It reports false if the session was already gone.
+// A failure part-way leaves the session in the store, to be expired again;
+// presence leaves are exact, so a second attempt announces nothing twice.
+func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, error) {
+	lctx, cancel := context.WithTimeout(ctx, lockWait)
+	unlock, err := g.cfg.Sessions.Lock(lctx, id)
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
+	s, err := g.cfg.Sessions.Load(ctx, id)
+	if errors.Is(err, ErrNoSession) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
 	fx := &effects{}
 	topicsOf := slices.Sorted(maps.Keys(s.Channels))
 	for _, t := range topicsOf {
 		g.endChannel(g.context(ctx, s, s.Channels[t], fx), reason, false)
 	}
-	// Wake the session's waiting poll so it finds the session gone at once.
-	fx.items = append(fx.items, effect{mailboxTopic(s.ID), encodeRecord(&Message{Topic: TopicPhoenix, Event: EventClose, Payload: emptyObject}, "")})
+	// Store the session without its channels before announcing the leaves,
+	// so that its own waiting poll does not deliver them to it.
+	if err := g.cfg.Sessions.Save(ctx, s); errors.Is(err, ErrNoSession) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
 	if err := fx.flush(ctx, g); err != nil {
-		g.log.Error("end session", "session", s.ID, "err", err)
+		return false, err
 	}
-	if err := g.cfg.Broker.Delete(ctx, mailboxTopic(s.ID)); err != nil {
-		g.log.Error("end session: delete mailbox", "session", s.ID, "err", err)
+	if _, err := g.cfg.Sessions.Remove(ctx, id); errors.Is(err, ErrNoSession) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	g.log.Info("session ended", "session", s.ID, "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
+	// Wake the session's waiting poll so it finds the session gone at once.
+	if _, err := g.cfg.Broker.Publish(ctx, mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: EventClose, Payload: emptyObject}, "")); err != nil {
+		g.log.Warn("end session: wake pollers", "session", id, "err", err)
+	}
+	if err := g.cfg.Broker.Delete(ctx, mailboxTopic(id)); err != nil {
+		g.log.Warn("end session: delete mailbox", "session", id, "err", err)
+	}
+	g.log.Info("session ended", "session", id, "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
+	return true, nil
 }
+
+// lockWait bounds how long a request waits for another request of the same
+// session to finish.
+const lockWait = 10 * time.Second
+
+// expiryLease is how long a claimed expired session is left to its claimer
+// before another instance may claim it again.
+const expiryLease = 30 * time.Second
 
 // ExpireSessions ends the sessions whose deadline passed and returns how many.
 func (g *Gateway) ExpireSessions(ctx context.Context) (int, error) {
 	n := 0
 	for {
-		batch, err := g.cfg.Sessions.Claim(ctx, time.Now(), 100)
+		batch, err := g.cfg.Sessions.Claim(ctx, time.Now(), expiryLease, 100)
 		if err != nil {
 			return n, fmt.Errorf("expire sessions: %w", err)
 		}
 		for _, s := range batch {
-			g.endSession(ctx, s, "expired")
+			ended, err := g.endSession(ctx, s.ID, "expired")
+			if err != nil {
+				g.log.Error("expire session", "session", s.ID, "err", err)
+				continue
+			}
+			if ended {
+				n++
+			}
 		}
-		n += len(batch)
 		if len(batch) < 100 {
 			return n, nil
 		}

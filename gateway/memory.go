@@ -132,7 +132,7 @@ func (m *MemoryStore) Lock(ctx context.Context, id string) (func(), error) {
 }
 
 // Claim implements SessionStore.
-func (m *MemoryStore) Claim(_ context.Context, now time.Time, limit int) ([]*Session, error) {
+func (m *MemoryStore) Claim(_ context.Context, now time.Time, lease time.Duration, limit int) ([]*Session, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []*Session
@@ -143,10 +143,12 @@ func (m *MemoryStore) Claim(_ context.Context, now time.Time, limit int) ([]*Ses
 		if ms.deadline.After(now) {
 			continue
 		}
-		s, err := m.removeLocked(id)
+		s, err := decodeSession(ms.data)
 		if err != nil {
 			return out, err
 		}
+		ms.deadline = now.Add(lease)
+		m.sessions[id] = ms
 		out = append(out, s)
 	}
 	return out, nil

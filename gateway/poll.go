@@ -32,7 +32,8 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 		return nil, err
 	}
 	defer func() {
-		_ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), s.ID, time.Now().Add(g.cfg.SessionTimeout))
+		// ErrNoSession here means the session ended meanwhile: nothing to keep.
+		_ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), tok.SessionID, time.Now().Add(g.cfg.SessionTimeout))
 	}()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -55,6 +56,15 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 		select {
 		case <-listener.C:
 		case <-timer.C:
+			// Look once more: a wake-up from another instance can be lost
+			// (a pub/sub reconnect), a message in the log cannot.
+			if s, err = g.cfg.Sessions.Load(ctx, tok.SessionID); err != nil {
+				return nil, err
+			}
+			d, err := g.collect(ctx, s, tok.Cursor)
+			if err != nil || len(d.Frames) > 0 {
+				return d, err
+			}
 			return &Delivery{Token: tok}, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -120,9 +120,11 @@ type SessionStore interface {
 	// Lock serializes the handling of one session's messages across
 	// instances. It waits up to ctx's deadline; unlock releases it.
 	Lock(ctx context.Context, id string) (unlock func(), err error)
-	// Claim removes and returns up to limit sessions whose deadline passed.
-	// Each expired session is returned by exactly one Claim, on one instance.
-	Claim(ctx context.Context, now time.Time, limit int) ([]*Session, error)
+	// Claim returns up to limit sessions whose deadline is not after now,
+	// and moves each one's deadline to now+lease so that no other Claim
+	// returns it meanwhile. The claimer ends each session and Removes it; if
+	// it dies first, the session is claimed again once the lease passes.
+	Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]*Session, error)
 	// Remove deletes the session and returns it; ErrNoSession if another
 	// caller removed it first (so its departure is announced exactly once).
 	Remove(ctx context.Context, id string) (*Session, error)

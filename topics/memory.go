@@ -1,6 +1,7 @@
 package topics
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"time"
@@ -15,6 +16,9 @@ type MemoryBroker struct {
 
 	mu   sync.Mutex
 	logs map[string]*memLog
+	// floor is the highest head of any forgotten log: a recreated log starts
+	// above it even if it was created faster than the clock moves.
+	floor uint64
 }
 
 type memLog struct {
@@ -38,7 +42,7 @@ func (b *MemoryBroker) Publish(_ context.Context, topic string, data ...[]byte) 
 	l := b.logLocked(topic)
 	for _, d := range data {
 		l.head++
-		l.records = append(l.records, Record{Seq: l.head, Data: d})
+		l.records = append(l.records, Record{Seq: l.head, Data: bytes.Clone(d)})
 	}
 	if over := len(l.records) - b.maxLen; over > 0 {
 		// Copy rather than reslice so the dropped records can be collected.
@@ -60,7 +64,7 @@ func (b *MemoryBroker) logLocked(topic string) *memLog {
 	l := b.logs[topic]
 	if l == nil {
 		now := b.now()
-		l = &memLog{head: uint64(now.UnixMicro()), touched: now}
+		l = &memLog{head: max(uint64(now.UnixMicro()), b.floor+1), touched: now}
 		b.logs[topic] = l
 	}
 	return l
@@ -110,9 +114,16 @@ func (b *MemoryBroker) Head(_ context.Context, topic string) (uint64, error) {
 // Delete implements Broker.
 func (b *MemoryBroker) Delete(_ context.Context, topic string) error {
 	b.mu.Lock()
-	delete(b.logs, topic)
+	b.forgetLocked(topic)
 	b.mu.Unlock()
 	return nil
+}
+
+func (b *MemoryBroker) forgetLocked(topic string) {
+	if l := b.logs[topic]; l != nil {
+		b.floor = max(b.floor, l.head)
+		delete(b.logs, topic)
+	}
 }
 
 // Listen implements Broker.
@@ -129,7 +140,7 @@ func (b *MemoryBroker) Sweep() int {
 	b.mu.Lock()
 	for t, l := range b.logs {
 		if l.touched.Before(cutoff) {
-			delete(b.logs, t)
+			b.forgetLocked(t)
 			n++
 		}
 	}

@@ -113,10 +113,24 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 		out = append(out, timedFrame{t, b})
 	}
 
-	mb, err := g.cfg.Broker.Read(ctx, mailboxTopic(s.ID), cur.Mailbox, limit)
+	// One read of the mailbox and every joined topic: one round trip with a
+	// remote broker.
+	chTopics := slices.Sorted(maps.Keys(s.Channels))
+	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
+	reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit})
+	for _, t := range chTopics {
+		ch := s.Channels[t]
+		after := ch.Since
+		if c, ok := cur.Slots[ch.Slot]; ok && c > after {
+			after = c
+		}
+		reqs = append(reqs, topics.ReadRequest{Topic: channelTopic(t), After: after, Limit: limit})
+	}
+	batches, err := g.cfg.Broker.ReadMany(ctx, reqs)
 	if err != nil {
 		return nil, err
 	}
+	mb := batches[0]
 	if mb.Gap {
 		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", s.ID)
 	}
@@ -133,17 +147,10 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 		emit(r.Time, &r.Message)
 	}
 
-	for _, t := range slices.Sorted(maps.Keys(s.Channels)) {
+	for i, t := range chTopics {
 		ch := s.Channels[t]
-		after := ch.Since
-		if c, ok := cur.Slots[ch.Slot]; ok && c > after {
-			after = c
-		}
-		next.Slots[ch.Slot] = after
-		batch, err := g.cfg.Broker.Read(ctx, channelTopic(t), after, limit)
-		if err != nil {
-			return nil, err
-		}
+		next.Slots[ch.Slot] = reqs[i+1].After
+		batch := batches[i+1]
 		if batch.Gap || mb.Gap {
 			// Messages were dropped before this client read them: tell it, so
 			// phoenix.js rejoins, rather than leave a silent gap.

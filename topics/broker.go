@@ -40,6 +40,9 @@ type Broker interface {
 	Publish(ctx context.Context, topic string, data ...[]byte) (uint64, error)
 	// Read returns at most limit records of topic with Seq > after.
 	Read(ctx context.Context, topic string, after uint64, limit int) (Batch, error)
+	// ReadMany performs several Reads, in one round trip where the broker
+	// is remote. Its batches are in the order of reqs.
+	ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch, error)
 	// Head returns the Seq of the newest record of topic: the cursor from which
 	// a new reader receives everything published after this call.
 	Head(ctx context.Context, topic string) (uint64, error)
@@ -49,4 +52,12 @@ type Broker interface {
 	// channel receives a value (coalesced) whenever one of them is published
 	// to. Close the listener when done.
 	Listen(topics ...string) *Listener
+}
+
+// ReadRequest is one read of a ReadMany: the records of Topic with Seq >
+// After, at most Limit of them (all, if Limit <= 0).
+type ReadRequest struct {
+	Topic string
+	After uint64
+	Limit int
 }

@@ -103,12 +103,23 @@ func (b *MemoryBroker) Read(_ context.Context, topic string, after uint64, limit
 	return batch, nil
 }
 
+// ReadMany implements Broker.
+func (b *MemoryBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch, error) {
+	out := make([]Batch, len(reqs))
+	for i, r := range reqs {
+		out[i], _ = b.Read(ctx, r.Topic, r.After, r.Limit)
+	}
+	return out, nil
+}
+
 // Head implements Broker. It creates the topic's log if needed, so that the
 // position it returns stays valid for a later Read.
 func (b *MemoryBroker) Head(_ context.Context, topic string) (uint64, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.logLocked(topic).head, nil
+	l := b.logLocked(topic)
+	l.touched = b.now()
+	return l.head, nil
 }
 
 // Delete implements Broker.
@@ -129,19 +140,25 @@ func (b *MemoryBroker) forgetLocked(topic string) {
 // Listen implements Broker.
 func (b *MemoryBroker) Listen(topics ...string) *Listener { return b.hub.Listen(topics...) }
 
-// Sweep forgets topics not published to for the retention period and returns
-// how many it forgot. Call it periodically; Run does.
+// Sweep drops the records of topics not published to for the retention
+// period, and forgets such topics entirely after ten times that, and returns
+// how many topics it forgot. A reader already at the head of a quiet topic
+// sees no Gap: only its sequence counter is kept, as the Redis broker keeps
+// its counter longer than its log. Call Sweep periodically; Run does.
 func (b *MemoryBroker) Sweep() int {
 	if b.retention <= 0 {
 		return 0
 	}
-	cutoff := b.now().Add(-b.retention)
+	now := b.now()
 	n := 0
 	b.mu.Lock()
 	for t, l := range b.logs {
-		if l.touched.Before(cutoff) {
+		switch {
+		case l.touched.Before(now.Add(-10 * b.retention)):
 			b.forgetLocked(t)
 			n++
+		case l.touched.Before(now.Add(-b.retention)):
+			l.records = nil
 		}
 	}
 	b.mu.Unlock()

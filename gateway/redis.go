@@ -1,0 +1,594 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions configures a RedisStore.
+type RedisOptions struct {
+	// Prefix starts every key, so that several deployments (or tests) can
+	// share one Redis. Default "sluice:". It should not contain '{' or '}':
+	// they would change the hash tags and so the Cluster slots of the keys.
+	Prefix string
+	// Logger receives what the store cleans up or cannot: failed best-effort
+	// cleanups and undecodable sessions. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// RedisStore is the SessionStore and PresenceStore shared by every instance
+// through Redis (6.2 or later; standalone, Sentinel or Cluster).
+//
+// Keys, under the Prefix (hash tags in braces; every multi-key script stays
+// inside one tag, so one Cluster slot):
+//
+//	{s:<id>}           the session's JSON; TTL = its deadline + sessionGrace
+//	{s:<id>}:lock      the session's lock token; TTL lockTTL
+//	{expiry}           sorted set: session id → deadline (unix ms); bounded
+//	                   by the live sessions, and Claim drops ids without data
+//	{sock:<socket id>} set of the socket's session ids; TTL socketTTL
+//	{p:<topic>}        hash: owner+"\x00"+key → presence entry JSON
+//	{p:<topic>}:o      sorted set (all scores 0) of the same fields, so that
+//	                   one owner's fields are found by a ZRANGEBYLEX range;
+//	                   both presence keys share presenceTTL
+//
+// The owner index is one key per topic, not a set per owner: every put
+// refreshes the TTLs of both keys at once, so an owner's index can never
+// expire before its entries, which would leave presences that no
+// RemovePresence finds and whose leave is never announced.
+//
+// Ids, socket ids and topics are escaped inside the tags ('%', '{', '}'), so
+// that no value can end a tag early or merge two tags.
+//
+// Redis should run with maxmemory-policy noeviction: an evicted {expiry}
+// would leave sessions that are never expired (their TTL still ends them,
+// but without presence leaves).
+type RedisStore struct {
+	rdb    redis.UniversalClient
+	prefix string
+	log    *slog.Logger
+}
+
+var (
+	_ SessionStore  = (*RedisStore)(nil)
+	_ PresenceStore = (*RedisStore)(nil)
+)
+
+const (
+	// sessionGrace is how long a session's data outlives its deadline. The
+	// deadline index ends sessions; the TTL only keeps a lost index from
+	// leaving data behind for ever, so it is generous.
+	sessionGrace = 24 * time.Hour
+	// socketTTL bounds a socket index. It is refreshed by Create and by
+	// Save (every handled request, including phoenix.js heartbeats), so it
+	// outlives the sessions it lists while their clients are active.
+	socketTTL = 48 * time.Hour
+	// presenceTTL bounds a topic's presence keys if their owners' sessions
+	// vanish without ending (a lost {expiry}). Every PutPresence refreshes
+	// it; it is long so that a quiet room keeps the presences of the people
+	// sitting in it.
+	presenceTTL = 7 * 24 * time.Hour
+	// lockTTL is how long a lock outlives a holder that died. A holder that
+	// works longer than this loses exclusivity; the gateway's critical
+	// sections are one request's handling, far shorter.
+	lockTTL = 15 * time.Second
+	// lockRetryMin and lockRetryMax bound the backoff of a waiting Lock.
+	lockRetryMin = 5 * time.Millisecond
+	lockRetryMax = 100 * time.Millisecond
+	// unlockTimeout bounds an unlock, which cannot use the Lock's context
+	// (the gateway cancels it as soon as Lock returns).
+	unlockTimeout = 5 * time.Second
+)
+
+// NewRedisStore returns a store on client. The caller owns client.
+func NewRedisStore(client redis.UniversalClient, opts RedisOptions) *RedisStore {
+	if opts.Prefix == "" {
+		opts.Prefix = "sluice:"
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &RedisStore{rdb: client, prefix: opts.Prefix, log: opts.Logger}
+}
+
+// tagEscaper keeps values from closing (or opening) a hash tag; it is
+// injective, so distinct values keep distinct keys.
+var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+
+func (r *RedisStore) sessionKey(id string) string {
+	return r.prefix + "{s:" + tagEscaper.Replace(id) + "}"
+}
+func (r *RedisStore) lockKey(id string) string { return r.sessionKey(id) + ":lock" }
+func (r *RedisStore) expiryKey() string        { return r.prefix + "{expiry}" }
+func (r *RedisStore) socketKey(sock string) string {
+	return r.prefix + "{sock:" + tagEscaper.Replace(sock) + "}"
+}
+
+// presenceKeys returns a topic's entry hash and its owner index.
+func (r *RedisStore) presenceKeys(topic string) (hash, index string) {
+	hash = r.prefix + "{p:" + tagEscaper.Replace(topic) + "}"
+	return hash, hash + ":o"
+}
+
+// deadlineScore is a deadline in unix ms rounded up, and nowScore a time
+// rounded down, so that a session is never claimed before its deadline
+// (at worst under 1 ms after it). Unix ms are exact in a float64 score.
+func deadlineScore(t time.Time) float64 {
+	ms := t.UnixMilli()
+	if t.After(time.UnixMilli(ms)) {
+		ms++
+	}
+	return float64(ms)
+}
+
+func nowScore(t time.Time) int64 { return t.UnixMilli() }
+
+// sessionTTL is the safety-net TTL of a session's data.
+func sessionTTL(deadline time.Time) time.Duration {
+	return max(time.Until(deadline), 0) + sessionGrace
+}
+
+// Create implements SessionStore. Two round trips: the deadline and the data
+// (SET NX) together, then the socket index.
+//
+// The deadline goes in with ZADD NX in the same round trip as the data, not
+// after it: a crash between the two would otherwise leave a session that no
+// Claim ever finds (its presences never leaving). An id in {expiry} without
+// data is harmless: Claim drops it. NX keeps a refused Create from moving
+// the existing session's deadline.
+func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time) error {
+	data, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("redis: encode session: %w", err)
+	}
+	key, score := r.sessionKey(s.ID), deadlineScore(deadline)
+	var zadd *redis.IntCmd
+	var set *redis.BoolCmd
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: score, Member: s.ID}}})
+		set = p.SetNX(ctx, key, data, sessionTTL(deadline))
+		return nil
+	})
+	if err := set.Err(); err != nil {
+		// The SET may have run all the same: leave {expiry} as it is (an
+		// orphan id there is dropped by Claim; a missing one is not).
+		return fmt.Errorf("redis: create session %s: %w", s.ID, err)
+	}
+	if !set.Val() {
+		return fmt.Errorf("redis: create session %s: already exists", s.ID)
+	}
+	if err := zadd.Err(); err != nil {
+		// Data without a deadline would never be claimed: take it back, so
+		// the Create fails whole (its client never learns the id).
+		if derr := r.rdb.Del(context.WithoutCancel(ctx), key).Err(); derr != nil {
+			r.log.Error("redis: create session: undo", "session", s.ID, "err", derr)
+		}
+		return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
+	}
+	sock := r.socketKey(s.SocketID())
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if zadd.Val() == 0 {
+			// An id left in {expiry} by a session of the same id that
+			// ended uncleanly: the new session's deadline replaces it.
+			p.ZAdd(ctx, r.expiryKey(), redis.Z{Score: score, Member: s.ID})
+		}
+		p.SAdd(ctx, sock, s.ID)
+		p.PExpire(ctx, sock, socketTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redis: create session %s: index socket: %w", s.ID, err)
+	}
+	return nil
+}
+
+// Load implements SessionStore. One round trip.
+func (r *RedisStore) Load(ctx context.Context, id string) (*Session, error) {
+	data, err := r.rdb.Get(ctx, r.sessionKey(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNoSession
+	} else if err != nil {
+		return nil, fmt.Errorf("redis: load session %s: %w", id, err)
+	}
+	return decodeSession(data)
+}
+
+// Save implements SessionStore. One round trip: SET XX KEEPTTL (never
+// revives; the deadline and its TTL stay), and the socket index's TTL.
+func (r *RedisStore) Save(ctx context.Context, s *Session) error {
+	data, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("redis: encode session: %w", err)
+	}
+	var set *redis.BoolCmd
+	var exp *redis.BoolCmd
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		set = p.SetXX(ctx, r.sessionKey(s.ID), data, redis.KeepTTL)
+		exp = p.PExpire(ctx, r.socketKey(s.SocketID()), socketTTL)
+		return nil
+	})
+	if err := set.Err(); err != nil {
+		return fmt.Errorf("redis: save session %s: %w", s.ID, err)
+	}
+	if !set.Val() {
+		return ErrNoSession
+	}
+	if err := exp.Err(); err != nil {
+		// The session is saved: failing now would make the gateway drop
+		// the replies of a batch it has applied. Only the index's TTL
+		// missed one refresh.
+		r.log.Warn("redis: save session: refresh socket index", "session", s.ID, "err", err)
+	}
+	return nil
+}
+
+// Touch implements SessionStore. One round trip: PEXPIRE on the data (0: the
+// session is gone) and ZADD XX, which updates the deadline of a listed id
+// but never adds one, so a Touch racing a Remove cannot put a removed
+// session back in {expiry}.
+func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) error {
+	var exp *redis.BoolCmd
+	var zadd *redis.IntCmd
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		exp = p.PExpire(ctx, r.sessionKey(id), sessionTTL(deadline))
+		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: deadlineScore(deadline), Member: id}}})
+		return nil
+	})
+	if err := exp.Err(); err != nil {
+		return fmt.Errorf("redis: touch session %s: %w", id, err)
+	}
+	if !exp.Val() {
+		return ErrNoSession
+	}
+	if err := zadd.Err(); err != nil {
+		return fmt.Errorf("redis: touch session %s: %w", id, err)
+	}
+	return nil
+}
+
+// unlockScript deletes a lock only if it still holds the caller's token, so
+// an unlock after the lock expired never frees another holder's lock.
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+// lockScript takes a free lock for ARGV[1] for ARGV[2] ms: SET NX PX, except
+// that finding its own token counts as success. go-redis re-sends a command
+// whose connection broke before the reply (EOF), and a plain SET NX re-sent
+// after it ran would find the lock taken, by this very caller, until lockTTL.
+var lockScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then return 1 end
+return 0
+`)
+
+// Lock implements SessionStore: a random token set with NX and lockTTL (see
+// lockScript), retried with backoff (5 ms doubling to 100 ms) until ctx is
+// done. One round trip per attempt; unlock is one round trip and safe to
+// call twice.
+func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	key := r.lockKey(id)
+	wait := lockRetryMin
+	var timer *time.Timer
+	for {
+		got, err := lockScript.Run(ctx, r.rdb, []string{key}, token, lockTTL.Milliseconds()).Int()
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				err = cerr
+			}
+			return nil, fmt.Errorf("redis: lock session %s: %w", id, err)
+		}
+		if got == 1 {
+			break
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("redis: lock session %s: %w", id, ctx.Err())
+		}
+		wait = min(2*wait, lockRetryMax)
+	}
+	var once sync.Once
+	uctx := context.WithoutCancel(ctx)
+	return func() {
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(uctx, unlockTimeout)
+			defer cancel()
+			if err := unlockScript.Run(ctx, r.rdb, []string{key}, token).Err(); err != nil {
+				// The lock ends by its TTL instead.
+				r.log.Warn("redis: unlock session", "session", id, "err", err)
+			}
+		})
+	}, nil
+}
+
+// claimScript takes up to ARGV[3] ids whose deadline is not after ARGV[1]
+// and moves them to ARGV[2] (now+lease), atomically, so that racing claimers
+// never get the same id. It touches {expiry} only.
+var claimScript = redis.NewScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+end
+return ids
+`)
+
+// Claim implements SessionStore. Two round trips: the claim script on
+// {expiry}, then the claimed sessions' data (pipelined GETs); a third drops
+// the ids whose data is gone. A session whose data cannot be decoded is
+// logged and skipped (it stays leased, and its TTL ends it): one bad record
+// must not stop the expiry of the others.
+func (r *RedisStore) Claim(ctx context.Context, now time.Time, lease time.Duration, limit int) ([]*Session, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	nowMs := nowScore(now)
+	leaseMs := nowScore(now.Add(lease))
+	raw, err := claimScript.Run(ctx, r.rdb, []string{r.expiryKey()}, nowMs, leaseMs, limit).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("redis: claim sessions: %w", err)
+	}
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	gets := make([]*redis.StringCmd, len(raw))
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range raw {
+			gets[i] = p.Get(ctx, r.sessionKey(id))
+		}
+		return nil
+	})
+	var out []*Session
+	var gone []any
+	for i, get := range gets {
+		data, err := get.Bytes()
+		switch {
+		case errors.Is(err, redis.Nil):
+			gone = append(gone, raw[i])
+			continue
+		case err != nil:
+			// The claimed ids stay leased and are claimed again after it.
+			return nil, fmt.Errorf("redis: claim sessions: load %s: %w", raw[i], err)
+		}
+		s, err := decodeSession(data)
+		if err != nil {
+			r.log.Error("redis: claim sessions: skipping undecodable session", "session", raw[i], "err", err)
+			continue
+		}
+		out = append(out, s)
+	}
+	if len(gone) > 0 {
+		// Removed meanwhile (Remove drops them too) or ended by their TTL.
+		if err := r.rdb.ZRem(ctx, r.expiryKey(), gone...).Err(); err != nil {
+			r.log.Warn("redis: claim sessions: drop ids without data", "ids", len(gone), "err", err)
+		}
+	}
+	return out, nil
+}
+
+// Remove implements SessionStore. Two round trips: GETDEL, which only one
+// caller can win, then the deadline and the socket index. Once GETDEL has
+// won, the session is gone and is returned even if that cleanup fails (an id
+// left in {expiry} is dropped by Claim, one left in a socket index by
+// BySocket): failing would leave no caller announcing its departure.
+func (r *RedisStore) Remove(ctx context.Context, id string) (*Session, error) {
+	data, err := r.rdb.GetDel(ctx, r.sessionKey(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, ErrNoSession
+	} else if err != nil {
+		return nil, fmt.Errorf("redis: remove session %s: %w", id, err)
+	}
+	s, derr := decodeSession(data)
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRem(ctx, r.expiryKey(), id)
+		if derr == nil {
+			p.SRem(ctx, r.socketKey(s.SocketID()), id)
+		}
+		return nil
+	})
+	if err != nil {
+		r.log.Warn("redis: remove session: unindex", "session", id, "err", err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("redis: remove session %s: %w", id, derr)
+	}
+	return s, nil
+}
+
+// BySocket implements SessionStore. Two round trips (SMEMBERS, then EXISTS
+// of each listed session), and a third to drop listed ids whose session is
+// gone (its Remove's cleanup failed, or its TTL ended it).
+func (r *RedisStore) BySocket(ctx context.Context, socketID string) ([]string, error) {
+	sock := r.socketKey(socketID)
+	members, err := r.rdb.SMembers(ctx, sock).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis: sessions of %s: %w", socketID, err)
+	}
+	if len(members) == 0 {
+		return nil, nil
+	}
+	exists := make([]*redis.IntCmd, len(members))
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range members {
+			exists[i] = p.Exists(ctx, r.sessionKey(id))
+		}
+		return nil
+	})
+	var live []string
+	var stale []any
+	for i, c := range exists {
+		n, err := c.Result()
+		if err != nil {
+			return nil, fmt.Errorf("redis: sessions of %s: %w", socketID, err)
+		}
+		if n == 0 {
+			stale = append(stale, members[i])
+		} else {
+			live = append(live, members[i])
+		}
+	}
+	if len(stale) > 0 {
+		if err := r.rdb.SRem(ctx, sock, stale...).Err(); err != nil {
+			r.log.Warn("redis: sessions of socket: drop stale ids", "socket_id", socketID, "err", err)
+		}
+	}
+	slices.Sort(live)
+	return live, nil
+}
+
+// presenceField is an entry's field in its topic's hash and index.
+func presenceField(owner, key string) string { return owner + "\x00" + key }
+
+// presenceBody encodes e without its At: `{"k":…,"o":…,"m":…` (no closing
+// brace). The put script appends `,"at":<At>}`, so that it can keep the At
+// of the entry it replaces as a string: Lua numbers are float64 and would
+// round unix nanoseconds.
+func presenceBody(e PresenceEntry) (string, error) {
+	b, err := json.Marshal(struct {
+		Key   string          `json:"k"`
+		Owner string          `json:"o"`
+		Meta  json.RawMessage `json:"m,omitempty"`
+	}{e.Key, e.Owner, e.Meta})
+	if err != nil {
+		return "", err
+	}
+	return string(b[:len(b)-1]), nil
+}
+
+func decodePresence(v string) (PresenceEntry, error) {
+	var e PresenceEntry
+	if err := json.Unmarshal([]byte(v), &e); err != nil {
+		return e, fmt.Errorf("decode presence: %w", err)
+	}
+	return e, nil
+}
+
+// putPresenceScript replaces or adds an entry, keeping the replaced entry's
+// At (read from the end of its JSON, as text), indexes its field, refreshes
+// both keys' TTL and returns the replaced entry (nil if none).
+//
+// KEYS: hash, index. ARGV: field, body, at, ttl ms.
+var putPresenceScript = redis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local at = ARGV[3]
+if old then
+  local oldAt = string.match(old, ',"at":(%-?%d+)}$')
+  if oldAt then at = oldAt end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ',"at":' .. at .. '}')
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return old
+`)
+
+// PutPresence implements PresenceStore. One round trip (a script on the
+// topic's two keys).
+func (r *RedisStore) PutPresence(ctx context.Context, topic string, e PresenceEntry) (*PresenceEntry, error) {
+	body, err := presenceBody(e)
+	if err != nil {
+		return nil, fmt.Errorf("redis: put presence in %s: encode: %w", topic, err)
+	}
+	hash, index := r.presenceKeys(topic)
+	old, err := putPresenceScript.Run(ctx, r.rdb, []string{hash, index},
+		presenceField(e.Owner, e.Key), body, strconv.FormatInt(e.At, 10), presenceTTL.Milliseconds()).Text()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("redis: put presence in %s: %w", topic, err)
+	}
+	prev, err := decodePresence(old)
+	if err != nil {
+		return nil, fmt.Errorf("redis: put presence in %s: %w", topic, err)
+	}
+	return &prev, nil
+}
+
+// removePresenceScript removes and returns every entry of one owner: its
+// fields are the index range [owner+"\x00", owner+"\x01"). Being one
+// script, racing removers each get an entry at most once.
+//
+// KEYS: hash, index. ARGV: range start, range end (ZRANGEBYLEX syntax).
+var removePresenceScript = redis.NewScript(`
+local fields = redis.call('ZRANGEBYLEX', KEYS[2], ARGV[1], ARGV[2])
+local out = {}
+for _, f in ipairs(fields) do
+  local v = redis.call('HGET', KEYS[1], f)
+  if v then
+    out[#out + 1] = v
+    redis.call('HDEL', KEYS[1], f)
+  end
+  redis.call('ZREM', KEYS[2], f)
+end
+return out
+`)
+
+// RemovePresence implements PresenceStore. One round trip; O(the owner's
+// entries), whatever the size of the topic.
+func (r *RedisStore) RemovePresence(ctx context.Context, topic, owner string) ([]PresenceEntry, error) {
+	hash, index := r.presenceKeys(topic)
+	vals, err := removePresenceScript.Run(ctx, r.rdb, []string{hash, index},
+		"["+owner+"\x00", "("+owner+"\x01").StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("redis: remove presence in %s: %w", topic, err)
+	}
+	var out []PresenceEntry
+	for _, v := range vals {
+		e, err := decodePresence(v)
+		if err != nil {
+			// Removed all the same; the others are still announced.
+			r.log.Error("redis: remove presence: skipping undecodable entry", "topic", topic, "owner", owner, "err", err)
+			continue
+		}
+		out = append(out, e)
+	}
+	sortEntries(out)
+	return out, nil
+}
+
+// ListPresence implements PresenceStore. One round trip (HGETALL).
+func (r *RedisStore) ListPresence(ctx context.Context, topic string) ([]PresenceEntry, error) {
+	hash, _ := r.presenceKeys(topic)
+	vals, err := r.rdb.HGetAll(ctx, hash).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis: list presence in %s: %w", topic, err)
+	}
+	out := make([]PresenceEntry, 0, len(vals))
+	for _, v := range vals {
+		e, err := decodePresence(v)
+		if err != nil {
+			return nil, fmt.Errorf("redis: list presence in %s: %w", topic, err)
+		}
+		out = append(out, e)
+	}
+	sortEntries(out)
+	return out, nil
+}

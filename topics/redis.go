@@ -1,0 +1,570 @@
+package topics
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisOptions configures a RedisBroker. The zero value is usable.
+type RedisOptions struct {
+	// Prefix starts every key and the wake-up channel name; "sluice:" if
+	// empty. Brokers that must not see each other's topics use different
+	// prefixes. A prefix should not contain "{" or "}": the topic's hash tag
+	// must be the first one in each key (a prefix holding a whole non-empty
+	// tag, such as "{sluice}:", also works, and puts every key on one slot).
+	Prefix string
+	// MaxLen is the number of records kept per topic; 1000 if <= 0.
+	MaxLen int
+	// Retention is how long a topic's log is kept after its last publish; an
+	// hour if <= 0. The topic's sequence counter is kept ten times longer
+	// (and at least a day) so that a log forgotten and created again goes on
+	// numbering above its old records.
+	Retention time.Duration
+	// Logger receives the receiver's connection problems; slog.Default() if
+	// nil.
+	Logger *slog.Logger
+}
+
+// RedisBroker is a Broker whose logs live in Redis, shared by every instance
+// using the same Redis and prefix. It works on a standalone server, through
+// Sentinel and on a Cluster.
+//
+// Each topic has two keys under one hash tag, so that each script touches a
+// single Cluster slot: "<prefix>{<topic>}:seq", the sequence counter, and
+// "<prefix>{<topic>}:log", a Redis stream whose entry IDs are "<seq>-0" and
+// whose field "d" holds the record. In the tag, "%", "{" and "}" of the topic
+// are percent-encoded (and the empty topic is written "%"), so that no topic
+// name can end the tag early or leave it empty.
+//
+// Publish, Read and Head are one Lua script each: one command and one round
+// trip whatever the number of records or of subscribers. A publish also
+// PUBLISHes one message on the channel "<prefix>wake", heard by every
+// instance's Run, which wakes that instance's listeners of the topic. The
+// message is the publishing broker's 16-character id, a space, and the topic;
+// a broker ignores its own messages, having woken its listeners already.
+//
+// Run must be running for listeners to hear publishes made by other
+// instances.
+type RedisBroker struct {
+	client    redis.UniversalClient
+	hub       *Hub
+	log       *slog.Logger
+	prefix    string
+	channel   string
+	id        string // this broker's id in wake-up messages
+	maxLen    int
+	logTTL    time.Duration
+	seqTTL    time.Duration
+	pingEvery time.Duration
+
+	running atomic.Bool
+
+	mu sync.Mutex
+	// watched holds every topic listened to on this broker, possibly with
+	// some nobody listens to any more (pruned as it grows), so that Run can
+	// wake every listener after a reconnect: the Hub cannot list its topics.
+	watched map[string]struct{}
+	pruneAt int
+}
+
+var _ Broker = (*RedisBroker)(nil)
+
+// NewRedisBroker returns a broker storing its logs through client. The
+// client stays the caller's: the broker never closes it.
+func NewRedisBroker(client redis.UniversalClient, opts RedisOptions) *RedisBroker {
+	if opts.Prefix == "" {
+		opts.Prefix = "sluice:"
+	}
+	if opts.MaxLen <= 0 {
+		opts.MaxLen = 1000
+	}
+	if opts.Retention <= 0 {
+		opts.Retention = time.Hour
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand documents it)
+	return &RedisBroker{
+		client:    client,
+		hub:       NewHub(),
+		log:       opts.Logger,
+		prefix:    opts.Prefix,
+		channel:   opts.Prefix + "wake",
+		id:        hex.EncodeToString(id[:]),
+		maxLen:    opts.MaxLen,
+		logTTL:    opts.Retention,
+		seqTTL:    max(10*opts.Retention, 24*time.Hour),
+		pingEvery: 5 * time.Second,
+		watched:   make(map[string]struct{}),
+		pruneAt:   1024,
+	}
+}
+
+// Lua numbers are doubles: sequences (microseconds since 1970, about 1.8e15)
+// are exact below 2^53, but tostring and ".." print large numbers in exponent
+// form, so numbers become strings only through string.format("%d", n), and
+// sequences read from Redis stay strings where they need no arithmetic.
+
+// createSeq starts the counter of a topic that has none: at the current time
+// (ARGV[1], from Go, in microseconds) or, should the counter have vanished
+// while the log stayed (eviction), at the newest record still in the log, so
+// that XADD's IDs keep growing and no old Seq is reused.
+const createSeq = `
+local function create(seqkey, logkey, start)
+  local top = redis.call('XREVRANGE', logkey, '+', '-', 'COUNT', 1)
+  if #top > 0 then
+    local s = string.match(top[1][1], '^%d+')
+    if tonumber(s) > tonumber(start) then start = s end
+  end
+  redis.call('SET', seqkey, start)
+  return start
+end
+`
+
+// publishScript appends ARGV[7..] to the log. KEYS: seq, log. ARGV: start,
+// maxlen, log TTL (ms), seq TTL (ms), wake channel, wake message, records...
+// Records that the trim would drop at once (a batch longer than maxlen) are
+// not written; their Seqs are still used.
+var publishScript = newScript(createSeq + `
+local n = #ARGV - 6
+local maxlen = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 then create(KEYS[1], KEYS[2], ARGV[1]) end
+local last = redis.call('INCRBY', KEYS[1], n)
+if n > 0 then
+  local first = last - n
+  for i = math.max(1, n - maxlen + 1), n do
+    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[6 + i])
+  end
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '=', maxlen)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return last
+`)
+
+// readScript returns {head, entries}: the counter ("" if the topic is
+// unknown) and the log entries from ID ARGV[1] on, at most ARGV[2] of them
+// (all if "0"). Reading both in one script keeps them consistent.
+var readScript = newScript(`
+local h = redis.call('GET', KEYS[1])
+if not h then return {'', {}} end
+if ARGV[2] == '0' then
+  return {h, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+end
+return {h, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+`)
+
+// headScript returns the counter, creating it if needed, and refreshes its
+// TTL. KEYS: seq, log. ARGV: start, seq TTL (ms).
+var headScript = newScript(createSeq + `
+local h = redis.call('GET', KEYS[1])
+if not h then h = create(KEYS[1], KEYS[2], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return h
+`)
+
+// luaScript is a Lua script with its source, which redis.Script keeps to
+// itself (runOnce needs it for EVAL).
+type luaScript struct {
+	*redis.Script
+	src string
+}
+
+func newScript(src string) luaScript { return luaScript{redis.NewScript(src), src} }
+
+var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
+
+// keys returns the counter and log keys of topic.
+func (b *RedisBroker) keys(topic string) []string {
+	tag := "%" // never the escape of a non-empty topic, and not an empty tag
+	if topic != "" {
+		tag = tagEscaper.Replace(topic)
+	}
+	base := b.prefix + "{" + tag + "}:"
+	return []string{base + "seq", base + "log"}
+}
+
+// clockStart is the start of a new counter: the clock in microseconds, the scale at
+// which a forgotten topic's records could not have outrun it (see
+// MemoryBroker.logLocked).
+func clockStart() string { return strconv.FormatInt(time.Now().UnixMicro(), 10) }
+
+// Publish implements Broker. It is one command, never retried by go-redis
+// after it may have reached Redis: a retry could append the records twice.
+// On an error the records may or may not have been appended.
+func (b *RedisBroker) Publish(ctx context.Context, topic string, data ...[]byte) (uint64, error) {
+	args := make([]any, 0, 6+len(data))
+	args = append(args, clockStart(), b.maxLen, b.logTTL.Milliseconds(), b.seqTTL.Milliseconds(), b.channel, b.id+" "+topic)
+	for _, d := range data {
+		args = append(args, d) // written to the connection before Run returns: no copy needed
+	}
+	v, err := b.runOnce(ctx, publishScript, b.keys(topic), args)
+	// Wake even after an error, as the records may be in: a spurious wake-up
+	// costs a read, a missed one a whole poll.
+	b.hub.Wake(topic)
+	if err != nil {
+		return 0, fmt.Errorf("publish %s: %w", topic, err)
+	}
+	last, ok := v.(int64)
+	if !ok || last <= 0 {
+		return 0, fmt.Errorf("publish %s: unexpected reply %#v", topic, v)
+	}
+	return uint64(last), nil
+}
+
+// noRetryCmd is a command that go-redis must not send again after a network
+// error (its default is up to 3 retries, even when the command was written
+// and only the reply was lost). Redirections (MOVED, ASK) are still followed.
+type noRetryCmd struct{ *redis.Cmd }
+
+func (noRetryCmd) NoRetry() bool { return true }
+
+// runOnce runs script as EVALSHA, falling back to EVAL if Redis does not have
+// it cached (which executed nothing), without go-redis retries.
+func (b *RedisBroker) runOnce(ctx context.Context, s luaScript, keys []string, args []any) (any, error) {
+	run := func(name, body string) (any, error) {
+		a := make([]any, 0, 3+len(keys)+len(args))
+		a = append(a, name, body, len(keys))
+		for _, k := range keys {
+			a = append(a, k)
+		}
+		a = append(a, args...)
+		cmd := redis.NewCmd(ctx, a...)
+		err := b.client.Process(ctx, noRetryCmd{cmd})
+		return cmd.Val(), err
+	}
+	v, err := run("evalsha", s.Hash())
+	if isNoScript(err) {
+		v, err = run("eval", s.src)
+	}
+	return v, err
+}
+
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+// Read implements Broker. It is one command: a script reading the counter
+// and the log together.
+func (b *RedisBroker) Read(ctx context.Context, topic string, after uint64, limit int) (Batch, error) {
+	v, err := readScript.Run(ctx, b.client, b.keys(topic), readArgs(after, limit)...).Result()
+	if err != nil {
+		return Batch{}, fmt.Errorf("read %s: %w", topic, err)
+	}
+	batch, err := decodeBatch(v, after)
+	if err != nil {
+		return Batch{}, fmt.Errorf("read %s: %w", topic, err)
+	}
+	return batch, nil
+}
+
+// ReadMany performs several Reads in one round trip (a pipeline; on a
+// Cluster, one per node, in parallel). The batches are in the order of reqs.
+func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	cmds := make([]*redis.Cmd, len(reqs))
+	_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, r := range reqs {
+			cmds[i] = readScript.EvalSha(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit)...)
+		}
+		return nil
+	})
+	// Scripts missing from the server's cache (after a restart or on a node
+	// that never ran them): a second round trip with their source.
+	var missing []int
+	for i, c := range cmds {
+		if isNoScript(c.Err()) {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range missing {
+				r := reqs[i]
+				cmds[i] = readScript.Eval(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit)...)
+			}
+			return nil
+		})
+	}
+	out := make([]Batch, len(reqs))
+	for i, c := range cmds {
+		v, err := c.Result()
+		if err == nil {
+			out[i], err = decodeBatch(v, reqs[i].After)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", reqs[i].Topic, err)
+		}
+	}
+	return out, nil
+}
+
+// readArgs returns readScript's arguments. Every entry ID is "<seq>-0", so
+// the entries after the cursor are those from "<after>-1" on: an inclusive
+// start every Redis version accepts, which cannot overflow.
+func readArgs(after uint64, limit int) []any {
+	return []any{strconv.FormatUint(after, 10) + "-1", max(limit, 0)}
+}
+
+// decodeBatch turns readScript's reply into a Batch, with the gap rules of
+// the memory broker.
+func decodeBatch(v any, after uint64) (Batch, error) {
+	reply, ok := v.([]any)
+	if !ok || len(reply) != 2 {
+		return Batch{}, fmt.Errorf("unexpected reply %#v", v)
+	}
+	hs, _ := reply[0].(string)
+	if hs == "" {
+		// Unknown topic: a cursor into it points at records now forgotten.
+		return Batch{Gap: after > 0}, nil
+	}
+	head, err := strconv.ParseUint(hs, 10, 64)
+	if err != nil {
+		return Batch{}, fmt.Errorf("bad sequence %q", hs)
+	}
+	batch := Batch{Head: head}
+	if after >= head {
+		batch.Gap = after > head // a cursor from the future: the log was recreated
+		return batch, nil
+	}
+	entries, _ := reply[1].([]any)
+	if len(entries) == 0 {
+		batch.Gap = true // records after the cursor were published and dropped
+		return batch, nil
+	}
+	batch.Records = make([]Record, 0, len(entries))
+	for _, e := range entries {
+		r, err := decodeEntry(e)
+		if err != nil {
+			return Batch{}, err
+		}
+		batch.Records = append(batch.Records, r)
+	}
+	batch.Gap = batch.Records[0].Seq > after+1
+	return batch, nil
+}
+
+// decodeEntry turns a stream entry, [id, [field, value, ...]], into a Record.
+func decodeEntry(e any) (Record, error) {
+	pair, ok := e.([]any)
+	if !ok || len(pair) != 2 {
+		return Record{}, fmt.Errorf("unexpected stream entry %#v", e)
+	}
+	id, _ := pair[0].(string)
+	s, _, _ := strings.Cut(id, "-")
+	seq, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return Record{}, fmt.Errorf("bad stream entry id %q", id)
+	}
+	fields, _ := pair[1].([]any)
+	for i := 0; i+1 < len(fields); i += 2 {
+		if f, _ := fields[i].(string); f == "d" {
+			d, ok := fields[i+1].(string)
+			if !ok {
+				break
+			}
+			return Record{Seq: seq, Data: []byte(d)}, nil
+		}
+	}
+	return Record{}, fmt.Errorf("stream entry %s has no field d", id)
+}
+
+// Head implements Broker. It creates the topic's counter if needed, so that
+// the position it returns stays valid for a later Read, and keeps it for the
+// counter's TTL from now. It is one command.
+func (b *RedisBroker) Head(ctx context.Context, topic string) (uint64, error) {
+	v, err := headScript.Run(ctx, b.client, b.keys(topic), clockStart(), b.seqTTL.Milliseconds()).Result()
+	if err != nil {
+		return 0, fmt.Errorf("head %s: %w", topic, err)
+	}
+	s, _ := v.(string)
+	h, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("head %s: unexpected reply %#v", topic, v)
+	}
+	return h, nil
+}
+
+// Delete implements Broker. It removes the log but keeps the counter (until
+// its TTL), so that a topic used again goes on numbering above its old
+// records and old cursors read as a Gap.
+func (b *RedisBroker) Delete(ctx context.Context, topic string) error {
+	if err := b.client.Del(ctx, b.keys(topic)[1]).Err(); err != nil {
+		return fmt.Errorf("delete %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Listen implements Broker.
+func (b *RedisBroker) Listen(topics ...string) *Listener {
+	l := b.hub.Listen(topics...)
+	b.mu.Lock()
+	for _, t := range topics {
+		b.watched[t] = struct{}{}
+	}
+	if len(b.watched) > b.pruneAt {
+		// Forget the topics nobody listens to any more; doubling the bound
+		// keeps the cost of pruning constant per Listen.
+		for t := range b.watched {
+			if !b.hub.Interested(t) {
+				delete(b.watched, t)
+			}
+		}
+		b.pruneAt = max(2*len(b.watched), 1024)
+	}
+	b.mu.Unlock()
+	return l
+}
+
+// wakeAll wakes every listener of this broker.
+func (b *RedisBroker) wakeAll() {
+	b.mu.Lock()
+	topics := make([]string, 0, len(b.watched))
+	for t := range b.watched {
+		topics = append(topics, t)
+	}
+	b.mu.Unlock()
+	for _, t := range topics {
+		b.hub.Wake(t)
+	}
+}
+
+// Backoff between attempts to subscribe to the wake-up channel.
+const (
+	minResubscribeDelay = 100 * time.Millisecond
+	maxResubscribeDelay = 5 * time.Second
+)
+
+// Run receives the wake-ups published by every instance and wakes this
+// instance's listeners, until ctx is done; it then returns nil. It
+// resubscribes by itself whenever the subscription is lost (Redis restarted,
+// a failover, a connection that stopped answering pings), and each time it
+// is subscribed again it wakes every local listener, since a wake-up
+// published meanwhile was lost; readers then look at the logs, which lost
+// nothing. Run returns an error only if it is already running.
+func (b *RedisBroker) Run(ctx context.Context) error {
+	if !b.running.CompareAndSwap(false, true) {
+		return errors.New("topics: RedisBroker.Run is already running")
+	}
+	defer b.running.Store(false)
+	delay := minResubscribeDelay
+	for {
+		subscribed, err := b.receive(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if subscribed {
+			delay = minResubscribeDelay
+		}
+		b.log.Warn("topics: redis wake-up subscription lost, resubscribing", "channel", b.channel, "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		delay = min(2*delay, maxResubscribeDelay)
+	}
+}
+
+// receive subscribes to the wake-up channel and handles its messages until
+// the connection fails or ctx is done. It reports whether the subscription
+// was confirmed. Every failure ends the PubSub rather than leaving go-redis
+// to reconnect it, so that one place (Run) paces the retries and a
+// connection that went silent is replaced too.
+func (b *RedisBroker) receive(ctx context.Context) (subscribed bool, err error) {
+	ps := b.client.Subscribe(ctx)
+	// A blocked receive only notices ctx when the PubSub is closed. Wait for
+	// that close to finish, so that nothing of Run outlives it.
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		_ = ps.Close()
+		close(closed)
+	})
+	defer func() {
+		if stop() {
+			_ = ps.Close()
+		} else {
+			<-closed
+		}
+	}()
+	if err := ps.Subscribe(ctx, b.channel); err != nil {
+		return false, fmt.Errorf("subscribe: %w", err)
+	}
+	pinged := false
+	for {
+		msg, err := ps.ReceiveTimeout(ctx, b.pingEvery)
+		if err != nil {
+			if ctx.Err() != nil {
+				return subscribed, nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !pinged {
+				// Quiet for a while: make sure the connection still answers.
+				if err := ps.Ping(ctx); err != nil {
+					return subscribed, fmt.Errorf("ping: %w", err)
+				}
+				pinged = true
+				continue
+			}
+			if pinged {
+				return subscribed, fmt.Errorf("no answer to a ping within %v: %w", b.pingEvery, err)
+			}
+			return subscribed, err
+		}
+		pinged = false
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" && m.Channel == b.channel {
+				subscribed = true
+				b.resubscribed(ctx)
+			}
+		case *redis.Message:
+			b.wake(m.Payload)
+		}
+	}
+}
+
+// resubscribed runs when the wake-up subscription is (again) in place.
+func (b *RedisBroker) resubscribed(ctx context.Context) {
+	// A restarted server has an empty script cache: load the scripts (on
+	// every shard of a Cluster) before the woken readers need them, rather
+	// than make their calls pay a second round trip. Best effort.
+	for _, s := range []luaScript{publishScript, readScript, headScript} {
+		if err := s.Load(ctx, b.client).Err(); err != nil && ctx.Err() == nil {
+			b.log.Debug("topics: loading a script into redis", "err", err)
+		}
+	}
+	b.wakeAll()
+}
+
+// wake handles a wake-up message: "<broker id> <topic>".
+func (b *RedisBroker) wake(payload string) {
+	id, topic, ok := strings.Cut(payload, " ")
+	if !ok || len(id) != len(b.id) {
+		b.log.Debug("topics: malformed wake-up message", "channel", b.channel, "payload", payload)
+		return
+	}
+	if id == b.id {
+		return // our own publish: its listeners were woken in Publish
+	}
+	b.hub.Wake(topic)
+}

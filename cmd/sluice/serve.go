@@ -30,6 +30,7 @@ type serveConfig struct {
 	Secret          string
 	APIKey          string
 	RedisURL        string
+	RedisPrefix     string
 	LongpollWindow  time.Duration
 	SessionTimeout  time.Duration
 	TokenMaxAge     time.Duration
@@ -47,7 +48,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
 	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for /api/*; unset: /api/* answers 403")
-	fs.string(&cfg.RedisURL, "redis", "REDIS_URL", "", "Redis URL for shared state; empty: the embedded in-memory store (one instance)")
+	fs.string(&cfg.RedisURL, "redis", "REDIS_URL", "", "Redis URL for shared state (redis://host:port/db; ?master_name=M for Sentinel; ?cluster=true for Cluster); empty: the embedded in-memory store (one instance)")
+	fs.string(&cfg.RedisPrefix, "redis-prefix", "SLUICE_REDIS_PREFIX", "sluice:", "prefix of every Redis key, to share a Redis between deployments")
 	fs.duration(&cfg.LongpollWindow, "longpoll-window", "SLUICE_LONGPOLL_WINDOW", 10*time.Second, "how long a long-poll waits for messages before answering 204 (keep under phoenix.js's 20s timeout)")
 	fs.duration(&cfg.SessionTimeout, "session-timeout", "SLUICE_SESSION_TIMEOUT", 15*time.Second, "how long a session lives after its client's last poll ended; then its presence leaves")
 	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens, whatever the token embeds (the seed's max_age: 86400)")
@@ -105,9 +107,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.RedisURL != "" {
-		return errors.New("--redis / REDIS_URL: the Redis store is not built yet; leave it empty to use the embedded in-memory store")
-	}
 	if cfg.Secret == "" {
 		var b [32]byte
 		_, _ = rand.Read(b[:])
@@ -127,42 +126,91 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 // server is a running gateway with its HTTP front.
 type server struct {
-	cfg    *serveConfig
-	log    *slog.Logger
-	gw     *gateway.Gateway
-	broker *topics.MemoryBroker
-	echo   *echo.Echo
+	cfg  *serveConfig
+	log  *slog.Logger
+	gw   *gateway.Gateway
+	echo *echo.Echo
+	// storeKind names the store for logs: "memory" or the Redis deployment.
+	storeKind string
+	// background runs until its context is done (expiry, sweeps, pub/sub).
+	background []func(context.Context)
+	// ready reports whether the shared state is reachable.
+	ready func(context.Context) error
+	// close releases the store's connections after shutdown.
+	close func() error
+}
+
+// stores are the state backends the gateway and the app use.
+type stores struct {
+	sessions gateway.SessionStore
+	presence gateway.PresenceStore
+	broker   topics.Broker
+	chat     chat.Store
 }
 
 func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
-	broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL)
-	store := gateway.NewMemoryStore()
-	app := chat.New(chat.NewMemoryStore(chat.HistorySize * 10))
+	s := &server{cfg: cfg, log: log, echo: echo.New(), ready: func(context.Context) error { return nil }, close: func() error { return nil }}
+	var st stores
+	if cfg.RedisURL == "" {
+		broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL)
+		mem := gateway.NewMemoryStore()
+		st = stores{sessions: mem, presence: mem, broker: broker, chat: chat.NewMemoryStore(chat.HistorySize * 10)}
+		s.storeKind = "memory"
+		s.background = append(s.background, func(ctx context.Context) { broker.Run(ctx, time.Minute) })
+	} else {
+		client, kind, err := newRedisClient(cfg.RedisURL)
+		if err != nil {
+			return nil, err
+		}
+		broker := topics.NewRedisBroker(client, topics.RedisOptions{Prefix: cfg.RedisPrefix, MaxLen: cfg.History, Retention: cfg.HistoryTTL, Logger: log})
+		store := gateway.NewRedisStore(client, gateway.RedisOptions{Prefix: cfg.RedisPrefix, Logger: log})
+		st = stores{sessions: store, presence: store, broker: broker, chat: chat.NewRedisStore(client, cfg.RedisPrefix+"chat:", chat.HistorySize*10)}
+		s.storeKind = "redis " + kind
+		s.background = append(s.background, func(ctx context.Context) {
+			if err := broker.Run(ctx); err != nil {
+				log.Error("redis pub/sub receiver stopped", "err", err)
+			}
+		})
+		s.ready = func(ctx context.Context) error { return client.Ping(ctx).Err() }
+		s.close = client.Close
+	}
+	app := chat.New(st.chat)
 	router := &topics.Router[gateway.Handler]{}
 	app.Register(router)
 	gw, err := gateway.New(gateway.Config{
 		Router:         router,
 		Authenticate:   gateway.TokenAuthenticator(cfg.Secret, cfg.TokenMaxAge),
-		Sessions:       store,
-		Presence:       store,
-		Broker:         broker,
+		Sessions:       st.sessions,
+		Presence:       st.presence,
+		Broker:         st.broker,
 		SessionTimeout: cfg.SessionTimeout,
 		Logger:         log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, log: log, gw: gw, broker: broker, echo: echo.New()}
+	s.gw = gw
+	s.background = append(s.background, func(ctx context.Context) { gw.Run(ctx, time.Second) })
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
 	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Logger: log}).Register(e, "/socket/longpoll")
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
-	e.GET("/readyz", func(c echo.Context) error { return c.String(http.StatusOK, "ready\n") })
+	e.GET("/readyz", s.readyz)
 	api := e.Group("/api", middleware.BodyLimit(strconv.Itoa(cfg.MaxBodyBytes)+"B"), s.requireAPIKey)
 	s.registerAPI(api)
 	app.RegisterAPI(api)
 	return s, nil
+}
+
+// readyz answers 200 when the shared state is reachable, else 503 and why.
+func (s *server) readyz(c echo.Context) error {
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+	defer cancel()
+	if err := s.ready(ctx); err != nil {
+		return c.String(http.StatusServiceUnavailable, "not ready: "+s.storeKind+" unreachable: "+err.Error()+"\n")
+	}
+	return c.String(http.StatusOK, "ready\n")
 }
 
 // httpError answers errors as JSON {"error": "..."} so that curl users see why.
@@ -188,8 +236,14 @@ func (s *server) httpError(err error, c echo.Context) {
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
-	go s.gw.Run(runCtx, time.Second)
-	go s.broker.Run(runCtx, time.Minute)
+	for _, run := range s.background {
+		go run(runCtx)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	if err := s.ready(pctx); err != nil {
+		s.log.Error("store unreachable at startup; serving anyway, /readyz says 503 until it answers", "store", s.storeKind, "err", err)
+	}
+	pcancel()
 	hs := &http.Server{
 		Handler:           s.echo,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -198,7 +252,7 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", "memory", "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.cfg.APIKey != "")
+	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", s.storeKind, "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.cfg.APIKey != "")
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)
@@ -210,6 +264,10 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	if err := hs.Shutdown(sctx); err != nil {
 		s.log.Warn("shutdown deadline passed; closing connections", "err", err)
 		_ = hs.Close()
+	}
+	cancel()
+	if err := s.close(); err != nil {
+		s.log.Warn("closing the store", "err", err)
 	}
 	s.log.Info("stopped")
 	return nil

@@ -1,0 +1,44 @@
+package main
+
+import (
+	"fmt"
+	"net/url"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// newRedisClient connects to the Redis deployment a URL names:
+//
+//	redis://[user:pass@]host:port[/db]                      a standalone server (rediss:// for TLS)
+//	redis://host:port?master_name=mymaster&addr=host2:port  Sentinel: the sentinels, and the master's name
+//	redis://host:port?cluster=true&addr=host2:port          Cluster: some of its nodes
+//
+// Other query parameters are go-redis's (dial_timeout, pool_size, ...).
+func newRedisClient(rawURL string) (redis.UniversalClient, string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, "", fmt.Errorf("redis URL: %w", err)
+	}
+	q := u.Query()
+	switch {
+	case q.Get("cluster") == "true":
+		q.Del("cluster")
+		u.RawQuery = q.Encode()
+		opts, err := redis.ParseClusterURL(u.String())
+		if err != nil {
+			return nil, "", fmt.Errorf("redis cluster URL: %w", err)
+		}
+		return redis.NewClusterClient(opts), "cluster", nil
+	case q.Has("master_name"):
+		opts, err := redis.ParseFailoverURL(rawURL)
+		if err != nil {
+			return nil, "", fmt.Errorf("redis sentinel URL: %w", err)
+		}
+		return redis.NewFailoverClient(opts), "sentinel", nil
+	}
+	opts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, "", fmt.Errorf("redis URL: %w", err)
+	}
+	return redis.NewClient(opts), "standalone", nil
+}

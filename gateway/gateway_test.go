@@ -347,10 +347,10 @@ func TestPresenceSeveralMetasUpdateAndExpiry(t *testing.T) {
 
 	// a stops polling and expires; concurrent expiry runs announce it once.
 	time.Sleep(30 * time.Millisecond)
-	if err := h.store.Touch(context.Background(), b.tok.SessionID, time.Now().Add(time.Minute)); err != nil {
+	if _, err := h.store.Touch(context.Background(), b.tok.SessionID, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.store.Touch(context.Background(), a2.tok.SessionID, time.Now().Add(time.Minute)); err != nil {
+	if _, err := h.store.Touch(context.Background(), a2.tok.SessionID, time.Now().Add(time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup

@@ -94,16 +94,16 @@ func (m *MemoryStore) Save(_ context.Context, s *Session) error {
 }
 
 // Touch implements SessionStore.
-func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) error {
+func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) (*Session, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ms, ok := m.sessions[id]
 	if !ok {
-		return ErrNoSession
+		return nil, ErrNoSession
 	}
 	ms.deadline = deadline
 	m.sessions[id] = ms
-	return nil
+	return decodeSession(ms.data)
 }
 
 // Lock implements SessionStore.

@@ -234,28 +234,34 @@ func (r *RedisStore) Save(ctx context.Context, s *Session) error {
 	return nil
 }
 
-// Touch implements SessionStore. One round trip: PEXPIRE on the data (0: the
-// session is gone) and ZADD XX, which updates the deadline of a listed id
-// but never adds one, so a Touch racing a Remove cannot put a removed
-// session back in {expiry}.
-func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) error {
+// Touch implements SessionStore. One round trip: GET the data, PEXPIRE it
+// (0: the session is gone) and ZADD XX, which updates the deadline of a
+// listed id but never adds one, so a Touch racing a Remove cannot put a
+// removed session back in {expiry}.
+func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) (*Session, error) {
+	var get *redis.StringCmd
 	var exp *redis.BoolCmd
 	var zadd *redis.IntCmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, r.sessionKey(id))
 		exp = p.PExpire(ctx, r.sessionKey(id), sessionTTL(deadline))
 		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: deadlineScore(deadline), Member: id}}})
 		return nil
 	})
 	if err := exp.Err(); err != nil {
-		return fmt.Errorf("redis: touch session %s: %w", id, err)
+		return nil, fmt.Errorf("redis: touch session %s: %w", id, err)
 	}
-	if !exp.Val() {
-		return ErrNoSession
+	data, err := get.Bytes()
+	if !exp.Val() || errors.Is(err, redis.Nil) {
+		return nil, ErrNoSession
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: touch session %s: %w", id, err)
 	}
 	if err := zadd.Err(); err != nil {
-		return fmt.Errorf("redis: touch session %s: %w", id, err)
+		return nil, fmt.Errorf("redis: touch session %s: %w", id, err)
 	}
-	return nil
+	return decodeSession(data)
 }
 
 // unlockScript deletes a lock only if it still holds the caller's token, so

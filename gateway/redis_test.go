@@ -163,7 +163,7 @@ func TestRedisStoreTwoInstances(t *testing.T) {
 		if got, err := a.Load(ctx, s.ID); err != nil || got.Name != "saved by B" {
 			t.Fatalf("Load on A after B's Save = %+v, %v", got, err)
 		}
-		if err := other.Touch(ctx, s.ID, d.Add(time.Hour)); err != nil {
+		if _, err := other.Touch(ctx, s.ID, d.Add(time.Hour)); err != nil {
 			t.Fatalf("Touch on B: %v", err)
 		}
 		if ids, err := other.BySocket(ctx, "user_socket:ana"); err != nil || !slices.Equal(ids, []string{s.ID}) {
@@ -352,7 +352,7 @@ func TestRedisStoreTouchDoesNotReAdd(t *testing.T) {
 		if _, err := st.Remove(ctx, redisTestID(1)); err != nil {
 			t.Fatal(err)
 		}
-		if err := st.Touch(ctx, redisTestID(1), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
+		if _, err := st.Touch(ctx, redisTestID(1), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
 			t.Fatalf("Touch of a removed session = %v, want ErrNoSession", err)
 		}
 		if ids := redisExpiryMembers(t, c, prefix); len(ids) != 0 {
@@ -373,7 +373,7 @@ func TestRedisStoreTouchDoesNotReAdd(t *testing.T) {
 		for i := range n {
 			wg.Go(func() {
 				for range 5 {
-					err := st.Touch(context.Background(), redisTestID(100+i), d.Add(time.Hour))
+					_, err := st.Touch(context.Background(), redisTestID(100+i), d.Add(time.Hour))
 					if err != nil && !errors.Is(err, gateway.ErrNoSession) {
 						t.Errorf("Touch: %v", err)
 					}
@@ -465,7 +465,7 @@ func TestRedisStoreKeysHaveTTLs(t *testing.T) {
 			}
 		}
 		// Touch refreshes the session's TTL past its deadline.
-		if err := st.Touch(ctx, s.ID, time.Now().Add(48*time.Hour)); err != nil {
+		if _, err := st.Touch(ctx, s.ID, time.Now().Add(48*time.Hour)); err != nil {
 			t.Fatal(err)
 		}
 		if ttl, err := c.PTTL(ctx, prefix+"{s:"+s.ID+"}").Result(); err != nil || ttl < 48*time.Hour {

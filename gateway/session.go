@@ -115,8 +115,9 @@ type SessionStore interface {
 	// Save replaces a session that still exists; it returns ErrNoSession if the
 	// session expired or was deleted meanwhile, and never revives it.
 	Save(ctx context.Context, s *Session) error
-	// Touch moves the session's expiry deadline; ErrNoSession if it is gone.
-	Touch(ctx context.Context, id string, deadline time.Time) error
+	// Touch moves the session's expiry deadline and returns the session (a
+	// poll needs both: one round trip); ErrNoSession if it is gone.
+	Touch(ctx context.Context, id string, deadline time.Time) (*Session, error)
 	// Lock serializes the handling of one session's messages across
 	// instances. It waits up to ctx's deadline; unlock releases it.
 	Lock(ctx context.Context, id string) (unlock func(), err error)

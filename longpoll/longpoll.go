@@ -115,6 +115,15 @@ func send(c echo.Context, httpStatus int, body any) error {
 	return c.Blob(httpStatus, "application/json; charset=utf-8", b)
 }
 
+// unavailable answers a request the gateway could not serve, almost always
+// because the shared store did not answer. The body's status 500 makes
+// phoenix.js reconnect with backoff (it understands no 503 there); the real
+// HTTP 503 and Retry-After tell proxies and curl users that it is transient.
+func unavailable(c echo.Context) error {
+	c.Response().Header().Set("Retry-After", "1")
+	return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"})
+}
+
 // sessionToken finds the session token: the X-Phoenix-LongPoll-Token header
 // (phoenix.js 1.9), else the LAST `token` query parameter, because phoenix.js
 // appends it after the app's own params, which often hold the user token too.
@@ -161,7 +170,7 @@ func (t *Transport) poll(c echo.Context) error {
 			return nil // the client went away
 		case !errors.Is(err, gateway.ErrNoSession):
 			t.cfg.Logger.Error("poll failed", "session", tok.SessionID, "err", err)
-			return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+			return unavailable(c)
 		}
 		// The session is gone: start a new one, as Phoenix does. phoenix.js
 		// (1.8.2+) sees a 410 while holding a token as "session gone" and
@@ -176,7 +185,7 @@ func (t *Transport) poll(c echo.Context) error {
 		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
 	default:
 		t.cfg.Logger.Error("connect failed", "err", err)
-		return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+		return unavailable(c)
 	}
 }
 
@@ -212,7 +221,7 @@ func (t *Transport) publish(c echo.Context) error {
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
 	default:
 		t.cfg.Logger.Error("publish failed", "session", tok.SessionID, "err", err)
-		return send(c, http.StatusOK, reply{Status: http.StatusInternalServerError, Error: "internal error"})
+		return unavailable(c)
 	}
 }
 

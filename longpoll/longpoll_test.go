@@ -647,11 +647,16 @@ func TestSessionExpiry(t *testing.T) {
 	gone.recv(t) // alice's join diff: gone's last poll
 	goneTok := gone.tok
 
-	// stay polls through a whole window (204), well past gone's deadline;
-	// right after it, only gone has expired.
+	// A session expires between SessionTimeout and SessionTimeout + Window
+	// after its last poll ended (a poll answered early does not shorten its
+	// deadline: that would cost a round trip to a remote store). stay keeps
+	// polling through two windows, past gone's deadline; then only gone has
+	// expired.
 	if r := stay.poll(t); r.Status != 204 {
 		t.Fatalf("want an idle poll, got %s", r.Body)
 	}
+	waiting := e.startGet(stay.queryWith(stay.tok))
+	time.Sleep(200 * time.Millisecond)
 	n, err := e.gw.ExpireSessions(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -660,7 +665,11 @@ func TestSessionExpiry(t *testing.T) {
 		t.Fatalf("ExpireSessions: want 1 session expired (the idle one), got %d", n)
 	}
 
-	msgs := stay.recv(t)
+	r0 := await(t, waiting)
+	if r0.Status != 200 {
+		t.Fatalf("the waiting poll: want the leave diff, got %s", r0.Body)
+	}
+	msgs := r0.Messages
 	if len(msgs) != 1 {
 		t.Fatalf("want one presence_diff leave, got %q", msgs)
 	}

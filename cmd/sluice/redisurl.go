@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 
 	"github.com/redis/go-redis/v9"
@@ -14,12 +16,21 @@ import (
 //	redis://host:port?cluster=true&addr=host2:port          Cluster: some of its nodes
 //
 // Other query parameters are go-redis's (dial_timeout, pool_size, ...).
+// Unless the URL sets them, timeouts are short and retries few, so that a
+// request fails fast with 503 while Redis is unreachable instead of hanging.
 func newRedisClient(rawURL string) (redis.UniversalClient, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, "", fmt.Errorf("redis URL: %w", err)
 	}
 	q := u.Query()
+	for k, v := range map[string]string{"dial_timeout": "1s", "read_timeout": "2s", "write_timeout": "2s", "pool_timeout": "2s", "max_retries": "1"} {
+		if !q.Has(k) {
+			q.Set(k, v)
+		}
+	}
+	u.RawQuery = q.Encode()
+	rawURL = u.String()
 	switch {
 	case q.Get("cluster") == "true":
 		q.Del("cluster")
@@ -41,4 +52,12 @@ func newRedisClient(rawURL string) (redis.UniversalClient, string, error) {
 		return nil, "", fmt.Errorf("redis URL: %w", err)
 	}
 	return redis.NewClient(opts), "standalone", nil
+}
+
+// redisLogger routes go-redis's own log lines into the structured log.
+type redisLogger struct{ log *slog.Logger }
+
+// Printf implements go-redis's internal.Logging.
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client: "+fmt.Sprintf(format, v...))
 }

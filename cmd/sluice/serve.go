@@ -17,6 +17,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
 	"github.com/sluicegw/sluice/gateway"
@@ -158,6 +159,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		s.storeKind = "memory"
 		s.background = append(s.background, func(ctx context.Context) { broker.Run(ctx, time.Minute) })
 	} else {
+		redis.SetLogger(redisLogger{log})
 		client, kind, err := newRedisClient(cfg.RedisURL)
 		if err != nil {
 			return nil, err
@@ -218,13 +220,16 @@ func (s *server) httpError(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	code, msg := http.StatusInternalServerError, "internal error"
+	// Errors that are not a deliberate HTTP answer come from the store: say
+	// it is transient.
+	code, msg := http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry"
 	var he *echo.HTTPError
 	if errors.As(err, &he) {
 		code = he.Code
 		msg = fmt.Sprint(he.Message)
 	} else {
 		s.log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "err", err)
+		c.Response().Header().Set("Retry-After", "1")
 	}
 	if code == http.StatusRequestEntityTooLarge {
 		msg = fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes)

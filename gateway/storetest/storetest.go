@@ -459,7 +459,7 @@ func testTouchMovesDeadline(t *testing.T, st Store) {
 	create(t, st, minimalSession(sid(2), `2`), d.Add(time.Hour))
 
 	// Later: not claimed before the new deadline, claimed after it.
-	if err := st.Touch(t.Context(), sid(1), d.Add(10*time.Minute)); err != nil {
+	if _, err := st.Touch(t.Context(), sid(1), d.Add(10*time.Minute)); err != nil {
 		t.Fatalf("Touch: %v", err)
 	}
 	if got := claim(t, st, d.Add(5*time.Minute), 10); len(got) != 0 {
@@ -470,7 +470,7 @@ func testTouchMovesDeadline(t *testing.T, st Store) {
 	}
 
 	// Earlier (the gateway shortens the deadline when a long poll ends).
-	if err := st.Touch(t.Context(), sid(2), d); err != nil {
+	if _, err := st.Touch(t.Context(), sid(2), d); err != nil {
 		t.Fatalf("Touch: %v", err)
 	}
 	if got := claim(t, st, d.Add(-time.Minute), 10); len(got) != 0 {
@@ -483,14 +483,14 @@ func testTouchMovesDeadline(t *testing.T, st Store) {
 
 func testTouchUnknown(t *testing.T, st Store) {
 	d := base()
-	if err := st.Touch(t.Context(), sid(1), d); !errors.Is(err, gateway.ErrNoSession) {
+	if _, err := st.Touch(t.Context(), sid(1), d); !errors.Is(err, gateway.ErrNoSession) {
 		t.Errorf("Touch of a never-created session = %v, want ErrNoSession", err)
 	}
 	create(t, st, minimalSession(sid(2), `2`), d)
 	if _, err := st.Remove(t.Context(), sid(2)); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	if err := st.Touch(t.Context(), sid(2), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
+	if _, err := st.Touch(t.Context(), sid(2), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
 		t.Errorf("Touch of a removed session = %v, want ErrNoSession", err)
 	}
 	wantGone(t, st, sid(2), "user_socket:2", "after Touch of a removed session")
@@ -607,7 +607,7 @@ func testClaimLeases(t *testing.T, st Store) {
 		t.Fatalf("Remove of a claimed session: %v", err)
 	}
 	wantGone(t, st, sid(1), s.SocketID(), "after Claim and Remove")
-	if err := st.Touch(t.Context(), sid(1), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
+	if _, err := st.Touch(t.Context(), sid(1), d.Add(time.Hour)); !errors.Is(err, gateway.ErrNoSession) {
 		t.Errorf("Touch of a removed session = %v, want ErrNoSession", err)
 	}
 	if got := claim(t, st, d.Add(10*lease), 10); len(got) != 0 {
@@ -827,7 +827,7 @@ func testBySocket(t *testing.T, st Store) {
 	if err := st.Save(t.Context(), s); err != nil {
 		t.Fatalf("Save: %v", err)
 	}
-	if err := st.Touch(t.Context(), sid(3), d.Add(time.Hour)); err != nil {
+	if _, err := st.Touch(t.Context(), sid(3), d.Add(time.Hour)); err != nil {
 		t.Fatalf("Touch: %v", err)
 	}
 	if got := bySocket(t, st, "user_socket:7"); !slices.Equal(got, []string{sid(1), sid(3)}) {

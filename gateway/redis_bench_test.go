@@ -1,0 +1,156 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/topics"
+)
+
+// roundTrips counts what reaches Redis: round trips (a command or a
+// pipeline) and the commands in them.
+type roundTrips struct{ trips, cmds atomic.Int64 }
+
+func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		c.trips.Add(1)
+		c.cmds.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		c.trips.Add(1)
+		c.cmds.Add(int64(len(cmds)))
+		return next(ctx, cmds)
+	}
+}
+
+type echoRoom struct{}
+
+func (echoRoom) Join(*gateway.Context, json.RawMessage) gateway.Reply { return gateway.Ok(nil) }
+func (echoRoom) HandleIn(*gateway.Context, string, json.RawMessage) gateway.Reply {
+	return gateway.NoReply
+}
+
+// benchGateway is a gateway on Redis (REDIS_URL, else miniredis) whose
+// client counts round trips.
+func benchGateway(b *testing.B) (*gateway.Gateway, *roundTrips) {
+	b.Helper()
+	opts := &redis.Options{Addr: miniredis.RunT(b).Addr()}
+	if u := os.Getenv("REDIS_URL"); u != "" {
+		var err error
+		if opts, err = redis.ParseURL(u); err != nil {
+			b.Fatal(err)
+		}
+	}
+	client := redis.NewClient(opts)
+	b.Cleanup(func() { _ = client.Close() })
+	prefix := fmt.Sprintf("sluicebench:%d:", time.Now().UnixNano())
+	b.Cleanup(func() {
+		ctx := context.Background()
+		iter := client.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			client.Del(ctx, iter.Val())
+		}
+	})
+	counter := &roundTrips{}
+	client.AddHook(counter)
+	store := gateway.NewRedisStore(client, gateway.RedisOptions{Prefix: prefix})
+	router := &topics.Router[gateway.Handler]{}
+	router.Add("room:*", echoRoom{})
+	gw, err := gateway.New(gateway.Config{
+		Router:   router,
+		Sessions: store, Presence: store,
+		Broker: topics.NewRedisBroker(client, topics.RedisOptions{Prefix: prefix}),
+		Authenticate: func(_ context.Context, info gateway.ConnectInfo) (gateway.Identity, error) {
+			return gateway.Identity{UserID: json.RawMessage(info.Token)}, nil
+		},
+		SessionTimeout: time.Hour,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return gw, counter
+}
+
+func joinedSession(b *testing.B, gw *gateway.Gateway, user string) gateway.SessionToken {
+	b.Helper()
+	ctx := context.Background()
+	tok, err := gw.Connect(ctx, gateway.ConnectInfo{Token: user, Vsn: "2.0.0"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := gw.Handle(ctx, tok.SessionID, [][]byte{[]byte(`["1","1","room:bench","phx_join",{}]`)}); err != nil {
+		b.Fatal(err)
+	}
+	d, err := gw.Poll(ctx, tok, time.Millisecond)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return d.Token
+}
+
+// BenchmarkRedisBroadcast measures what one broadcast costs Redis with 100
+// sessions joined to the topic: the promise is one round trip, one command,
+// whatever the audience.
+func BenchmarkRedisBroadcast(b *testing.B) {
+	gw, counter := benchGateway(b)
+	for i := range 100 {
+		joinedSession(b, gw, fmt.Sprint(i+1))
+	}
+	ctx := context.Background()
+	payload := json.RawMessage(`{"body":"hello"}`)
+	counter.trips.Store(0)
+	counter.cmds.Store(0)
+	b.ResetTimer()
+	for b.Loop() {
+		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(counter.cmds.Load())/float64(b.N), "redis-cmds/op")
+}
+
+// BenchmarkRedisPoll measures a long-poll round trip that returns one
+// message: a broadcast is published (not counted), then the session polls.
+func BenchmarkRedisPoll(b *testing.B) {
+	gw, counter := benchGateway(b)
+	tok := joinedSession(b, gw, "1")
+	ctx := context.Background()
+	payload := json.RawMessage(`{"body":"hello"}`)
+	var trips, cmds int64
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
+			b.Fatal(err)
+		}
+		t0, c0 := counter.trips.Load(), counter.cmds.Load()
+		b.StartTimer()
+		d, err := gw.Poll(ctx, tok, time.Second)
+		if err != nil || len(d.Frames) != 1 {
+			b.Fatalf("poll: %d frames, %v", len(d.Frames), err)
+		}
+		b.StopTimer()
+		trips += counter.trips.Load() - t0
+		cmds += counter.cmds.Load() - c0
+		tok = d.Token
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(trips)/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(cmds)/float64(b.N), "redis-cmds/op")
+}

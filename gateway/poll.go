@@ -14,7 +14,12 @@ import (
 // token that acknowledges them.
 type Delivery struct {
 	Frames [][]byte
-	Token  SessionToken
+	// Tokens[i] acknowledges Frames[:i+1]: a stream gives each frame its own
+	// resume point (an SSE event id).
+	Tokens []SessionToken
+	// Token acknowledges every frame, and records read but not for this
+	// client (a broadcast_from of its own, a filtered intercept).
+	Token SessionToken
 }
 
 // Poll returns the frames for the session after the token's cursor, waiting
@@ -82,10 +87,13 @@ func sessionTopics(s *Session) []string {
 	return out
 }
 
-// timedFrame is a frame with the time its record was made, to merge sources.
+// timedFrame is a frame with the time its record was made, to merge sources,
+// and the source and position it came from, to compute per-frame cursors.
 type timedFrame struct {
 	time  int64
 	frame []byte
+	slot  int // -1: the mailbox
+	seq   uint64
 }
 
 // collect reads what the session has after cursor from its mailbox and its
@@ -99,13 +107,13 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 	limit := g.cfg.MaxPollMessages
 	next := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
 	var out []timedFrame
-	emit := func(t int64, m *Message) {
+	emit := func(t int64, slot int, seq uint64, m *Message) {
 		b, err := ser.Encode(m)
 		if err != nil {
 			g.log.Error("encode frame", "session", s.ID, "topic", m.Topic, "event", m.Event, "err", err)
 			return
 		}
-		out = append(out, timedFrame{t, b})
+		out = append(out, timedFrame{t, b, slot, seq})
 	}
 
 	// One read of the mailbox and every joined topic: one round trip with a
@@ -139,7 +147,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 		if r.Topic == TopicPhoenix && r.Event == EventClose {
 			continue // the session-ended wake-up, not for the client
 		}
-		emit(r.Time, &r.Message)
+		emit(r.Time, -1, rec.Seq, &r.Message)
 	}
 
 	for i, t := range chTopics {
@@ -150,7 +158,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 			// Messages were dropped before this client read them: tell it, so
 			// phoenix.js rejoins, rather than leave a silent gap.
 			g.log.Warn("client fell behind the retained history", "session", s.ID, "topic", t)
-			emit(time.Now().UnixNano(), &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
+			emit(time.Now().UnixNano(), ch.Slot, batch.Head, &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
 			next.Slots[ch.Slot] = batch.Head
 			continue
 		}
@@ -172,28 +180,64 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 				continue
 			}
 			if ic != nil && slices.Contains(intercepts, r.Event) {
-				c.deliver = func(m *Message) { emit(r.Time, m) }
+				c.deliver = func(m *Message) { emit(r.Time, ch.Slot, rec.Seq, m) }
 				var err error
 				if g.protect(c, "handle_out", func() { err = ic.HandleOut(c, r.Event, r.Payload) }) || err != nil {
 					g.log.Error("handle_out failed", "session", s.ID, "topic", t, "event", r.Event, "err", err)
 				}
 				continue
 			}
-			emit(r.Time, &Message{Topic: t, Event: r.Event, Payload: r.Payload})
+			emit(r.Time, ch.Slot, rec.Seq, &Message{Topic: t, Event: r.Event, Payload: r.Payload})
 		}
 	}
-	slices.SortStableFunc(out, func(a, b timedFrame) int {
-		switch {
-		case a.time < b.time:
-			return -1
-		case a.time > b.time:
-			return 1
-		}
-		return 0
-	})
-	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out))}
+	out = mergeByTime(out)
+	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out))}
+	// The cursor after each frame: where the client started, advanced by
+	// the frames up to it.
+	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
+	for i, t := range chTopics {
+		run.Slots[s.Channels[t].Slot] = reqs[i+1].After
+	}
 	for i, f := range out {
 		d.Frames[i] = f.frame
+		if f.slot < 0 {
+			run.Mailbox = max(run.Mailbox, f.seq)
+		} else {
+			run.Slots[f.slot] = max(run.Slots[f.slot], f.seq)
+		}
+		d.Tokens[i] = SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: run.Mailbox, Slots: maps.Clone(run.Slots)}}
+	}
+	if len(out) > 0 {
+		// Past the last frame, everything read is acknowledged.
+		d.Tokens[len(out)-1] = d.Token
 	}
 	return d, nil
+}
+
+// mergeByTime orders frames by the time their records were made while
+// keeping each source's own order (its log order, which is what "in order per
+// topic" means): a k-way merge on the sources' heads. Instances' clocks may
+// disagree, so a plain sort by time could reorder one topic's records.
+func mergeByTime(frames []timedFrame) []timedFrame {
+	var order []int                    // sources in order of first appearance
+	bySource := map[int][]timedFrame{} // each in emission (log) order
+	for _, f := range frames {
+		if _, ok := bySource[f.slot]; !ok {
+			order = append(order, f.slot)
+		}
+		bySource[f.slot] = append(bySource[f.slot], f)
+	}
+	out := make([]timedFrame, 0, len(frames))
+	for len(out) < len(frames) {
+		best, found := 0, false
+		for _, src := range order {
+			q := bySource[src]
+			if len(q) > 0 && (!found || q[0].time < bySource[best][0].time) {
+				best, found = src, true
+			}
+		}
+		out = append(out, bySource[best][0])
+		bySource[best] = bySource[best][1:]
+	}
+	return out
 }

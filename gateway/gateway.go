@@ -470,3 +470,27 @@ func (g *Gateway) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// ErrForeignSession is returned by Resume for a session of another user.
+var ErrForeignSession = errors.New("the session belongs to another user")
+
+// Resume checks that a client may take over an existing session: its user
+// token must verify and name the session's user. A stream that reconnects
+// with a resume point (an SSE Last-Event-ID) proves this way that the
+// session is its own. It returns ErrNoSession if the session is gone,
+// ErrForeignSession if it is another user's, or an error wrapping
+// ErrUnauthorized.
+func (g *Gateway) Resume(ctx context.Context, info ConnectInfo, tok SessionToken) error {
+	id, err := g.cfg.Authenticate(ctx, info)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
+	s, err := g.cfg.Sessions.Load(ctx, tok.SessionID)
+	if err != nil {
+		return err
+	}
+	if userKey(s.UserID) != userKey(id.UserID) {
+		return ErrForeignSession
+	}
+	return nil
+}

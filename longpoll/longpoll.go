@@ -11,16 +11,13 @@
 package longpoll
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -203,7 +200,7 @@ func (t *Transport) publish(c echo.Context) error {
 	case err != nil:
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: "reading body: " + err.Error()})
 	}
-	frames, err := splitFrames(r.Header.Get("Content-Type"), body)
+	frames, err := gateway.SplitFrames(r.Header.Get("Content-Type"), body, false)
 	if err != nil {
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error()})
 	}
@@ -223,36 +220,4 @@ func (t *Transport) publish(c echo.Context) error {
 		t.cfg.Logger.Error("publish failed", "session", tok.SessionID, "err", err)
 		return unavailable(c)
 	}
-}
-
-// splitFrames cuts a POST body into frames. An application/x-ndjson body is
-// one frame per line (phoenix.js's batches); any other body is one frame, as
-// in Phoenix. Blank lines are skipped. Phoenix reads a line that does not
-// start with "[" as a base64 binary frame; Sluice does not support binary
-// payloads and says so, and it also takes V1 JSON objects per line.
-func splitFrames(contentType string, body []byte) ([][]byte, error) {
-	mediaType, _, _ := mime.ParseMediaType(contentType)
-	if mediaType != "application/x-ndjson" {
-		body = bytes.TrimSpace(body)
-		if len(body) == 0 {
-			return nil, errors.New("empty body: POST one JSON frame, or application/x-ndjson lines")
-		}
-		return [][]byte{body}, nil
-	}
-	var frames [][]byte
-	for i, line := range strings.Split(string(body), "\n") {
-		line = strings.TrimSpace(line)
-		switch {
-		case line == "":
-			continue
-		case line[0] == '[' || line[0] == '{':
-			frames = append(frames, []byte(line))
-		default:
-			return nil, fmt.Errorf("line %d: binary (base64) frames are not supported; send JSON frames; nothing was applied", i+1)
-		}
-	}
-	if len(frames) == 0 {
-		return nil, errors.New("empty batch: no frames in the body")
-	}
-	return frames, nil
 }

@@ -47,6 +47,11 @@ func (fs *flagSet) duration(p *time.Duration, name, env string, def time.Duratio
 	fs.envs[name] = env
 }
 
+func (fs *flagSet) boolean(p *bool, name, env string, def bool, usage string) {
+	fs.BoolVar(p, name, def, usage)
+	fs.envs[name] = env
+}
+
 func (fs *flagSet) int(p *int, name, env string, def int, usage string) {
 	fs.IntVar(p, name, def, usage)
 	fs.envs[name] = env

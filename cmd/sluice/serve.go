@@ -22,6 +22,7 @@ import (
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/longpoll"
+	"github.com/sluicegw/sluice/sse"
 	"github.com/sluicegw/sluice/topics"
 )
 
@@ -39,13 +40,18 @@ type serveConfig struct {
 	HistoryTTL      time.Duration
 	MaxBodyBytes    int
 	ShutdownTimeout time.Duration
+	SSERetry        time.Duration
+	SSEHeartbeat    time.Duration
+	SSEMaxLifetime  time.Duration
+	SSEPadding      int
+	CORSCredentials bool
 	LogLevel        string
 	LogFormat       string
 }
 
 func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	cfg := &serveConfig{}
-	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, the HTTP API at /api, /healthz and /readyz.", stderr)
+	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz and /readyz.", stderr)
 	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
 	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for /api/*; unset: /api/* answers 403")
@@ -56,6 +62,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens, whatever the token embeds (the seed's max_age: 86400)")
 	fs.int(&cfg.History, "history", "SLUICE_HISTORY", 1000, "messages kept per topic for clients that fall behind or resume")
 	fs.duration(&cfg.HistoryTTL, "history-ttl", "SLUICE_HISTORY_TTL", time.Hour, "how long a topic's history is kept after its last message")
+	fs.duration(&cfg.SSERetry, "sse-retry", "SLUICE_SSE_RETRY", 2*time.Second, "SSE reconnection delay sent as retry: (jittered ±25% per stream)")
+	fs.duration(&cfg.SSEHeartbeat, "sse-heartbeat", "SLUICE_SSE_HEARTBEAT", 15*time.Second, "an idle SSE stream gets a heartbeat event this often (proxies cut idle streams after 60-100s)")
+	fs.duration(&cfg.SSEMaxLifetime, "sse-max-lifetime", "SLUICE_SSE_MAX_LIFETIME", 2*time.Minute, "an SSE stream ends cleanly after this long (minus up to 10% jitter) and the client resumes: buffering proxies flush, load spreads")
+	fs.int(&cfg.SSEPadding, "sse-padding", "SLUICE_SSE_PADDING", 0, "bytes of padding comment at the start of every SSE stream, for buffering proxies (a client may ask for 2 KiB with ?padding=1)")
+	fs.boolean(&cfg.CORSCredentials, "cors-credentials", "SLUICE_CORS_CREDENTIALS", false, "answer CORS with the request's Origin and Allow-Credentials (EventSource withCredentials) instead of *")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long to wait for requests in flight on SIGTERM/SIGINT")
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -76,6 +87,10 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--token-max-age must be positive, got %s", cfg.TokenMaxAge)
 	case cfg.History <= 0:
 		return nil, fmt.Errorf("--history must be positive, got %d", cfg.History)
+	case cfg.SSEHeartbeat <= 0 || cfg.SSEMaxLifetime <= 0 || cfg.SSERetry <= 0:
+		return nil, errors.New("--sse-heartbeat, --sse-max-lifetime and --sse-retry must be positive")
+	case cfg.SSEPadding < 0 || cfg.SSEPadding > 65536:
+		return nil, fmt.Errorf("--sse-padding must be between 0 and 65536, got %d", cfg.SSEPadding)
 	case cfg.MaxBodyBytes <= 0:
 		return nil, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBodyBytes)
 	case cfg.Secret != "" && len(cfg.Secret) < 20:
@@ -197,6 +212,15 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
 	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Logger: log}).Register(e, "/socket/longpoll")
+	sse.New(gw, sse.Config{
+		Retry:            cfg.SSERetry,
+		Heartbeat:        cfg.SSEHeartbeat,
+		MaxLifetime:      cfg.SSEMaxLifetime,
+		Padding:          cfg.SSEPadding,
+		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
+		AllowCredentials: cfg.CORSCredentials,
+		Logger:           log,
+	}).Register(e, "/socket/sse")
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
 	api := e.Group("/api", middleware.BodyLimit(strconv.Itoa(cfg.MaxBodyBytes)+"B"), s.requireAPIKey)

@@ -1,0 +1,383 @@
+// Package sse serves Phoenix Channels over Server-Sent Events downstream and
+// HTTP POST upstream: Sluice's transport for networks whose proxies kill
+// WebSocket upgrades. One GET opens a stream of events, one per channel
+// message, each with an id that resumes the stream exactly (the browser's
+// EventSource sends it back as Last-Event-ID when it reconnects, on any
+// instance); the client POSTs the same frames a LongPoll client does.
+//
+// The stream is written on echo directly rather than through r3labs/sse's
+// server: that library keeps an unbounded per-stream event log, rewrites
+// event ids, lets one slow subscriber stall the others and sends no
+// heartbeats (see the README). Here each stream is one goroutine reading the
+// session's delivery cursor from the gateway, and the resume point is the
+// event id itself, so nothing is kept per connection.
+//
+// Countermeasures for proxies (shared/PROXY-PITFALLS.md): `retry:` with
+// jitter, heartbeat events well under the usual 60–100 s idle cuts, an
+// optional padding comment for buffering proxies, headers that forbid
+// caching, transformation and buffering, and a maximum stream lifetime after
+// which the response ends cleanly so that buffering proxies flush and clients
+// spread over instances.
+package sse
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/sluicegw/sluice/gateway"
+)
+
+// Config tunes the transport. Zero values take the defaults.
+type Config struct {
+	// Retry is the reconnection delay sent in `retry:`, jittered by ±25% per
+	// stream so that clients cut together do not return together. Default 2s.
+	Retry time.Duration
+	// Heartbeat is how often an idle stream gets a heartbeat event. Default 15s.
+	Heartbeat time.Duration
+	// MaxLifetime ends a stream cleanly after this long (jittered by -10%);
+	// the client resumes at once. Default 2m.
+	MaxLifetime time.Duration
+	// Padding is the size of a comment sent first, for proxies and old
+	// browsers that hold small chunks; 0 sends none unless the client asks
+	// with ?padding=1 (2 KiB). Default 0.
+	Padding int
+	// MaxBodyBytes bounds a POST body. Default 1 MiB.
+	MaxBodyBytes int64
+	// MaxFrames bounds the frames of one POST. Default 100.
+	MaxFrames int
+	// AllowCredentials answers CORS with the request's Origin and
+	// Access-Control-Allow-Credentials: true, for EventSource's
+	// withCredentials; otherwise Access-Control-Allow-Origin is *.
+	AllowCredentials bool
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Transport is the SSE HTTP handler.
+type Transport struct {
+	gw   *gateway.Gateway
+	cfg  Config
+	path string
+}
+
+// New returns a Transport serving gw.
+func New(gw *gateway.Gateway, cfg Config) *Transport {
+	if cfg.Retry <= 0 {
+		cfg.Retry = 2 * time.Second
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 15 * time.Second
+	}
+	if cfg.MaxLifetime <= 0 {
+		cfg.MaxLifetime = 2 * time.Minute
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.MaxFrames <= 0 {
+		cfg.MaxFrames = 100
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Transport{gw: gw, cfg: cfg}
+}
+
+// Register mounts the transport at path (Sluice's is "/socket/sse").
+func (t *Transport) Register(e *echo.Echo, path string) {
+	t.path = path
+	e.GET(path, t.stream)
+	e.POST(path, t.publish)
+	e.OPTIONS(path, t.preflight)
+}
+
+func (t *Transport) cors(c echo.Context) {
+	h := c.Response().Header()
+	origin := c.Request().Header.Get("Origin")
+	if t.cfg.AllowCredentials && origin != "" {
+		h.Set("Access-Control-Allow-Origin", origin)
+		h.Set("Access-Control-Allow-Credentials", "true")
+		h.Add("Vary", "Origin")
+	} else {
+		h.Set("Access-Control-Allow-Origin", "*")
+	}
+}
+
+func (t *Transport) preflight(c echo.Context) error {
+	t.cors(c)
+	h := c.Response().Header()
+	h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+	h.Set("Access-Control-Allow-Headers", c.Request().Header.Get("Access-Control-Request-Headers"))
+	// Every POST with a JSON content type is preflighted: cache the answer.
+	h.Set("Access-Control-Max-Age", "3600")
+	return c.NoContent(http.StatusNoContent)
+}
+
+// fail answers a request that cannot be served with a JSON error. An
+// EventSource gives up for good on a non-200 answer, which is right for
+// these: bad credentials and bad input do not get better by retrying.
+func fail(c echo.Context, status int, msg string) error {
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(status, map[string]any{"status": status, "error": msg})
+}
+
+// lastEventID is the client's resume point: the Last-Event-ID header an
+// EventSource sends when it reconnects, or a lastEventId (or last_event_id)
+// query parameter for clients that cannot set headers.
+func lastEventID(r *http.Request) string {
+	if v := r.Header.Get("Last-Event-ID"); v != "" {
+		return v
+	}
+	q := r.URL.Query()
+	if v := q.Get("lastEventId"); v != "" {
+		return v
+	}
+	return q.Get("last_event_id")
+}
+
+// userToken finds the user token: X-Phoenix-AuthToken, else the `token`
+// query parameter (EventSource cannot set headers).
+func userToken(r *http.Request) string {
+	if v := r.Header.Get("X-Phoenix-AuthToken"); v != "" {
+		return v
+	}
+	return r.URL.Query().Get("token")
+}
+
+func (t *Transport) stream(c echo.Context) error {
+	r := c.Request()
+	t.cors(c)
+	q := r.URL.Query()
+	info := gateway.ConnectInfo{Params: q, Token: userToken(r), Vsn: q.Get("vsn")}
+	ctx := r.Context()
+
+	var tok gateway.SessionToken
+	resumed := false
+	if id := lastEventID(r); id != "" {
+		prev, ok := gateway.ParseSessionToken(id)
+		if !ok {
+			return fail(c, http.StatusBadRequest, "malformed Last-Event-ID: it must be an event id this server sent")
+		}
+		switch err := t.gw.Resume(ctx, info, prev); {
+		case err == nil:
+			tok, resumed = prev, true
+		case errors.Is(err, gateway.ErrForeignSession):
+			t.cfg.Logger.Warn("sse: resume of another user's session refused", "session", prev.SessionID)
+			return fail(c, http.StatusForbidden, err.Error())
+		case errors.Is(err, gateway.ErrUnauthorized):
+			return fail(c, http.StatusForbidden, err.Error())
+		case errors.Is(err, gateway.ErrNoSession):
+			// Expired or ended: start a new one below; its session event
+			// tells the client to rejoin its channels.
+		default:
+			t.cfg.Logger.Error("sse: resume failed", "session", prev.SessionID, "err", err)
+			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
+		}
+	}
+	if !resumed {
+		var err error
+		tok, err = t.gw.Connect(ctx, info)
+		switch {
+		case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
+			t.cfg.Logger.Info("sse: connect refused", "err", err)
+			return fail(c, http.StatusForbidden, err.Error())
+		case err != nil:
+			t.cfg.Logger.Error("sse: connect failed", "err", err)
+			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
+		}
+		if err := t.joinAtConnect(ctx, tok.SessionID, info.Vsn, q["join"]); err != nil {
+			return fail(c, http.StatusBadRequest, err.Error())
+		}
+	}
+
+	w := c.Response()
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream; charset=utf-8")
+	h.Set("Cache-Control", "no-cache, no-store, no-transform")
+	h.Set("X-Accel-Buffering", "no")
+	if r.ProtoMajor == 1 {
+		h.Set("Connection", "keep-alive") // illegal in HTTP/2
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+
+	var buf bytes.Buffer
+	padding := t.cfg.Padding
+	if padding == 0 && q.Get("padding") == "1" {
+		padding = 2048
+	}
+	if padding > 0 {
+		buf.WriteByte(':')
+		buf.Write(bytes.Repeat([]byte{' '}, padding))
+		buf.WriteString("\n\n")
+	}
+	retry := jitter(t.cfg.Retry, 0.25)
+	fmt.Fprintf(&buf, "retry: %d\n\n", retry.Milliseconds())
+	post := t.path + "?session=" + url.QueryEscape(tok.SessionID)
+	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "post": post, "resumed": resumed})
+	writeEvent(&buf, "session", tok.String(), hello)
+	if err := t.flush(w, rc, &buf); err != nil {
+		return nil
+	}
+
+	deadline := time.Now().Add(jitter(t.cfg.MaxLifetime, -0.1))
+	for {
+		wait := min(t.cfg.Heartbeat, time.Until(deadline))
+		if wait <= 0 {
+			// End cleanly: the client resumes from its last id at once.
+			return nil
+		}
+		d, err := t.gw.Poll(ctx, tok, wait)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return nil // the client went away
+		case errors.Is(err, gateway.ErrNoSession):
+			msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": tok.SessionID})
+			writeEvent(&buf, "session_gone", "", msg)
+			_ = t.flush(w, rc, &buf)
+			return nil
+		case err != nil:
+			t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
+			return nil // the client retries after `retry`, from its last id
+		}
+		if len(d.Frames) == 0 {
+			fmt.Fprintf(&buf, "event: heartbeat\ndata: %d\n\n", time.Now().UnixMilli())
+		}
+		for i, f := range d.Frames {
+			writeEvent(&buf, "", d.Tokens[i].String(), f)
+		}
+		tok = d.Token
+		if err := t.flush(w, rc, &buf); err != nil {
+			return nil
+		}
+	}
+}
+
+// writeTimeout bounds one write to a client, so that a client that stopped
+// reading frees its stream.
+const writeTimeout = 10 * time.Second
+
+// flush writes what buf holds as one write and flushes it.
+func (t *Transport) flush(w io.Writer, rc *http.ResponseController, buf *bytes.Buffer) error {
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := w.Write(buf.Bytes())
+	buf.Reset()
+	if err == nil {
+		err = rc.Flush()
+	}
+	return err
+}
+
+// writeEvent appends one SSE event. Frames are single-line JSON; any line
+// breaks are split into data lines as the format requires.
+func writeEvent(buf *bytes.Buffer, event, id string, data []byte) {
+	if event != "" {
+		buf.WriteString("event: ")
+		buf.WriteString(event)
+		buf.WriteByte('\n')
+	}
+	if id != "" {
+		buf.WriteString("id: ")
+		buf.WriteString(id)
+		buf.WriteByte('\n')
+	}
+	for _, line := range bytes.Split(data, []byte("\n")) {
+		buf.WriteString("data: ")
+		buf.Write(bytes.TrimSuffix(line, []byte("\r")))
+		buf.WriteByte('\n')
+	}
+	buf.WriteByte('\n')
+}
+
+// jitter returns d changed by a random fraction up to frac (a negative frac
+// only shortens).
+func jitter(d time.Duration, frac float64) time.Duration {
+	if frac < 0 {
+		return d - time.Duration(rand.Float64()*-frac*float64(d))
+	}
+	return d + time.Duration((rand.Float64()*2-1)*frac*float64(d))
+}
+
+// joinAtConnect joins the topics named by ?join= (several allowed, or
+// comma-separated), for curl users: their replies come down the stream with
+// join_ref "join:<n>".
+func (t *Transport) joinAtConnect(ctx context.Context, sessionID, vsn string, params []string) error {
+	ser, err := gateway.SerializerFor(vsn)
+	if err != nil {
+		return err
+	}
+	var frames [][]byte
+	n := 0
+	for _, p := range params {
+		for _, topic := range strings.Split(p, ",") {
+			if topic = strings.TrimSpace(topic); topic == "" {
+				continue
+			}
+			n++
+			ref := "join:" + strconv.Itoa(n)
+			f, err := ser.Encode(&gateway.Message{JoinRef: &ref, Ref: &ref, Topic: topic, Event: gateway.EventJoin})
+			if err != nil {
+				return err
+			}
+			frames = append(frames, f)
+		}
+	}
+	if len(frames) == 0 {
+		return nil
+	}
+	if len(frames) > t.cfg.MaxFrames {
+		return fmt.Errorf("too many topics in join: %d, at most %d", len(frames), t.cfg.MaxFrames)
+	}
+	return t.gw.Handle(ctx, sessionID, frames)
+}
+
+func (t *Transport) publish(c echo.Context) error {
+	t.cors(c)
+	r := c.Request()
+	sid := r.URL.Query().Get("session")
+	if sid == "" {
+		return fail(c, http.StatusBadRequest, "missing ?session=: POST to the URL the stream's session event names")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return fail(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes))
+	case err != nil:
+		return fail(c, http.StatusBadRequest, "reading body: "+err.Error())
+	}
+	frames, err := gateway.SplitFrames(r.Header.Get("Content-Type"), body, true)
+	if err != nil {
+		return fail(c, http.StatusBadRequest, err.Error())
+	}
+	if len(frames) > t.cfg.MaxFrames {
+		return fail(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames))
+	}
+	err = t.gw.Handle(r.Context(), sid, frames)
+	var batchErr *gateway.BatchError
+	switch {
+	case err == nil:
+		return c.JSON(http.StatusOK, map[string]int{"status": http.StatusOK})
+	case errors.Is(err, gateway.ErrNoSession):
+		return fail(c, http.StatusGone, "unknown or expired session: open a new stream")
+	case errors.As(err, &batchErr):
+		return fail(c, http.StatusBadRequest, err.Error()+"; nothing was applied")
+	default:
+		t.cfg.Logger.Error("sse: publish failed", "session", sid, "err", err)
+		c.Response().Header().Set("Retry-After", "1")
+		return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
+	}
+}

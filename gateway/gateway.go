@@ -36,6 +36,8 @@ type Config struct {
 	MaxPollMessages int
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
+	// Observer is told what happens, for metrics. Default: nothing.
+	Observer Observer
 }
 
 // Gateway is the channel core. It is safe for concurrent use; it keeps no
@@ -88,6 +90,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
 	return &Gateway{cfg: cfg, log: cfg.Logger}, nil
 }
 
@@ -114,6 +119,7 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
 	g.log.Debug("session created", "session", s.ID, "socket_id", s.SocketID(), "vsn", s.Vsn)
+	g.cfg.Observer.SessionStarted()
 	return SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, nil
 }
 
@@ -216,15 +222,17 @@ func (g *Gateway) context(ctx context.Context, s *Session, ch *ChannelState, fx 
 }
 
 func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects, reply func(*string, string, any)) {
-	h, _, ok := g.cfg.Router.Match(m.Topic)
+	h, pattern, ok := g.cfg.Router.Match(m.Topic)
 	if !ok {
 		g.log.Warn("join of unmatched topic", "session", s.ID, "topic", m.Topic)
+		g.cfg.Observer.Joined("", "unmatched")
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 		return
 	}
 	old := s.Channels[m.Topic]
 	if old == nil && len(s.Channels) >= g.cfg.MaxChannels {
 		g.log.Error("too many channels joined", "session", s.ID, "topic", m.Topic, "limit", g.cfg.MaxChannels)
+		g.cfg.Observer.Joined(pattern, "limit")
 		reply(m.JoinRef, "error", map[string]string{"reason": "too many channels joined"})
 		return
 	}
@@ -236,10 +244,12 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 	c := &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h, fx: fx}
 	var r Reply
 	if crashed := g.protect(c, "join", func() { r = h.Join(c, m.Payload) }); crashed {
+		g.cfg.Observer.Joined(pattern, "crashed")
 		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
 		return
 	}
 	if r.status != "ok" {
+		g.cfg.Observer.Joined(pattern, "error")
 		if r.status == "" {
 			r = Error(map[string]string{"reason": "join refused"})
 		}
@@ -253,6 +263,7 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
 		return
 	}
+	g.cfg.Observer.Joined(pattern, "ok")
 	ch.Since = head
 	s.NextSlot++
 	if s.Channels == nil {
@@ -420,6 +431,7 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 		g.log.Warn("end session: delete mailbox", "session", id, "err", err)
 	}
 	g.log.Info("session ended", "session", id, "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
+	g.cfg.Observer.SessionEnded(reason)
 	return true, nil
 }
 
@@ -478,9 +490,14 @@ var ErrForeignSession = errors.New("the session belongs to another user")
 // token must verify and name the session's user. A stream that reconnects
 // with a resume point (an SSE Last-Event-ID) proves this way that the
 // session is its own. It returns ErrNoSession if the session is gone,
-// ErrForeignSession if it is another user's, or an error wrapping
-// ErrUnauthorized.
+// ErrForeignSession if it is another user's, an error wrapping
+// ErrUnsupportedVsn if the requested vsn is not the session's, or an error
+// wrapping ErrUnauthorized.
 func (g *Gateway) Resume(ctx context.Context, info ConnectInfo, tok SessionToken) error {
+	ser, err := SerializerFor(info.Vsn)
+	if err != nil {
+		return err
+	}
 	id, err := g.cfg.Authenticate(ctx, info)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
@@ -491,6 +508,9 @@ func (g *Gateway) Resume(ctx context.Context, info ConnectInfo, tok SessionToken
 	}
 	if userKey(s.UserID) != userKey(id.UserID) {
 		return ErrForeignSession
+	}
+	if ser.Vsn() != s.Vsn {
+		return fmt.Errorf("%w: the session speaks vsn %s, the request asks for %s", ErrUnsupportedVsn, s.Vsn, ser.Vsn())
 	}
 	return nil
 }

@@ -20,6 +20,10 @@ type Delivery struct {
 	// Token acknowledges every frame, and records read but not for this
 	// client (a broadcast_from of its own, a filtered intercept).
 	Token SessionToken
+	// Kinds and Times describe each frame for metrics: its kind (see
+	// Observer.Delivered) and when its record was made (unix nanoseconds).
+	Kinds []string
+	Times []int64
 }
 
 // Poll returns the frames for the session after the token's cursor, waiting
@@ -94,6 +98,7 @@ type timedFrame struct {
 	frame []byte
 	slot  int // -1: the mailbox
 	seq   uint64
+	kind  string
 }
 
 // collect reads what the session has after cursor from its mailbox and its
@@ -113,7 +118,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 			g.log.Error("encode frame", "session", s.ID, "topic", m.Topic, "event", m.Event, "err", err)
 			return
 		}
-		out = append(out, timedFrame{t, b, slot, seq})
+		out = append(out, timedFrame{t, b, slot, seq, frameKind(m)})
 	}
 
 	// One read of the mailbox and every joined topic: one round trip with a
@@ -158,6 +163,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 			// Messages were dropped before this client read them: tell it, so
 			// phoenix.js rejoins, rather than leave a silent gap.
 			g.log.Warn("client fell behind the retained history", "session", s.ID, "topic", t)
+			g.cfg.Observer.Gap()
 			emit(time.Now().UnixNano(), ch.Slot, batch.Head, &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
 			next.Slots[ch.Slot] = batch.Head
 			continue
@@ -191,7 +197,8 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 		}
 	}
 	out = mergeByTime(out)
-	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out))}
+	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out)),
+		Kinds: make([]string, len(out)), Times: make([]int64, len(out))}
 	// The cursor after each frame: where the client started, advanced by
 	// the frames up to it.
 	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
@@ -200,6 +207,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 	}
 	for i, f := range out {
 		d.Frames[i] = f.frame
+		d.Kinds[i], d.Times[i] = f.kind, f.time
 		if f.slot < 0 {
 			run.Mailbox = max(run.Mailbox, f.seq)
 		} else {

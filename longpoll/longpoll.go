@@ -112,11 +112,15 @@ func send(c echo.Context, httpStatus int, body any) error {
 	return c.Blob(httpStatus, "application/json; charset=utf-8", b)
 }
 
+// transportName labels this transport's metrics.
+const transportName = "longpoll"
+
 // unavailable answers a request the gateway could not serve, almost always
 // because the shared store did not answer. The body's status 500 makes
 // phoenix.js reconnect with backoff (it understands no 503 there); the real
 // HTTP 503 and Retry-After tell proxies and curl users that it is transient.
-func unavailable(c echo.Context) error {
+func (t *Transport) unavailable(c echo.Context) error {
+	t.gw.Observer().Refused(transportName, "unavailable")
 	c.Response().Header().Set("Retry-After", "1")
 	return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"})
 }
@@ -152,8 +156,14 @@ func userToken(r *http.Request) string {
 
 func (t *Transport) poll(c echo.Context) error {
 	r := c.Request()
+	obs := t.gw.Observer()
 	if tok, ok := gateway.ParseSessionToken(sessionToken(r)); ok {
+		obs.Open(transportName, 1)
 		d, err := t.gw.Poll(r.Context(), tok, t.cfg.Window)
+		obs.Open(transportName, -1)
+		if err == nil {
+			defer d.Observe(obs, transportName)
+		}
 		switch {
 		case err == nil && len(d.Frames) == 0:
 			return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: d.Token.String()})
@@ -167,7 +177,7 @@ func (t *Transport) poll(c echo.Context) error {
 			return nil // the client went away
 		case !errors.Is(err, gateway.ErrNoSession):
 			t.cfg.Logger.Error("poll failed", "session", tok.SessionID, "err", err)
-			return unavailable(c)
+			return t.unavailable(c)
 		}
 		// The session is gone: start a new one, as Phoenix does. phoenix.js
 		// (1.8.2+) sees a 410 while holding a token as "session gone" and
@@ -179,45 +189,54 @@ func (t *Transport) poll(c echo.Context) error {
 		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: tok.String()})
 	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 		t.cfg.Logger.Info("connect refused", "err", err)
+		obs.Refused(transportName, "unauthorized")
 		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
 	default:
 		t.cfg.Logger.Error("connect failed", "err", err)
-		return unavailable(c)
+		return t.unavailable(c)
 	}
 }
 
 func (t *Transport) publish(c echo.Context) error {
 	r := c.Request()
+	obs := t.gw.Observer()
 	tok, ok := gateway.ParseSessionToken(sessionToken(r))
 	if !ok {
+		obs.Refused(transportName, "no_session")
 		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "missing or malformed session token: GET /socket/longpoll first"})
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
+		obs.Refused(transportName, "body_too_large")
 		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes)})
 	case err != nil:
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: "reading body: " + err.Error()})
 	}
 	frames, err := gateway.SplitFrames(r.Header.Get("Content-Type"), body, false)
 	if err != nil {
+		obs.Refused(transportName, "malformed")
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error()})
 	}
 	if len(frames) > t.cfg.MaxFrames {
+		obs.Refused(transportName, "too_many_frames")
 		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames)})
 	}
 	err = t.gw.Handle(r.Context(), tok.SessionID, frames)
 	var batchErr *gateway.BatchError
 	switch {
 	case err == nil:
+		obs.Received(transportName, len(frames))
 		return send(c, http.StatusOK, reply{Status: http.StatusOK})
 	case errors.Is(err, gateway.ErrNoSession):
+		obs.Refused(transportName, "no_session")
 		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: err.Error()})
 	case errors.As(err, &batchErr):
+		obs.Refused(transportName, "malformed")
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
 	default:
 		t.cfg.Logger.Error("publish failed", "session", tok.SessionID, "err", err)
-		return unavailable(c)
+		return t.unavailable(c)
 	}
 }

@@ -164,26 +164,32 @@ func (t *Transport) stream(c echo.Context) error {
 	info := gateway.ConnectInfo{Params: q, Token: userToken(r), Vsn: q.Get("vsn")}
 	ctx := r.Context()
 
+	obs := t.gw.Observer()
 	var tok gateway.SessionToken
 	resumed := false
 	if id := lastEventID(r); id != "" {
 		prev, ok := gateway.ParseSessionToken(id)
 		if !ok {
+			obs.Refused(transportName, "malformed")
 			return fail(c, http.StatusBadRequest, "malformed Last-Event-ID: it must be an event id this server sent")
 		}
 		switch err := t.gw.Resume(ctx, info, prev); {
 		case err == nil:
 			tok, resumed = prev, true
+			obs.Resumed(transportName)
 		case errors.Is(err, gateway.ErrForeignSession):
+			obs.Refused(transportName, "foreign_session")
 			t.cfg.Logger.Warn("sse: resume of another user's session refused", "session", prev.SessionID)
 			return fail(c, http.StatusForbidden, err.Error())
-		case errors.Is(err, gateway.ErrUnauthorized):
+		case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
+			obs.Refused(transportName, "unauthorized")
 			return fail(c, http.StatusForbidden, err.Error())
 		case errors.Is(err, gateway.ErrNoSession):
 			// Expired or ended: start a new one below; its session event
 			// tells the client to rejoin its channels.
 		default:
 			t.cfg.Logger.Error("sse: resume failed", "session", prev.SessionID, "err", err)
+			obs.Refused(transportName, "unavailable")
 			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
 		}
 	}
@@ -193,9 +199,11 @@ func (t *Transport) stream(c echo.Context) error {
 		switch {
 		case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 			t.cfg.Logger.Info("sse: connect refused", "err", err)
+			obs.Refused(transportName, "unauthorized")
 			return fail(c, http.StatusForbidden, err.Error())
 		case err != nil:
 			t.cfg.Logger.Error("sse: connect failed", "err", err)
+			obs.Refused(transportName, "unavailable")
 			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
 		}
 		if err := t.joinAtConnect(ctx, tok.SessionID, info.Vsn, q["join"]); err != nil {
@@ -213,6 +221,8 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	obs.Open(transportName, 1)
+	defer obs.Open(transportName, -1)
 
 	var buf bytes.Buffer
 	padding := t.cfg.Padding
@@ -263,8 +273,12 @@ func (t *Transport) stream(c echo.Context) error {
 		if err := t.flush(w, rc, &buf); err != nil {
 			return nil
 		}
+		d.Observe(obs, transportName)
 	}
 }
+
+// transportName labels this transport's metrics.
+const transportName = "sse"
 
 // writeTimeout bounds one write to a client, so that a client that stopped
 // reading frees its stream.
@@ -347,36 +361,45 @@ func (t *Transport) joinAtConnect(ctx context.Context, sessionID, vsn string, pa
 func (t *Transport) publish(c echo.Context) error {
 	t.cors(c)
 	r := c.Request()
+	obs := t.gw.Observer()
 	sid := r.URL.Query().Get("session")
 	if sid == "" {
+		obs.Refused(transportName, "no_session")
 		return fail(c, http.StatusBadRequest, "missing ?session=: POST to the URL the stream's session event names")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
+		obs.Refused(transportName, "body_too_large")
 		return fail(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes))
 	case err != nil:
 		return fail(c, http.StatusBadRequest, "reading body: "+err.Error())
 	}
 	frames, err := gateway.SplitFrames(r.Header.Get("Content-Type"), body, true)
 	if err != nil {
+		obs.Refused(transportName, "malformed")
 		return fail(c, http.StatusBadRequest, err.Error())
 	}
 	if len(frames) > t.cfg.MaxFrames {
+		obs.Refused(transportName, "too_many_frames")
 		return fail(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames))
 	}
 	err = t.gw.Handle(r.Context(), sid, frames)
 	var batchErr *gateway.BatchError
 	switch {
 	case err == nil:
+		obs.Received(transportName, len(frames))
 		return c.JSON(http.StatusOK, map[string]int{"status": http.StatusOK})
 	case errors.Is(err, gateway.ErrNoSession):
+		obs.Refused(transportName, "no_session")
 		return fail(c, http.StatusGone, "unknown or expired session: open a new stream")
 	case errors.As(err, &batchErr):
+		obs.Refused(transportName, "malformed")
 		return fail(c, http.StatusBadRequest, err.Error()+"; nothing was applied")
 	default:
 		t.cfg.Logger.Error("sse: publish failed", "session", sid, "err", err)
+		obs.Refused(transportName, "unavailable")
 		c.Response().Header().Set("Retry-After", "1")
 		return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
 	}

@@ -71,6 +71,9 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 			}
 			return &Delivery{Token: tok}, nil
 		case <-ctx.Done():
+			// The client went away mid-poll: give its session only the
+			// timeout from now, not from the end of the window it gave up.
+			_, _ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), tok.SessionID, time.Now().Add(g.cfg.SessionTimeout))
 			return nil, ctx.Err()
 		}
 		// The session may have joined or left channels meanwhile, or ended.

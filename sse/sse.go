@@ -47,8 +47,8 @@ type Config struct {
 	Retry time.Duration
 	// Heartbeat is how often an idle stream gets a heartbeat event. Default 15s.
 	Heartbeat time.Duration
-	// MaxLifetime ends a stream cleanly after this long (jittered by -10%);
-	// the client resumes at once. Default 2m.
+	// MaxLifetime ends a stream cleanly after this long (jittered by -10%),
+	// with a 100 ms retry: the client resumes at once. Default 2m.
 	MaxLifetime time.Duration
 	// Padding is the size of a comment sent first, for proxies and old
 	// browsers that hold small chunks; 0 sends none unless the client asks
@@ -134,6 +134,30 @@ func fail(c echo.Context, status int, msg string) error {
 	return c.JSON(status, map[string]any{"status": status, "error": msg})
 }
 
+// unavailable answers a stream the store cannot serve now. An EventSource
+// never retries after a non-200 answer (PROXY-PITFALLS #8), so this is a 200
+// stream that says why and ends at once with a short retry: the browser
+// comes back, with its Last-Event-ID, and resumes exactly once the store
+// answers again.
+func (t *Transport) unavailable(c echo.Context) error {
+	w := c.Response()
+	setStreamHeaders(w.Header(), c.Request())
+	w.WriteHeader(http.StatusOK)
+	retry := jitter(t.cfg.Retry/2, 0.25)
+	fmt.Fprintf(w, "retry: %d\n\nevent: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n", retry.Milliseconds())
+	return nil
+}
+
+// setStreamHeaders sets the headers of an event stream.
+func setStreamHeaders(h http.Header, r *http.Request) {
+	h.Set("Content-Type", "text/event-stream; charset=utf-8")
+	h.Set("Cache-Control", "no-cache, no-store, no-transform")
+	h.Set("X-Accel-Buffering", "no")
+	if r.ProtoMajor == 1 {
+		h.Set("Connection", "keep-alive") // illegal in HTTP/2
+	}
+}
+
 // lastEventID is the client's resume point: the Last-Event-ID header an
 // EventSource sends when it reconnects, or a lastEventId (or last_event_id)
 // query parameter for clients that cannot set headers.
@@ -190,7 +214,7 @@ func (t *Transport) stream(c echo.Context) error {
 		default:
 			t.cfg.Logger.Error("sse: resume failed", "session", prev.SessionID, "err", err)
 			obs.Refused(transportName, "unavailable")
-			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
+			return t.unavailable(c)
 		}
 	}
 	if !resumed {
@@ -204,7 +228,7 @@ func (t *Transport) stream(c echo.Context) error {
 		case err != nil:
 			t.cfg.Logger.Error("sse: connect failed", "err", err)
 			obs.Refused(transportName, "unavailable")
-			return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")
+			return t.unavailable(c)
 		}
 		if err := t.joinAtConnect(ctx, tok.SessionID, info.Vsn, q["join"]); err != nil {
 			return fail(c, http.StatusBadRequest, err.Error())
@@ -212,13 +236,7 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 
 	w := c.Response()
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream; charset=utf-8")
-	h.Set("Cache-Control", "no-cache, no-store, no-transform")
-	h.Set("X-Accel-Buffering", "no")
-	if r.ProtoMajor == 1 {
-		h.Set("Connection", "keep-alive") // illegal in HTTP/2
-	}
+	setStreamHeaders(w.Header(), r)
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	obs.Open(transportName, 1)
@@ -247,7 +265,10 @@ func (t *Transport) stream(c echo.Context) error {
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
 		if wait <= 0 {
-			// End cleanly: the client resumes from its last id at once.
+			// End cleanly, with a short retry so the client resumes from its
+			// last id at once (the next stream sets the usual retry again).
+			buf.WriteString("retry: 100\n\n")
+			_ = t.flush(w, rc, &buf)
 			return nil
 		}
 		d, err := t.gw.Poll(ctx, tok, wait)
@@ -261,6 +282,9 @@ func (t *Transport) stream(c echo.Context) error {
 			return nil
 		case err != nil:
 			t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
+			obs.Refused(transportName, "unavailable")
+			buf.WriteString("event: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n")
+			_ = t.flush(w, rc, &buf)
 			return nil // the client retries after `retry`, from its last id
 		}
 		if len(d.Frames) == 0 {

@@ -433,7 +433,12 @@ func TestStreamShape(t *testing.T) {
 		if took < life*85/100 || took > life+time.Second {
 			t.Fatalf("the stream ended after %v, want about %v", took, life)
 		}
-		for _, ev := range evs {
+		// Heartbeats, then the clean end's short retry so the client
+		// resumes at once.
+		if len(evs) == 0 || evs[len(evs)-1].Retry != "100" || evs[len(evs)-1].HasData {
+			t.Fatalf("want the stream to end with retry: 100, got %v", evs)
+		}
+		for _, ev := range evs[:len(evs)-1] {
 			if ev.Name != "heartbeat" {
 				t.Fatalf("want only heartbeats until the end, got %s", ev)
 			}

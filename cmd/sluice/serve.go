@@ -22,8 +22,10 @@ import (
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/longpoll"
+	"github.com/sluicegw/sluice/metrics"
 	"github.com/sluicegw/sluice/sse"
 	"github.com/sluicegw/sluice/topics"
+	"github.com/sluicegw/sluice/web"
 )
 
 // serveConfig is the configuration of `sluice serve`.
@@ -51,7 +53,7 @@ type serveConfig struct {
 
 func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	cfg := &serveConfig{}
-	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz and /readyz.", stderr)
+	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz, /readyz and /metrics.", stderr)
 	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
 	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for /api/*; unset: /api/* answers 403")
@@ -166,6 +168,7 @@ type stores struct {
 
 func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	s := &server{cfg: cfg, log: log, echo: echo.New(), ready: func(context.Context) error { return nil }, close: func() error { return nil }}
+	m := metrics.New()
 	var st stores
 	if cfg.RedisURL == "" {
 		broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL)
@@ -179,6 +182,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
+		client.AddHook(m.RedisHook())
 		broker := topics.NewRedisBroker(client, topics.RedisOptions{Prefix: cfg.RedisPrefix, MaxLen: cfg.History, Retention: cfg.HistoryTTL, Logger: log})
 		store := gateway.NewRedisStore(client, gateway.RedisOptions{Prefix: cfg.RedisPrefix, Logger: log})
 		st = stores{sessions: store, presence: store, broker: broker, chat: chat.NewRedisStore(client, cfg.RedisPrefix+"chat:", chat.HistorySize*10)}
@@ -202,6 +206,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		Broker:         st.broker,
 		SessionTimeout: cfg.SessionTimeout,
 		Logger:         log,
+		Observer:       m,
 	})
 	if err != nil {
 		return nil, err
@@ -221,8 +226,10 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		AllowCredentials: cfg.CORSCredentials,
 		Logger:           log,
 	}).Register(e, "/socket/sse")
+	web.Register(e)
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", echo.WrapHandler(m.Handler()))
 	api := e.Group("/api", middleware.BodyLimit(strconv.Itoa(cfg.MaxBodyBytes)+"B"), s.requireAPIKey)
 	s.registerAPI(api)
 	app.RegisterAPI(api)

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"runtime/debug"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sluicegw/sluice/topics"
@@ -46,6 +47,9 @@ type Config struct {
 type Gateway struct {
 	cfg Config
 	log *slog.Logger
+	// draining is closed by Drain.
+	draining  chan struct{}
+	drainOnce sync.Once
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -73,6 +77,21 @@ type Authenticator func(ctx context.Context, info ConnectInfo) (Identity, error)
 // ErrUnauthorized is returned by Connect when the Authenticator refuses.
 var ErrUnauthorized = errors.New("unauthorized")
 
+// ErrDraining is returned by Connect once the instance is draining: the
+// client should connect to another instance.
+var ErrDraining = errors.New("this instance is shutting down; connect again")
+
+// Drain starts a graceful shutdown of this instance: new sessions are
+// refused with ErrDraining, and waiting polls return at once (empty), so
+// that clients continue on other instances. Sessions themselves live on in
+// the shared store. Safe to call more than once.
+func (g *Gateway) Drain() {
+	g.drainOnce.Do(func() { close(g.draining) })
+}
+
+// Draining is closed when Drain is called; streams end when it is.
+func (g *Gateway) Draining() <-chan struct{} { return g.draining }
+
 // New returns a Gateway for cfg.
 func New(cfg Config) (*Gateway, error) {
 	if cfg.Router == nil || cfg.Authenticate == nil || cfg.Sessions == nil || cfg.Presence == nil || cfg.Broker == nil {
@@ -93,7 +112,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger}, nil
+	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{})}, nil
 }
 
 // SessionTimeout returns the configured session timeout.
@@ -102,6 +121,11 @@ func (g *Gateway) SessionTimeout() time.Duration { return g.cfg.SessionTimeout }
 // Connect authenticates a client and creates its session. It returns the
 // token the client resumes the session with.
 func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, error) {
+	select {
+	case <-g.draining:
+		return SessionToken{}, ErrDraining
+	default:
+	}
 	ser, err := SerializerFor(info.Vsn)
 	if err != nil {
 		return SessionToken{}, err

@@ -530,3 +530,31 @@ func TestPerFrameTokensResumeExactly(t *testing.T) {
 		}
 	}
 }
+
+func TestDrainAnswersWaitingPollsAndRefusesNewSessions(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("1", "2.0.0")
+	done := make(chan *Delivery, 1)
+	go func() {
+		d, _ := h.gw.Poll(context.Background(), a.tok, 10*time.Second)
+		done <- d
+	}()
+	time.Sleep(20 * time.Millisecond)
+	h.gw.Drain()
+	h.gw.Drain() // twice is fine
+	select {
+	case d := <-done:
+		if d == nil || len(d.Frames) != 0 || d.Token.String() != a.tok.String() {
+			t.Fatalf("drained poll = %+v, want an empty delivery with the same token", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a waiting poll was not answered when the instance began draining")
+	}
+	if _, err := h.gw.Connect(context.Background(), ConnectInfo{Token: "2", Vsn: "2.0.0"}); err != ErrDraining {
+		t.Errorf("Connect while draining = %v, want ErrDraining", err)
+	}
+	// The session itself lives on, for another instance to serve.
+	if _, err := h.store.Load(context.Background(), a.tok.SessionID); err != nil {
+		t.Errorf("draining ended the session: %v", err)
+	}
+}

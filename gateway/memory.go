@@ -37,6 +37,14 @@ func NewMemoryStore() *MemoryStore {
 	}
 }
 
+// Count returns the number of sessions held: what is lost when the process
+// stops.
+func (m *MemoryStore) Count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.sessions)
+}
+
 // Create implements SessionStore.
 func (m *MemoryStore) Create(_ context.Context, s *Session, deadline time.Time) error {
 	data, err := json.Marshal(s)

@@ -59,6 +59,11 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 		}
 		select {
 		case <-listener.C:
+		case <-g.draining:
+			// The instance is shutting down: answer now, with nothing, so
+			// the client polls again at once, through the load balancer,
+			// to another instance.
+			return &Delivery{Token: tok}, nil
 		case <-timer.C:
 			// Look once more: a wake-up from another instance can be lost
 			// (a pub/sub reconnect), a message in the log cannot.

@@ -187,6 +187,12 @@ func (t *Transport) poll(c echo.Context) error {
 	switch {
 	case err == nil:
 		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: tok.String()})
+	case errors.Is(err, gateway.ErrDraining):
+		// Shutting down: phoenix.js reconnects at once (10 ms), and the load
+		// balancer sends it elsewhere.
+		obs.Refused(transportName, "draining")
+		c.Response().Header().Set("Connection", "close")
+		return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: err.Error()})
 	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 		t.cfg.Logger.Info("connect refused", "err", err)
 		obs.Refused(transportName, "unauthorized")

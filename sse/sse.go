@@ -189,6 +189,10 @@ func (t *Transport) stream(c echo.Context) error {
 	ctx := r.Context()
 
 	obs := t.gw.Observer()
+	if draining(t.gw) {
+		obs.Refused(transportName, "draining")
+		return t.unavailable(c)
+	}
 	var tok gateway.SessionToken
 	resumed := false
 	if id := lastEventID(r); id != "" {
@@ -264,7 +268,7 @@ func (t *Transport) stream(c echo.Context) error {
 	deadline := time.Now().Add(jitter(t.cfg.MaxLifetime, -0.1))
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
-		if wait <= 0 {
+		if wait <= 0 || draining(t.gw) {
 			// End cleanly, with a short retry so the client resumes from its
 			// last id at once (the next stream sets the usual retry again).
 			buf.WriteString("retry: 100\n\n")
@@ -298,6 +302,17 @@ func (t *Transport) stream(c echo.Context) error {
 			return nil
 		}
 		d.Observe(obs, transportName)
+	}
+}
+
+// draining reports whether the instance is shutting down: streams end with
+// a short retry so that clients resume on another instance.
+func draining(gw *gateway.Gateway) bool {
+	select {
+	case <-gw.Draining():
+		return true
+	default:
+		return false
 	}
 }
 

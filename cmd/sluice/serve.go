@@ -156,6 +156,8 @@ type server struct {
 	ready func(context.Context) error
 	// close releases the store's connections after shutdown.
 	close func() error
+	// dropped counts what a memory store loses at exit (nil with Redis).
+	dropped func() int
 }
 
 // stores are the state backends the gateway and the app use.
@@ -175,6 +177,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		mem := gateway.NewMemoryStore()
 		st = stores{sessions: mem, presence: mem, broker: broker, chat: chat.NewMemoryStore(chat.HistorySize * 10)}
 		s.storeKind = "memory"
+		s.dropped = mem.Count
 		s.background = append(s.background, func(ctx context.Context) { broker.Run(ctx, time.Minute) })
 	} else {
 		redis.SetLogger(redisLogger{log})
@@ -238,6 +241,11 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 
 // readyz answers 200 when the shared state is reachable, else 503 and why.
 func (s *server) readyz(c echo.Context) error {
+	select {
+	case <-s.gw.Draining():
+		return c.String(http.StatusServiceUnavailable, "not ready: draining\n")
+	default:
+	}
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 	defer cancel()
 	if err := s.ready(ctx); err != nil {
@@ -294,7 +302,11 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout.String())
+	// Drain: refuse new sessions, answer waiting polls and end streams at
+	// once (clients continue on other instances; with Redis their sessions
+	// live on), let POSTs in flight finish, then stop.
+	s.log.Info("draining", "timeout", s.cfg.ShutdownTimeout.String())
+	s.gw.Drain()
 	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {
@@ -302,6 +314,11 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		_ = hs.Close()
 	}
 	cancel()
+	if s.dropped != nil {
+		if n := s.dropped(); n > 0 {
+			s.log.Warn("memory store: sessions dropped at exit (their clients reconnect and rejoin; use --redis to keep sessions across restarts)", "sessions", n)
+		}
+	}
 	if err := s.close(); err != nil {
 		s.log.Warn("closing the store", "err", err)
 	}

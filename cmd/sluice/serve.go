@@ -219,6 +219,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
+	e.Use(accessLog(log))
 	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Logger: log}).Register(e, "/socket/longpoll")
 	sse.New(gw, sse.Config{
 		Retry:            cfg.SSERetry,

@@ -5,6 +5,7 @@
 //
 //	sluice serve   run the gateway (the default)
 //	sluice token   print a user token signed like Phoenix.Token
+//	sluice healthcheck  check /healthz (the Docker HEALTHCHECK)
 package main
 
 import (
@@ -29,6 +30,7 @@ const usage = `Usage: sluice <command> [flags]
 Commands:
   serve   run the gateway (default when no command is given)
   token   print a user token signed like Phoenix.Token.sign(secret, "user socket", data)
+  healthcheck  exit 0 if a URL (default /healthz on 127.0.0.1:4000) answers 2xx
   help    show this help
 
 Run "sluice <command> --help" for a command's flags.
@@ -46,6 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = serveCommand(ctx, args, stderr)
 	case "token":
 		err = tokenCommand(args, stdout, stderr)
+	case "healthcheck":
+		err = healthcheckCommand(args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -128,5 +130,21 @@ func TestRedisURLKinds(t *testing.T) {
 			_ = c.Close()
 			t.Errorf("%s accepted", bad)
 		}
+	}
+}
+
+func TestHealthcheckCommand(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusOK) }))
+	defer ok.Close()
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	defer bad.Close()
+	if code, out, _ := runCmd(t, nil, "healthcheck", "--url", ok.URL); code != 0 || out != "healthy\n" {
+		t.Errorf("healthy server: exit %d, %q", code, out)
+	}
+	if code, _, errOut := runCmd(t, nil, "healthcheck", "--url", bad.URL); code != 1 || !strings.Contains(errOut, "503") {
+		t.Errorf("503 server: exit %d, %q", code, errOut)
+	}
+	if code, _, _ := runCmd(t, nil, "healthcheck", "--url", "http://127.0.0.1:1/healthz", "--timeout", "200ms"); code != 1 {
+		t.Errorf("nothing listening: exit %d", code)
 	}
 }

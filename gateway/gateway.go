@@ -35,6 +35,17 @@ type Config struct {
 	// MaxPollMessages bounds the frames returned by one poll; the rest wait
 	// for the next. Default 1000.
 	MaxPollMessages int
+	// MaxPayloadBytes bounds one message's payload; a batch holding a larger
+	// one is refused whole with ErrPayloadTooLarge. Default 64 KiB.
+	MaxPayloadBytes int
+	// MaxSessionsPerUser bounds the live sessions of one socket id (tabs,
+	// devices); Connect refuses more with ErrTooManySessions. 0: no limit.
+	MaxSessionsPerUser int
+	// PostRate bounds the requests per second one session may send to this
+	// instance (a token bucket of PostBurst); Handle refuses the excess with
+	// ErrRateLimited. 0: no limit.
+	PostRate  float64
+	PostBurst int
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 	// Observer is told what happens, for metrics. Default: nothing.
@@ -50,6 +61,7 @@ type Gateway struct {
 	// draining is closed by Drain.
 	draining  chan struct{}
 	drainOnce sync.Once
+	limiter   *postLimiter
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -76,6 +88,14 @@ type Authenticator func(ctx context.Context, info ConnectInfo) (Identity, error)
 
 // ErrUnauthorized is returned by Connect when the Authenticator refuses.
 var ErrUnauthorized = errors.New("unauthorized")
+
+// ErrPayloadTooLarge is wrapped by the BatchError of a batch holding a
+// message whose payload is over Config.MaxPayloadBytes.
+var ErrPayloadTooLarge = errors.New("payload too large")
+
+// ErrTooManySessions is returned by Connect for a user who already has
+// Config.MaxSessionsPerUser live sessions.
+var ErrTooManySessions = errors.New("too many sessions for this user")
 
 // ErrDraining is returned by Connect once the instance is draining: the
 // client should connect to another instance.
@@ -106,13 +126,16 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.MaxPollMessages <= 0 {
 		cfg.MaxPollMessages = 1000
 	}
+	if cfg.MaxPayloadBytes <= 0 {
+		cfg.MaxPayloadBytes = 64 << 10
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Observer == nil {
-		cfg.Observer = nopObserver{}
+		cfg.Observer = NopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{})}, nil
+	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst)}, nil
 }
 
 // SessionTimeout returns the configured session timeout.
@@ -135,6 +158,15 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 		return SessionToken{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
+	if max := g.cfg.MaxSessionsPerUser; max > 0 {
+		live, err := g.cfg.Sessions.BySocket(ctx, s.SocketID())
+		if err != nil {
+			return SessionToken{}, fmt.Errorf("create session: %w", err)
+		}
+		if len(live) >= max {
+			return SessionToken{}, fmt.Errorf("%w: %s has %d live sessions, the limit is %d", ErrTooManySessions, s.SocketID(), len(live), max)
+		}
+	}
 	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
 	if err != nil {
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
@@ -162,6 +194,9 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // *BatchError says which. Replies and pushes go to the session's mailbox, to
 // be delivered by its next poll or stream.
 func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte) error {
+	if !g.limiter.allow(sessionID, time.Now()) {
+		return ErrRateLimited
+	}
 	s, err := g.cfg.Sessions.Load(ctx, sessionID)
 	if err != nil {
 		return err
@@ -174,6 +209,9 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	for i, f := range frames {
 		if msgs[i], err = ser.Decode(f); err != nil {
 			return &BatchError{Index: i, Err: err}
+		}
+		if n := len(msgs[i].Payload); n > g.cfg.MaxPayloadBytes {
+			return &BatchError{Index: i, Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, n, g.cfg.MaxPayloadBytes)}
 		}
 	}
 	lctx, cancel := context.WithTimeout(ctx, lockWait)
@@ -499,7 +537,8 @@ func (g *Gateway) Run(ctx context.Context, interval time.Duration) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now := <-t.C:
+			g.limiter.sweep(now)
 			if _, err := g.ExpireSessions(ctx); err != nil && ctx.Err() == nil {
 				g.log.Error("session expiry", "err", err)
 			}

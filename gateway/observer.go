@@ -29,18 +29,19 @@ type Observer interface {
 	Gap()
 }
 
-// nopObserver is the default Observer.
-type nopObserver struct{}
+// NopObserver is an Observer that does nothing: the default, and a base to
+// embed for observers that watch only some events.
+type NopObserver struct{}
 
-func (nopObserver) SessionStarted()                         {}
-func (nopObserver) SessionEnded(string)                     {}
-func (nopObserver) Joined(string, string)                   {}
-func (nopObserver) Received(string, int)                    {}
-func (nopObserver) Delivered(string, string, time.Duration) {}
-func (nopObserver) Open(string, int)                        {}
-func (nopObserver) Refused(string, string)                  {}
-func (nopObserver) Resumed(string)                          {}
-func (nopObserver) Gap()                                    {}
+func (NopObserver) SessionStarted()                         {}
+func (NopObserver) SessionEnded(string)                     {}
+func (NopObserver) Joined(string, string)                   {}
+func (NopObserver) Received(string, int)                    {}
+func (NopObserver) Delivered(string, string, time.Duration) {}
+func (NopObserver) Open(string, int)                        {}
+func (NopObserver) Refused(string, string)                  {}
+func (NopObserver) Resumed(string)                          {}
+func (NopObserver) Gap()                                    {}
 
 // Observer returns the gateway's observer, for transports.
 func (g *Gateway) Observer() Observer { return g.cfg.Observer }

@@ -102,6 +102,10 @@ type envConfig struct {
 	Window         time.Duration // default 300ms
 	SessionTimeout time.Duration // default: the gateway's (15s)
 	Gate           *joinGate     // holds user 42's join of room:slow
+	// Limits, when set, adjust the gateway's config (limits, observer)
+	// and Origins the transport's.
+	Limits  func(*gateway.Config)
+	Origins *gateway.OriginChecker
 }
 
 // env is one test server: a Gateway behind the LongPoll transport.
@@ -121,7 +125,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", roomHandler{gate: cfg.Gate})
-	gw, err := gateway.New(gateway.Config{
+	gcfg := gateway.Config{
 		Router:         router,
 		Authenticate:   gateway.TokenAuthenticator(testSecret, 24*time.Hour),
 		Sessions:       store,
@@ -129,13 +133,17 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		Broker:         topics.NewMemoryBroker(100, time.Hour),
 		SessionTimeout: cfg.SessionTimeout,
 		Logger:         log,
-	})
+	}
+	if cfg.Limits != nil {
+		cfg.Limits(&gcfg)
+	}
+	gw, err := gateway.New(gcfg)
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	longpoll.New(gw, longpoll.Config{Window: cfg.Window, MaxBodyBytes: 4096, Logger: log}).Register(e, lpPath)
+	longpoll.New(gw, longpoll.Config{Window: cfg.Window, MaxBodyBytes: 4096, Origins: cfg.Origins, Logger: log}).Register(e, lpPath)
 	// A handler panic is a server crash as far as the client is concerned
 	// (net/http drops the connection without an answer): record it and fail
 	// the test, whatever the client made of it.

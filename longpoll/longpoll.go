@@ -35,6 +35,9 @@ type Config struct {
 	// MaxFrames bounds the frames of one POST batch (phoenix.js sends at most
 	// 100). A larger batch is refused whole rather than cut silently.
 	MaxFrames int
+	// Origins, when set, refuses requests whose Origin it does not allow,
+	// with {"status":403}, as Phoenix's check_origin does.
+	Origins *gateway.OriginChecker
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -80,9 +83,14 @@ func (t *Transport) Serve(c echo.Context) error {
 		h.Set("Access-Control-Allow-Methods", "get, post, options")
 		h.Set("Access-Control-Max-Age", "3600")
 		return c.NoContent(http.StatusOK)
-	case http.MethodGet:
-		return t.poll(c)
-	case http.MethodPost:
+	case http.MethodGet, http.MethodPost:
+		if origin := c.Request().Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
+			t.gw.Observer().Refused(transportName, "origin")
+			return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: "origin " + origin + " is not allowed"})
+		}
+		if c.Request().Method == http.MethodGet {
+			return t.poll(c)
+		}
 		return t.publish(c)
 	default:
 		return c.NoContent(http.StatusBadRequest)
@@ -193,6 +201,9 @@ func (t *Transport) poll(c echo.Context) error {
 		obs.Refused(transportName, "draining")
 		c.Response().Header().Set("Connection", "close")
 		return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: err.Error()})
+	case errors.Is(err, gateway.ErrTooManySessions):
+		obs.Refused(transportName, "too_many_sessions")
+		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
 	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 		t.cfg.Logger.Info("connect refused", "err", err)
 		obs.Refused(transportName, "unauthorized")
@@ -238,6 +249,13 @@ func (t *Transport) publish(c echo.Context) error {
 	case errors.Is(err, gateway.ErrNoSession):
 		obs.Refused(transportName, "no_session")
 		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: err.Error()})
+	case errors.Is(err, gateway.ErrRateLimited):
+		obs.Refused(transportName, "rate_limited")
+		c.Response().Header().Set("Retry-After", "1")
+		return send(c, http.StatusTooManyRequests, reply{Status: http.StatusTooManyRequests, Error: err.Error()})
+	case errors.Is(err, gateway.ErrPayloadTooLarge):
+		obs.Refused(transportName, "payload_too_large")
+		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: err.Error() + "; nothing was applied"})
 	case errors.As(err, &batchErr):
 		obs.Refused(transportName, "malformed")
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})

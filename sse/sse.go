@@ -33,6 +33,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -62,15 +63,22 @@ type Config struct {
 	// Access-Control-Allow-Credentials: true, for EventSource's
 	// withCredentials; otherwise Access-Control-Allow-Origin is *.
 	AllowCredentials bool
+	// MaxStreams bounds the open streams of this instance; a stream over it
+	// is told to retry (and the balancer sends it elsewhere). 0: no limit.
+	MaxStreams int
+	// Origins, when set, refuses requests whose Origin it does not allow
+	// (Phoenix's check_origin).
+	Origins *gateway.OriginChecker
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
 
 // Transport is the SSE HTTP handler.
 type Transport struct {
-	gw   *gateway.Gateway
-	cfg  Config
-	path string
+	gw      *gateway.Gateway
+	cfg     Config
+	path    string
+	streams atomic.Int64
 }
 
 // New returns a Transport serving gw.
@@ -189,10 +197,20 @@ func (t *Transport) stream(c echo.Context) error {
 	ctx := r.Context()
 
 	obs := t.gw.Observer()
+	if origin := r.Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
+		obs.Refused(transportName, "origin")
+		return fail(c, http.StatusForbidden, "origin "+origin+" is not allowed")
+	}
 	if draining(t.gw) {
 		obs.Refused(transportName, "draining")
 		return t.unavailable(c)
 	}
+	if n := t.streams.Add(1); t.cfg.MaxStreams > 0 && n > int64(t.cfg.MaxStreams) {
+		t.streams.Add(-1)
+		obs.Refused(transportName, "too_many_streams")
+		return t.unavailable(c)
+	}
+	defer t.streams.Add(-1)
 	var tok gateway.SessionToken
 	resumed := false
 	if id := lastEventID(r); id != "" {
@@ -225,6 +243,9 @@ func (t *Transport) stream(c echo.Context) error {
 		var err error
 		tok, err = t.gw.Connect(ctx, info)
 		switch {
+		case errors.Is(err, gateway.ErrTooManySessions):
+			obs.Refused(transportName, "too_many_sessions")
+			return fail(c, http.StatusForbidden, err.Error())
 		case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 			t.cfg.Logger.Info("sse: connect refused", "err", err)
 			obs.Refused(transportName, "unauthorized")
@@ -401,6 +422,10 @@ func (t *Transport) publish(c echo.Context) error {
 	t.cors(c)
 	r := c.Request()
 	obs := t.gw.Observer()
+	if origin := r.Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
+		obs.Refused(transportName, "origin")
+		return fail(c, http.StatusForbidden, "origin "+origin+" is not allowed")
+	}
 	sid := r.URL.Query().Get("session")
 	if sid == "" {
 		obs.Refused(transportName, "no_session")
@@ -433,6 +458,13 @@ func (t *Transport) publish(c echo.Context) error {
 	case errors.Is(err, gateway.ErrNoSession):
 		obs.Refused(transportName, "no_session")
 		return fail(c, http.StatusGone, "unknown or expired session: open a new stream")
+	case errors.Is(err, gateway.ErrRateLimited):
+		obs.Refused(transportName, "rate_limited")
+		c.Response().Header().Set("Retry-After", "1")
+		return fail(c, http.StatusTooManyRequests, err.Error())
+	case errors.Is(err, gateway.ErrPayloadTooLarge):
+		obs.Refused(transportName, "payload_too_large")
+		return fail(c, http.StatusRequestEntityTooLarge, err.Error()+"; nothing was applied")
 	case errors.As(err, &batchErr):
 		obs.Refused(transportName, "malformed")
 		return fail(c, http.StatusBadRequest, err.Error()+"; nothing was applied")

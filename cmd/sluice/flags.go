@@ -52,6 +52,11 @@ func (fs *flagSet) boolean(p *bool, name, env string, def bool, usage string) {
 	fs.envs[name] = env
 }
 
+func (fs *flagSet) float(p *float64, name, env string, def float64, usage string) {
+	fs.Float64Var(p, name, def, usage)
+	fs.envs[name] = env
+}
+
 func (fs *flagSet) int(p *int, name, env string, def int, usage string) {
 	fs.IntVar(p, name, def, usage)
 	fs.envs[name] = env

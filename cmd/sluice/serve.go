@@ -47,6 +47,12 @@ type serveConfig struct {
 	SSEMaxLifetime  time.Duration
 	SSEPadding      int
 	CORSCredentials bool
+	MaxPayload      int
+	MaxSessions     int
+	PostRate        float64
+	PostBurst       int
+	MaxStreams      int
+	AllowedOrigins  string
 	LogLevel        string
 	LogFormat       string
 }
@@ -69,6 +75,12 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.duration(&cfg.SSEMaxLifetime, "sse-max-lifetime", "SLUICE_SSE_MAX_LIFETIME", 2*time.Minute, "an SSE stream ends cleanly after this long (minus up to 10% jitter) and the client resumes: buffering proxies flush, load spreads")
 	fs.int(&cfg.SSEPadding, "sse-padding", "SLUICE_SSE_PADDING", 0, "bytes of padding comment at the start of every SSE stream, for buffering proxies (a client may ask for 2 KiB with ?padding=1)")
 	fs.boolean(&cfg.CORSCredentials, "cors-credentials", "SLUICE_CORS_CREDENTIALS", false, "answer CORS with the request's Origin and Allow-Credentials (EventSource withCredentials) instead of *")
+	fs.int(&cfg.MaxPayload, "max-payload", "SLUICE_MAX_PAYLOAD", 64<<10, "largest message payload in bytes (larger: 413, nothing of the batch applied)")
+	fs.int(&cfg.MaxSessions, "max-sessions-per-user", "SLUICE_MAX_SESSIONS_PER_USER", 0, "live sessions one user may hold (tabs, devices); 0: no limit")
+	fs.float(&cfg.PostRate, "post-rate", "SLUICE_POST_RATE", 0, "POSTs per second one session may send to one instance (token bucket of --post-burst; over: 429); 0: no limit")
+	fs.int(&cfg.PostBurst, "post-burst", "SLUICE_POST_BURST", 20, "burst of --post-rate")
+	fs.int(&cfg.MaxStreams, "max-streams", "SLUICE_MAX_STREAMS", 0, "open SSE streams per instance; over it a stream is told to retry elsewhere; 0: no limit")
+	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host, https://host, https://*.example.com:443; empty: any")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long to wait for requests in flight on SIGTERM/SIGINT")
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -91,6 +103,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--history must be positive, got %d", cfg.History)
 	case cfg.SSEHeartbeat <= 0 || cfg.SSEMaxLifetime <= 0 || cfg.SSERetry <= 0:
 		return nil, errors.New("--sse-heartbeat, --sse-max-lifetime and --sse-retry must be positive")
+	case cfg.MaxPayload <= 0 || cfg.MaxSessions < 0 || cfg.PostRate < 0 || cfg.PostBurst <= 0 || cfg.MaxStreams < 0:
+		return nil, errors.New("--max-payload and --post-burst must be positive; --max-sessions-per-user, --post-rate and --max-streams not negative")
 	case cfg.SSEPadding < 0 || cfg.SSEPadding > 65536:
 		return nil, fmt.Errorf("--sse-padding must be between 0 and 65536, got %d", cfg.SSEPadding)
 	case cfg.MaxBodyBytes <= 0:
@@ -202,14 +216,18 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	router := &topics.Router[gateway.Handler]{}
 	app.Register(router)
 	gw, err := gateway.New(gateway.Config{
-		Router:         router,
-		Authenticate:   gateway.TokenAuthenticator(cfg.Secret, cfg.TokenMaxAge),
-		Sessions:       st.sessions,
-		Presence:       st.presence,
-		Broker:         st.broker,
-		SessionTimeout: cfg.SessionTimeout,
-		Logger:         log,
-		Observer:       m,
+		Router:             router,
+		Authenticate:       gateway.TokenAuthenticator(cfg.Secret, cfg.TokenMaxAge),
+		Sessions:           st.sessions,
+		Presence:           st.presence,
+		Broker:             st.broker,
+		SessionTimeout:     cfg.SessionTimeout,
+		MaxPayloadBytes:    cfg.MaxPayload,
+		MaxSessionsPerUser: cfg.MaxSessions,
+		PostRate:           cfg.PostRate,
+		PostBurst:          cfg.PostBurst,
+		Logger:             log,
+		Observer:           m,
 	})
 	if err != nil {
 		return nil, err
@@ -220,7 +238,11 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
 	e.Use(accessLog(log))
-	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Logger: log}).Register(e, "/socket/longpoll")
+	origins, err := gateway.NewOriginChecker(strings.Split(cfg.AllowedOrigins, ","))
+	if err != nil {
+		return nil, fmt.Errorf("--allowed-origins: %w", err)
+	}
+	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Origins: origins, Logger: log}).Register(e, "/socket/longpoll")
 	sse.New(gw, sse.Config{
 		Retry:            cfg.SSERetry,
 		Heartbeat:        cfg.SSEHeartbeat,
@@ -228,6 +250,8 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		Padding:          cfg.SSEPadding,
 		MaxBodyBytes:     int64(cfg.MaxBodyBytes),
 		AllowCredentials: cfg.CORSCredentials,
+		MaxStreams:       cfg.MaxStreams,
+		Origins:          origins,
 		Logger:           log,
 	}).Register(e, "/socket/sse")
 	web.Register(e)

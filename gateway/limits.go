@@ -1,0 +1,151 @@
+package gateway
+
+import (
+	"errors"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// ErrRateLimited is returned by Handle when a session sends faster than
+// Config.PostRate allows.
+var ErrRateLimited = errors.New("too many requests for this session; slow down")
+
+// postLimiter keeps a token bucket per session on this instance. Behind a
+// round-robin balancer each instance enforces the rate on its own share, so
+// a client gets at most instances × the rate: a bound against floods, not
+// an exact quota.
+type postLimiter struct {
+	rate  rate.Limit
+	burst int
+	mu    sync.Mutex
+	byID  map[string]*limiterEntry
+}
+
+type limiterEntry struct {
+	lim  *rate.Limiter
+	used time.Time
+}
+
+func newPostLimiter(perSecond float64, burst int) *postLimiter {
+	if perSecond <= 0 {
+		return nil
+	}
+	if burst <= 0 {
+		burst = max(1, int(perSecond))
+	}
+	return &postLimiter{rate: rate.Limit(perSecond), burst: burst, byID: make(map[string]*limiterEntry)}
+}
+
+// allow reports whether the session may send a request now.
+func (p *postLimiter) allow(sessionID string, now time.Time) bool {
+	if p == nil {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.byID[sessionID]
+	if e == nil {
+		e = &limiterEntry{lim: rate.NewLimiter(p.rate, p.burst)}
+		p.byID[sessionID] = e
+	}
+	e.used = now
+	return e.lim.AllowN(now, 1)
+}
+
+// sweep forgets sessions idle for longer than a full bucket takes to refill.
+func (p *postLimiter) sweep(now time.Time) {
+	if p == nil {
+		return
+	}
+	idle := time.Duration(float64(p.burst)/float64(p.rate)*float64(time.Second)) + time.Minute
+	p.mu.Lock()
+	for id, e := range p.byID {
+		if now.Sub(e.used) > idle {
+			delete(p.byID, id)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// OriginChecker decides whether a request's Origin may use the transports,
+// with the semantics of Phoenix's check_origin list: a pattern is
+// "//host", "scheme://host" or "scheme://host:port"; scheme and port are
+// compared only when the pattern gives them; a host "*.example.com" matches
+// example.com and its subdomains. Requests without an Origin header are not
+// checked (they are not from a browser page on another site).
+type OriginChecker struct {
+	allowAll bool
+	patterns []originPattern
+}
+
+type originPattern struct {
+	scheme, host, port string
+	wildcard           bool
+}
+
+// NewOriginChecker parses patterns; an empty list (or "*") allows every origin.
+func NewOriginChecker(patterns []string) (*OriginChecker, error) {
+	c := &OriginChecker{}
+	for _, p := range patterns {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if p == "*" {
+			c.allowAll = true
+			continue
+		}
+		raw := p
+		if strings.HasPrefix(p, "//") {
+			raw = "placeholder:" + p
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return nil, errors.New("origin pattern " + p + ": want //host, scheme://host or scheme://host:port")
+		}
+		op := originPattern{host: strings.ToLower(u.Hostname()), port: u.Port()}
+		if !strings.HasPrefix(p, "//") {
+			op.scheme = strings.ToLower(u.Scheme)
+		}
+		if h, ok := strings.CutPrefix(op.host, "*."); ok {
+			op.host, op.wildcard = h, true
+		}
+		c.patterns = append(c.patterns, op)
+	}
+	if len(c.patterns) == 0 {
+		c.allowAll = true
+	}
+	return c, nil
+}
+
+// Allowed reports whether origin (an Origin header's value, "" if absent)
+// may connect.
+func (c *OriginChecker) Allowed(origin string) bool {
+	if c == nil || c.allowAll || origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	scheme, host, port := strings.ToLower(u.Scheme), strings.ToLower(u.Hostname()), u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[scheme]
+	}
+	for _, p := range c.patterns {
+		if p.scheme != "" && p.scheme != scheme {
+			continue
+		}
+		if p.port != "" && p.port != port {
+			continue
+		}
+		if host == p.host || p.wildcard && strings.HasSuffix(host, "."+p.host) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,94 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPayloadLimitRefusesTheWholeBatch(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxPayloadBytes = 32 })
+	a := h.connect("1", "2.0.0")
+	big := `["1","2","room:a","ping",{"x":"` + strings.Repeat("a", 40) + `"}]`
+	err := h.gw.Handle(context.Background(), a.tok.SessionID, [][]byte{[]byte(`["1","1","room:a","phx_join",{}]`), []byte(big)})
+	var be *BatchError
+	if !errors.Is(err, ErrPayloadTooLarge) || !errors.As(err, &be) || be.Index != 1 {
+		t.Fatalf("Handle = %v, want a BatchError at frame 2 wrapping ErrPayloadTooLarge", err)
+	}
+	expectFrames(t, a.poll()) // the join was not applied either
+	a.send(`["1","1","room:a","phx_join",{}]`)
+	if got := a.poll(); len(got) == 0 || !strings.Contains(got[0], `"joined":"room:a"`) {
+		t.Fatalf("session unusable after a refused batch: %v", got)
+	}
+}
+
+func TestSessionsPerUserLimit(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxSessionsPerUser = 2 })
+	ctx := context.Background()
+	first := h.connect("1", "2.0.0")
+	h.connect("1", "2.0.0")
+	if _, err := h.gw.Connect(ctx, ConnectInfo{Token: "1", Vsn: "2.0.0"}); !errors.Is(err, ErrTooManySessions) {
+		t.Fatalf("third session: %v, want ErrTooManySessions", err)
+	}
+	h.connect("2", "2.0.0") // other users are not affected
+	if _, err := h.gw.endSession(ctx, first.tok.SessionID, "disconnected"); err != nil {
+		t.Fatal(err)
+	}
+	h.connect("1", "2.0.0") // a slot freed
+}
+
+func TestPostRateLimit(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 20, 3 })
+	a := h.connect("1", "2.0.0")
+	b := h.connect("2", "2.0.0")
+	ping := [][]byte{[]byte(`[null,"1","phoenix","heartbeat",{}]`)}
+	for i := range 3 {
+		if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); err != nil {
+			t.Fatalf("request %d within the burst: %v", i+1, err)
+		}
+	}
+	if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("request over the burst: %v, want ErrRateLimited", err)
+	}
+	if err := h.gw.Handle(context.Background(), b.tok.SessionID, ping); err != nil {
+		t.Fatalf("another session was limited: %v", err)
+	}
+	time.Sleep(60 * time.Millisecond) // one token back at 20/s
+	if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); err != nil {
+		t.Fatalf("after the bucket refilled: %v", err)
+	}
+}
+
+func TestOriginChecker(t *testing.T) {
+	c, err := NewOriginChecker([]string{"//example.com", "https://*.foo.com:443", "http://localhost:4000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for origin, want := range map[string]bool{
+		"":                            true, // no Origin: not a cross-site browser request
+		"https://example.com":         true,
+		"http://example.com:8080":     true, // //host: any scheme and port
+		"https://evil-example.com":    false,
+		"https://foo.com":             true,
+		"https://a.b.foo.com":         true,
+		"http://a.foo.com":            false, // scheme given
+		"https://a.foo.com:8443":      false, // port given
+		"http://localhost:4000":       true,
+		"http://localhost:4001":       false,
+		"null":                        false,
+		"https://example.com.evil.io": false,
+	} {
+		if got := c.Allowed(origin); got != want {
+			t.Errorf("Allowed(%q) = %v, want %v", origin, got, want)
+		}
+	}
+	all, _ := NewOriginChecker([]string{""})
+	if !all.Allowed("https://anything.example") {
+		t.Error("an empty list must allow every origin")
+	}
+	if _, err := NewOriginChecker([]string{"not a url"}); err == nil {
+		t.Error("a malformed pattern was accepted")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/testroom"
 	"github.com/sluicegw/sluice/longpoll"
 	"github.com/sluicegw/sluice/topics"
 )
@@ -27,81 +28,11 @@ const testSecret = "longpoll-test-secret-key-base-0123456789abcdef"
 
 const lpPath = "/socket/longpoll"
 
-// roomHandler is the test channel for "room:*", shaped like the reference
-// Phoenix app of PHOENIX-TRANSCRIPTS.md.
-// A join of "room:slow" by user 42 waits on gate, when the env has one, so
-// that a test can act while a join is being handled.
-type roomHandler struct {
-	gate *joinGate
-}
-
-// joinGate holds a join: started is closed when it begins, and the join goes
-// on when release is closed.
-type joinGate struct {
-	started chan struct{}
-	release chan struct{}
-}
-
-func newJoinGate() *joinGate {
-	return &joinGate{started: make(chan struct{}), release: make(chan struct{})}
-}
-
-func (h roomHandler) Join(c *gateway.Context, payload json.RawMessage) gateway.Reply {
-	if c.Topic() == "room:forbidden" {
-		return gateway.Error(map[string]string{"reason": "unauthorized"})
-	}
-	if h.gate != nil && c.Topic() == "room:slow" && c.UserKey() == "42" {
-		close(h.gate.started)
-		<-h.gate.release
-	}
-	var p struct {
-		Name string `json:"name"`
-	}
-	_ = json.Unmarshal(payload, &p)
-	if p.Name == "" {
-		p.Name = "user-" + c.UserKey()
-	}
-	if err := c.Assign("name", p.Name); err != nil {
-		return gateway.Error(map[string]string{"reason": err.Error()})
-	}
-	return gateway.Ok(map[string]string{"joined": c.Topic()})
-}
-
-func (roomHandler) AfterJoin(c *gateway.Context) error {
-	var name string
-	c.Assigned("name", &name)
-	if err := c.Track(c.UserKey(), map[string]string{"name": name}); err != nil {
-		return err
-	}
-	list, err := c.PresenceList()
-	if err != nil {
-		return err
-	}
-	return c.Push("presence_state", list)
-}
-
-func (roomHandler) HandleIn(c *gateway.Context, event string, payload json.RawMessage) gateway.Reply {
-	switch event {
-	case "ping":
-		return gateway.Ok(payload)
-	case "boom":
-		panic("boom requested by the test")
-	case "shout":
-		if err := c.Broadcast("shouted", payload); err != nil {
-			return gateway.Error(map[string]string{"reason": err.Error()})
-		}
-		return gateway.Ok(nil)
-	case "quiet":
-		return gateway.NoReply
-	}
-	return gateway.Error(map[string]string{"reason": "unknown event " + event})
-}
-
 // envConfig tunes a test server; zero values take the defaults below.
 type envConfig struct {
-	Window         time.Duration // default 300ms
-	SessionTimeout time.Duration // default: the gateway's (15s)
-	Gate           *joinGate     // holds user 42's join of room:slow
+	Window         time.Duration  // default 300ms
+	SessionTimeout time.Duration  // default: the gateway's (15s)
+	Gate           *testroom.Gate // holds user 42's join of room:slow
 	// Limits, when set, adjust the gateway's config (limits, observer)
 	// and Origins the transport's.
 	Limits  func(*gateway.Config)
@@ -124,7 +55,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	log := slog.New(slog.DiscardHandler)
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
-	router.Add("room:*", roomHandler{gate: cfg.Gate})
+	router.Add("room:*", testroom.Handler{Gate: cfg.Gate})
 	gcfg := gateway.Config{
 		Router:         router,
 		Authenticate:   gateway.TokenAuthenticator(testSecret, 24*time.Hour),

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/gateway/token"
+	"github.com/sluicegw/sluice/internal/testroom"
 )
 
 // requireJSONHeaders checks the headers every JSON LongPoll answer carries.
@@ -781,7 +782,7 @@ func TestDisconnectEndsWaitingPoll(t *testing.T) {
 func TestSessionEndedDuringJoinLeavesNoPresence(t *testing.T) {
 	for _, how := range []string{"disconnect", "expiry"} {
 		t.Run(how, func(t *testing.T) {
-			gate := newJoinGate()
+			gate := testroom.NewGate()
 			e := newEnv(t, envConfig{Gate: gate, SessionTimeout: 100 * time.Millisecond})
 			ctx := context.Background()
 			c := e.connect(t, "42", "2.0.0")
@@ -789,7 +790,7 @@ func TestSessionEndedDuringJoinLeavesNoPresence(t *testing.T) {
 			posted := e.start(http.MethodPost, c.queryWith(c.tok), map[string]string{"Content-Type": "application/x-ndjson"},
 				`["1","1","room:slow","phx_join",{"name":"alice"}]`)
 			select {
-			case <-gate.started:
+			case <-gate.Started:
 			case <-time.After(5 * time.Second):
 				t.Fatal("the join never reached the handler")
 			}
@@ -812,7 +813,7 @@ func TestSessionEndedDuringJoinLeavesNoPresence(t *testing.T) {
 				ended <- err
 			}()
 			time.Sleep(200 * time.Millisecond)
-			close(gate.release)
+			close(gate.Release)
 			r := await(t, posted)
 			if r.Status != 410 && r.Status != 200 {
 				t.Fatalf("join POST: want {status:410} (session gone) or 200, got HTTP %d %s", r.HTTPStatus, r.Body)

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/testroom"
 	"github.com/sluicegw/sluice/sse"
 	"github.com/sluicegw/sluice/topics"
 )
@@ -41,56 +42,6 @@ const ssePath = "/socket/sse"
 
 // waitFor bounds every wait of a test for something the server sends.
 const waitFor = 5 * time.Second
-
-// roomHandler is the test channel for "room:*", the same as the LongPoll
-// tests': a join tracks presence and pushes presence_state; "ping" echoes
-// its payload, "shout" broadcasts it, "quiet" answers nothing.
-type roomHandler struct{}
-
-func (roomHandler) Join(c *gateway.Context, payload json.RawMessage) gateway.Reply {
-	if c.Topic() == "room:forbidden" {
-		return gateway.Error(map[string]string{"reason": "unauthorized"})
-	}
-	var p struct {
-		Name string `json:"name"`
-	}
-	_ = json.Unmarshal(payload, &p)
-	if p.Name == "" {
-		p.Name = "user-" + c.UserKey()
-	}
-	if err := c.Assign("name", p.Name); err != nil {
-		return gateway.Error(map[string]string{"reason": err.Error()})
-	}
-	return gateway.Ok(map[string]string{"joined": c.Topic()})
-}
-
-func (roomHandler) AfterJoin(c *gateway.Context) error {
-	var name string
-	c.Assigned("name", &name)
-	if err := c.Track(c.UserKey(), map[string]string{"name": name}); err != nil {
-		return err
-	}
-	list, err := c.PresenceList()
-	if err != nil {
-		return err
-	}
-	return c.Push("presence_state", list)
-}
-
-func (roomHandler) HandleIn(c *gateway.Context, event string, payload json.RawMessage) gateway.Reply {
-	switch event {
-	case "ping":
-		return gateway.Ok(payload)
-	case "shout":
-		if err := c.Broadcast("shouted", payload); err != nil {
-			return gateway.Error(map[string]string{"reason": err.Error()})
-		}
-		return gateway.Ok(nil)
-	case "quiet":
-		return gateway.NoReply
-	}
-	return gateway.Error(map[string]string{"reason": "unknown event " + event})
-}
 
 // envConfig tunes a test server; zero values take the defaults below.
 type envConfig struct {
@@ -129,7 +80,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	log := slog.New(slog.DiscardHandler)
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
-	router.Add("room:*", roomHandler{})
+	router.Add("room:*", testroom.Handler{})
 	gw, err := gateway.New(gateway.Config{
 		Router:         router,
 		Authenticate:   gateway.TokenAuthenticator(testSecret, 24*time.Hour),

@@ -53,6 +53,7 @@ type envConfig struct {
 	AllowCredentials bool
 	MaxFrames        int   // default: the transport's (100)
 	MaxBodyBytes     int64 // default 4096
+	MaxStreams       int
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -103,6 +104,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		MaxBodyBytes:     cfg.MaxBodyBytes,
 		MaxFrames:        cfg.MaxFrames,
 		AllowCredentials: cfg.AllowCredentials,
+		MaxStreams:       cfg.MaxStreams,
 		Logger:           log,
 	}).Register(e, ssePath)
 	// A handler panic is a server crash as far as the client is concerned:

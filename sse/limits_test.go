@@ -1,0 +1,38 @@
+package sse_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// Over --max-streams a stream is not refused with an error status (an
+// EventSource would give up for good): it is a 200 stream that says why and
+// asks to retry soon, so the balancer can send it elsewhere.
+func TestMaxStreamsTellsTheExtraStreamToRetry(t *testing.T) {
+	e := newEnv(t, envConfig{MaxStreams: 1})
+	first, _ := e.connect(t, "42", "2.0.0", "")
+	extra := e.open(t, streamQuery(t, "43", "2.0.0"), nil)
+	evs := extra.waitEnd(t, 2*time.Second)
+	if len(evs) < 2 || evs[0].Retry == "" || evs[1].Name != "unavailable" || !strings.Contains(evs[1].Data, "retry") {
+		t.Fatalf("extra stream: want retry: then an unavailable event and the end, got %v", evs)
+	}
+	// Once the first stream closes, a slot is free again.
+	first.close()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		s := e.open(t, streamQuery(t, "43", "2.0.0"), nil)
+		ev := s.must(t)
+		for ev.Retry != "" && ev.Name == "" && !ev.HasData {
+			ev = s.must(t)
+		}
+		s.close()
+		if ev.Name == "session" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the first stream closed, a new one still got %s", ev)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

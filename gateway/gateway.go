@@ -221,6 +221,11 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		return err
 	}
 	defer unlock()
+	// Once started, a batch is applied whole even if the client gives up on
+	// its request: stopping half way would record its refs as handled (so a
+	// retry is dropped as a duplicate) without delivering their replies.
+	ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), lockWait)
+	defer cancel()
 	// Reload under the lock: another request may have changed the session.
 	if s, err = g.cfg.Sessions.Load(ctx, sessionID); err != nil {
 		return err

@@ -42,6 +42,7 @@ type serveConfig struct {
 	HistoryTTL      time.Duration
 	MaxBodyBytes    int
 	ShutdownTimeout time.Duration
+	DrainDelay      time.Duration
 	SSERetry        time.Duration
 	SSEHeartbeat    time.Duration
 	SSEMaxLifetime  time.Duration
@@ -82,7 +83,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.int(&cfg.MaxStreams, "max-streams", "SLUICE_MAX_STREAMS", 0, "open SSE streams per instance; over it a stream is told to retry elsewhere; 0: no limit")
 	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host, https://host, https://*.example.com:443; empty: any")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
-	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long to wait for requests in flight on SIGTERM/SIGINT")
+	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long a drain on SIGTERM/SIGINT may take in all")
+	fs.duration(&cfg.DrainDelay, "drain-delay", "SLUICE_DRAIN_DELAY", 2*time.Second, "on SIGTERM/SIGINT, keep answering (readyz 503, polls and streams sent elsewhere) this long before closing the listener (at most half of --shutdown-timeout)")
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.string(&cfg.LogFormat, "log-format", "SLUICE_LOG_FORMAT", "text", "text or json")
 	if err := fs.parse(args); err != nil {
@@ -332,7 +334,19 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	// live on), let POSTs in flight finish, then stop.
 	s.log.Info("draining", "timeout", s.cfg.ShutdownTimeout.String())
 	s.gw.Drain()
-	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	// Keep serving for a moment: /readyz says 503 so the balancer stops
+	// sending here, requests already on their way are answered rather than
+	// reset (net/http drops a request it reads once Shutdown has begun), and
+	// without keep-alive every client's next request opens a connection the
+	// balancer sends elsewhere.
+	hs.SetKeepAlivesEnabled(false)
+	delay := min(s.cfg.DrainDelay, s.cfg.ShutdownTimeout/2)
+	time.Sleep(delay)
+	// Stop accepting, then give the connections already accepted a moment
+	// to send their requests before Shutdown: it would drop them unread.
+	_ = ln.Close()
+	time.Sleep(min(250*time.Millisecond, delay/2))
+	sctx, scancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout-delay)
 	defer scancel()
 	if err := hs.Shutdown(sctx); err != nil {
 		s.log.Warn("shutdown deadline passed; closing connections", "err", err)

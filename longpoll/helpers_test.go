@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -331,20 +330,6 @@ func (c *client) join(t *testing.T, topic, jr, name string) []string {
 }
 
 // jsonEqual reports whether two JSON texts hold the same value.
-func jsonEqual(a, b string) bool {
-	var va, vb any
-	if json.Unmarshal([]byte(a), &va) != nil || json.Unmarshal([]byte(b), &vb) != nil {
-		return false
-	}
-	return reflect.DeepEqual(va, vb)
-}
-
-func requireFrame(t *testing.T, got, want string) {
-	t.Helper()
-	if !jsonEqual(got, want) {
-		t.Fatalf("frame mismatch\n got: %s\nwant: %s", got, want)
-	}
-}
 
 // requireFrames checks the messages of a poll one by one.
 func requireFrames(t *testing.T, got []string, want ...string) {
@@ -359,30 +344,14 @@ func requireFrames(t *testing.T, got []string, want ...string) {
 	}
 }
 
-// frame is a decoded V2 frame.
-type frame struct {
-	JoinRef *string
-	Ref     *string
-	Topic   string
-	Event   string
-	Payload json.RawMessage
-}
+// The frame helpers shared with the other transport's tests.
+type frame = testroom.Frame
 
-func decodeV2(t *testing.T, s string) frame {
-	t.Helper()
-	var parts []json.RawMessage
-	if err := json.Unmarshal([]byte(s), &parts); err != nil || len(parts) != 5 {
-		t.Fatalf("not a V2 frame (5-array): %q (%v)", s, err)
-	}
-	var f frame
-	for i, dst := range []any{&f.JoinRef, &f.Ref, &f.Topic, &f.Event} {
-		if err := json.Unmarshal(parts[i], dst); err != nil {
-			t.Fatalf("V2 frame %q element %d: %v", s, i, err)
-		}
-	}
-	f.Payload = parts[4]
-	return f
-}
+var (
+	jsonEqual    = testroom.JSONEqual
+	requireFrame = testroom.RequireFrame
+	decodeV2     = testroom.DecodeV2
+)
 
 // events lists the topic/event of each V2 message, for failure messages and
 // order checks.

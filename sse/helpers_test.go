@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -733,45 +732,15 @@ func (s *stream) expectInterleaved(t *testing.T, want ...string) []event {
 }
 
 // jsonEqual reports whether two JSON texts hold the same value.
-func jsonEqual(a, b string) bool {
-	var va, vb any
-	if json.Unmarshal([]byte(a), &va) != nil || json.Unmarshal([]byte(b), &vb) != nil {
-		return false
-	}
-	return reflect.DeepEqual(va, vb)
-}
 
-func requireFrame(t *testing.T, got, want string) {
-	t.Helper()
-	if !jsonEqual(got, want) {
-		t.Fatalf("frame mismatch\n got: %s\nwant: %s", got, want)
-	}
-}
+// The frame helpers shared with the other transport's tests.
+type frame = testroom.Frame
 
-// frame is a decoded V2 frame.
-type frame struct {
-	JoinRef *string
-	Ref     *string
-	Topic   string
-	Event   string
-	Payload json.RawMessage
-}
-
-func decodeV2(t *testing.T, s string) frame {
-	t.Helper()
-	var parts []json.RawMessage
-	if err := json.Unmarshal([]byte(s), &parts); err != nil || len(parts) != 5 {
-		t.Fatalf("not a V2 frame (5-array): %q (%v)", s, err)
-	}
-	var f frame
-	for i, dst := range []any{&f.JoinRef, &f.Ref, &f.Topic, &f.Event} {
-		if err := json.Unmarshal(parts[i], dst); err != nil {
-			t.Fatalf("V2 frame %q element %d: %v", s, i, err)
-		}
-	}
-	f.Payload = parts[4]
-	return f
-}
+var (
+	jsonEqual    = testroom.JSONEqual
+	requireFrame = testroom.RequireFrame
+	decodeV2     = testroom.DecodeV2
+)
 
 // news is the V2 frame of a gw.Broadcast of "news" {"n": n} on topic.
 func news(topic string, n int) string {

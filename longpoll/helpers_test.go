@@ -345,8 +345,6 @@ func requireFrames(t *testing.T, got []string, want ...string) {
 }
 
 // The frame helpers shared with the other transport's tests.
-type frame = testroom.Frame
-
 var (
 	jsonEqual    = testroom.JSONEqual
 	requireFrame = testroom.RequireFrame

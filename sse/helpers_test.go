@@ -734,8 +734,6 @@ func (s *stream) expectInterleaved(t *testing.T, want ...string) []event {
 // jsonEqual reports whether two JSON texts hold the same value.
 
 // The frame helpers shared with the other transport's tests.
-type frame = testroom.Frame
-
 var (
 	jsonEqual    = testroom.JSONEqual
 	requireFrame = testroom.RequireFrame

@@ -84,7 +84,7 @@ function lineCollector(name){
  * Starts one `sluice serve` on a free port with the cluster's flags and waits for /healthz.
  * Returns {name, port, base, pid, child, lines, exited, alive(), kill9(), stop()}.
  */
-export async function startInstance({name, redisUrl, prefix, secret, apiKey}){
+export async function startInstance({name, redisUrl, prefix, secret, apiKey, extraArgs = []}){
   if(!fs.existsSync(SLUICE_BIN)){
     throw new Error(`sluice binary not found at ${SLUICE_BIN}: run \`go build -o bin/sluice ./cmd/sluice\` or set SLUICE_BIN`)
   }
@@ -93,7 +93,8 @@ export async function startInstance({name, redisUrl, prefix, secret, apiKey}){
     const port = await freePort()
     const args = ["serve", "--addr", `127.0.0.1:${port}`, "--secret", secret, "--api-key", apiKey,
       "--redis", redisUrl, "--longpoll-window", `${CLUSTER_WINDOW_MS / 1000}s`,
-      "--session-timeout", `${CLUSTER_SESSION_TIMEOUT_MS / 1000}s`, "--shutdown-timeout", "2s"]
+      "--session-timeout", `${CLUSTER_SESSION_TIMEOUT_MS / 1000}s`, "--shutdown-timeout", "2s",
+      ...extraArgs] // later flags win: extraArgs may override the defaults above
     const env = {...process.env, SLUICE_REDIS_PREFIX: prefix}
     const child = spawn(SLUICE_BIN, args, {stdio: ["ignore", "pipe", "pipe"], env})
     const exited = track(child)

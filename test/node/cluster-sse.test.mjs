@@ -16,107 +16,31 @@
 // legitimately reconnects with a new session: no duplicate, nothing out of order, what it missed is
 // reported.
 //
-// The instances are started here (not with cluster-helpers' startInstance, whose flags are fixed)
-// with --session-timeout 10s (far longer than any recovery here), --sse-heartbeat 1s and
+// The instances are started with cluster-helpers' startInstance plus --session-timeout 10s (far longer than any recovery here), --sse-heartbeat 1s and
 // --sse-retry 500ms; each test uses a fresh SLUICE_REDIS_PREFIX on REDIS_URL (default
 // redis://127.0.0.1:6379/0) and deletes its keys at the end.
 
-import {test, after} from "node:test"
+import {test} from "node:test"
 import assert from "node:assert/strict"
-import {spawn, execFileSync} from "node:child_process"
+import {execFileSync} from "node:child_process"
 import {randomBytes, randomInt} from "node:crypto"
-import fs from "node:fs"
 import http from "node:http"
 import {EventSource} from "eventsource"
 import {Presence} from "phoenix"
 import {SSETransport} from "../../web/sse-transport.js"
 import {SLUICE_BIN, SHORT, openClient, closeAllClients, join, push, pushOk, until, sleep, newUserId} from "./helpers.mjs"
-import {freePort, deleteKeysWithPrefix, countKeysWithPrefix, MAIN_REDIS_URL} from "./cluster-helpers.mjs"
+import {deleteKeysWithPrefix, countKeysWithPrefix, startInstance, MAIN_REDIS_URL} from "./cluster-helpers.mjs"
 import {startProxy as startRoundRobin} from "./rrproxy.mjs"
 
 const SESSION_TIMEOUT_S = 10
 const HEARTBEAT = "1s"
 const RETRY = "500ms"
 const TOPIC = "sala:lobby"
-const verbose = process.env.SLUICE_TEST_LOG === "1"
 
-// ---------------------------------------------------------------------------------------------
-// Processes: every sluice this file starts is killed when the test process exits, however it exits.
-
-const children = new Set()
-const killChildren = () => { for(const c of children){ try { c.kill("SIGKILL") } catch { /* gone */ } } }
-process.on("exit", killChildren)
-after(killChildren)
-
-/** Starts one `sluice serve` on a free loopback port and waits for /healthz. */
-async function startNode({name, prefix, secret, apiKey}){
-  if(!fs.existsSync(SLUICE_BIN)){
-    throw new Error(`sluice binary not found at ${SLUICE_BIN}: run \`go build -o bin/sluice ./cmd/sluice\` or set SLUICE_BIN`)
-  }
-  let lastError
-  for(let attempt = 0; attempt < 3; attempt++){
-    const port = await freePort()
-    const args = ["serve", "--addr", `127.0.0.1:${port}`, "--secret", secret, "--api-key", apiKey,
-      "--redis", MAIN_REDIS_URL, "--longpoll-window", "2s", "--session-timeout", `${SESSION_TIMEOUT_S}s`,
-      "--sse-heartbeat", HEARTBEAT, "--sse-retry", RETRY, "--shutdown-timeout", "2s"]
-    const child = spawn(SLUICE_BIN, args, {stdio: ["ignore", "pipe", "pipe"], env: {...process.env, SLUICE_REDIS_PREFIX: prefix}})
-    children.add(child)
-    const lines = []
-    let partial = ""
-    const collect = (chunk) => {
-      const parts = (partial + chunk.toString()).split("\n")
-      partial = parts.pop()
-      const at = new Date().toISOString()
-      for(const l of parts){
-        lines.push(`${at} [${name}] ${l}`)
-        if(verbose){ process.stderr.write(`${at} [${name}] ${l}\n`) }
-      }
-      if(lines.length > 40_000){ lines.splice(0, 20_000) }
-    }
-    child.stdout.on("data", collect)
-    child.stderr.on("data", collect)
-    let gone = null
-    const exited = new Promise((resolve) => child.once("exit", (code, signal) => {
-      children.delete(child)
-      gone = {code, signal}
-      lines.push(`${new Date().toISOString()} [${name}] <process exited: ${JSON.stringify(gone)}>`)
-      resolve(gone)
-    }))
-    const base = `http://127.0.0.1:${port}`
-    const deadline = Date.now() + 10_000
-    let healthy = false
-    while(Date.now() < deadline && !gone){
-      try {
-        const res = await fetch(`${base}/healthz`, {signal: AbortSignal.timeout(1000)})
-        await res.arrayBuffer()
-        if(res.status === 200){ healthy = true; break }
-      } catch { /* not yet */ }
-      await sleep(50)
-    }
-    const node = {
-      name, base, port, pid: child.pid, lines,
-      alive: () => child.exitCode === null && child.signalCode === null,
-      async kill9(){
-        if(!node.alive()){ return }
-        lines.push(`${new Date().toISOString()} [${name}] <test: kill -9 ${child.pid}>`)
-        child.kill("SIGKILL")
-        await exited
-      },
-      async stop(){
-        if(!node.alive()){ return }
-        child.kill("SIGTERM")
-        const t = setTimeout(() => child.kill("SIGKILL"), 3000)
-        await exited
-        clearTimeout(t)
-      },
-    }
-    if(healthy){ return node }
-    child.kill("SIGKILL")
-    await exited
-    lastError = new Error(`${name} did not become healthy (${JSON.stringify(gone)}):\n${lines.slice(-30).join("\n")}`)
-    if(!lines.some((l) => /address already in use/i.test(l))){ break }
-  }
-  throw lastError
+/** Starts one `sluice serve` with this file's SSE and session settings. */
+function startNode({name, prefix, secret, apiKey}){
+  return startInstance({name, redisUrl: MAIN_REDIS_URL, prefix, secret, apiKey,
+    extraArgs: ["--session-timeout", `${SESSION_TIMEOUT_S}s`, "--sse-heartbeat", HEARTBEAT, "--sse-retry", RETRY]})
 }
 
 /** n instances on one fresh Redis prefix, behind the round-robin proxy. */

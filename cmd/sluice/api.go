@@ -3,7 +3,10 @@ package main
 import (
 	"crypto/subtle"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/go-playground/validator/v10"
 	"github.com/labstack/echo/v4"
@@ -11,16 +14,84 @@ import (
 
 var validate = validator.New(validator.WithRequiredStructEnabled())
 
-// requireAPIKey guards /api/*: Authorization: Bearer <api key>.
+// apiKeys says which bearer keys may call which /api routes: a key given
+// with --api-key opens every route; a key given in --api-keys opens the
+// routes it names, so that, say, a backend that only broadcasts holds a key
+// that cannot disconnect users or rewrite rooms.
+type apiKeys struct {
+	all     []byte
+	byRoute map[string][][]byte
+}
+
+// parseAPIKeys reads --api-keys: comma-separated route=key pairs, where route
+// is the first path segment under /api/ ("broadcast", "disconnect", "salas")
+// and must be one of known.
+func parseAPIKeys(all, scoped string, known []string) (*apiKeys, error) {
+	k := &apiKeys{byRoute: map[string][][]byte{}}
+	if all != "" {
+		k.all = []byte(all)
+	}
+	for _, pair := range strings.Split(scoped, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		route, key, ok := strings.Cut(pair, "=")
+		route, key = strings.TrimSpace(route), strings.TrimSpace(key)
+		switch {
+		case !ok || key == "":
+			return nil, fmt.Errorf("--api-keys: %q is not route=key", pair)
+		case !slices.Contains(known, route):
+			return nil, fmt.Errorf("--api-keys: unknown route %q (routes: %s)", route, strings.Join(known, ", "))
+		}
+		k.byRoute[route] = append(k.byRoute[route], []byte(key))
+	}
+	return k, nil
+}
+
+// enabled reports whether any key was configured.
+func (k *apiKeys) enabled() bool { return k.all != nil || len(k.byRoute) > 0 }
+
+// allows reports whether key may call route, comparing in constant time.
+func (k *apiKeys) allows(route, key string) bool {
+	ok := false
+	if k.all != nil && subtle.ConstantTimeCompare([]byte(key), k.all) == 1 {
+		ok = true
+	}
+	for _, want := range k.byRoute[route] {
+		if subtle.ConstantTimeCompare([]byte(key), want) == 1 {
+			ok = true
+		}
+	}
+	return ok
+}
+
+// apiRoute is the first path segment under /api/ of a registered route path
+// ("/api/salas/:id" → "salas").
+func apiRoute(path string) string {
+	rest := strings.TrimPrefix(path, "/api/")
+	route, _, _ := strings.Cut(rest, "/")
+	return route
+}
+
+// requireAPIKey guards /api/*: Authorization: Bearer <api key>, with a key
+// that opens the route called.
 func (s *server) requireAPIKey(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		if s.cfg.APIKey == "" {
-			return echo.NewHTTPError(http.StatusForbidden, "the HTTP API is disabled: start sluice with --api-key or SLUICE_API_KEY")
+		if !s.apiKeys.enabled() {
+			s.gw.Observer().Refused("api", "disabled")
+			return echo.NewHTTPError(http.StatusForbidden, "the HTTP API is disabled: start sluice with --api-key (or --api-keys)")
 		}
+		route := apiRoute(c.Path())
 		key, ok := trimBearer(c.Request().Header.Get("Authorization"))
-		if !ok || subtle.ConstantTimeCompare([]byte(key), []byte(s.cfg.APIKey)) != 1 {
+		if !ok {
+			s.gw.Observer().Refused("api", "unauthorized")
 			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
-			return echo.NewHTTPError(http.StatusUnauthorized, "missing or wrong API key: send Authorization: Bearer <api key>")
+			return echo.NewHTTPError(http.StatusUnauthorized, "missing API key: send Authorization: Bearer <api key>")
+		}
+		if !s.apiKeys.allows(route, key) {
+			s.gw.Observer().Refused("api", "unauthorized")
+			c.Response().Header().Set("WWW-Authenticate", `Bearer realm="sluice", error="invalid_token"`)
+			return echo.NewHTTPError(http.StatusUnauthorized, "wrong API key, or a key that does not open /api/"+route)
 		}
 		return next(c)
 	}

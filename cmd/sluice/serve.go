@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,8 @@ type serveConfig struct {
 	Addr            string
 	Secret          string
 	APIKey          string
+	APIKeys         string
+	OpenTopics      string
 	RedisURL        string
 	RedisPrefix     string
 	LongpollWindow  time.Duration
@@ -63,7 +66,9 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz, /readyz and /metrics.", stderr)
 	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
-	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for /api/*; unset: /api/* answers 403")
+	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for every /api/* route; unset (and no --api-keys): /api/* answers 403")
+	fs.string(&cfg.APIKeys, "api-keys", "SLUICE_API_KEYS", "", "per-route bearer keys, comma-separated route=key (routes: broadcast, disconnect, salas); a key opens only its route")
+	fs.string(&cfg.OpenTopics, "open-topics", "SLUICE_OPEN_TOPICS", "", "comma-separated topic patterns (bench:*, news:sports) any authenticated user may join to receive what /api/broadcast sends there: no presence, pushes refused")
 	fs.string(&cfg.RedisURL, "redis", "REDIS_URL", "", "Redis URL for shared state (redis://host:port/db; ?master_name=M for Sentinel; ?cluster=true for Cluster); empty: the embedded in-memory store (one instance)")
 	fs.string(&cfg.RedisPrefix, "redis-prefix", "SLUICE_REDIS_PREFIX", "sluice:", "prefix of every Redis key, to share a Redis between deployments")
 	fs.duration(&cfg.LongpollWindow, "longpoll-window", "SLUICE_LONGPOLL_WINDOW", 10*time.Second, "how long a long-poll waits for messages before answering 204 (keep under phoenix.js's 20s timeout)")
@@ -174,6 +179,8 @@ type server struct {
 	close func() error
 	// dropped counts what a memory store loses at exit (nil with Redis).
 	dropped func() int
+	// apiKeys opens /api routes to bearer keys.
+	apiKeys *apiKeys
 }
 
 // stores are the state backends the gateway and the app use.
@@ -216,6 +223,12 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	}
 	app := chat.New(st.chat)
 	router := &topics.Router[gateway.Handler]{}
+	// Open topics first: an operator's explicit pattern wins over the app's.
+	for _, pattern := range strings.Split(cfg.OpenTopics, ",") {
+		if pattern = strings.TrimSpace(pattern); pattern != "" {
+			router.Add(pattern, gateway.ReceiveOnly{})
+		}
+	}
 	app.Register(router)
 	gw, err := gateway.New(gateway.Config{
 		Router:             router,
@@ -263,6 +276,16 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	api := e.Group("/api", middleware.BodyLimit(strconv.Itoa(cfg.MaxBodyBytes)+"B"), s.requireAPIKey)
 	s.registerAPI(api)
 	app.RegisterAPI(api)
+	var routes []string
+	for _, r := range e.Routes() {
+		if strings.HasPrefix(r.Path, "/api/") && !slices.Contains(routes, apiRoute(r.Path)) {
+			routes = append(routes, apiRoute(r.Path))
+		}
+	}
+	slices.Sort(routes)
+	if s.apiKeys, err = parseAPIKeys(cfg.APIKey, cfg.APIKeys, routes); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -323,7 +346,7 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", s.storeKind, "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.cfg.APIKey != "")
+	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", s.storeKind, "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.apiKeys.enabled())
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve: %w", err)

@@ -42,9 +42,10 @@ func BenchmarkV1Encode(b *testing.B) {
 }
 
 // BenchmarkFanout measures the in-process fan-out of one broadcast to
-// 10,000 sessions joined to one topic on this instance: the cost per
-// delivered message (collecting it for a subscriber and encoding it), with
-// the memory store and broker.
+// 10,000 sessions joined to one topic on this instance, each read through a
+// Subscription as an SSE stream reads it: the cost per delivered message
+// (waking, collecting it for the subscriber, encoding it), with the memory
+// store and broker.
 func BenchmarkFanout(b *testing.B) {
 	router := &topics.Router[Handler]{}
 	router.Add("room:*", testRoom{})
@@ -61,8 +62,8 @@ func BenchmarkFanout(b *testing.B) {
 	}
 	ctx := context.Background()
 	const subscribers = 10000
-	toks := make([]SessionToken, subscribers)
-	for i := range toks {
+	subs := make([]*Subscription, subscribers)
+	for i := range subs {
 		tok, err := gw.Connect(ctx, ConnectInfo{Token: fmt.Sprint(i + 1), Vsn: "2.0.0"})
 		if err != nil {
 			b.Fatal(err)
@@ -74,7 +75,10 @@ func BenchmarkFanout(b *testing.B) {
 		if err := store.Save(ctx, s); err != nil {
 			b.Fatal(err)
 		}
-		toks[i] = tok
+		if subs[i], err = gw.Subscribe(ctx, tok); err != nil {
+			b.Fatal(err)
+		}
+		defer subs[i].Close()
 	}
 	payload := json.RawMessage(`{"id":1,"contenido":"hola a todos","autor":"Carlos"}`)
 	b.ReportAllocs()
@@ -84,13 +88,11 @@ func BenchmarkFanout(b *testing.B) {
 		if err := gw.Broadcast(ctx, "room:bench", "mensaje_recibido", payload); err != nil {
 			b.Fatal(err)
 		}
-		for i, tok := range toks {
-			s, _ := store.Load(ctx, tok.SessionID)
-			d, err := gw.collect(ctx, s, tok.Cursor)
+		for i, sub := range subs {
+			d, err := sub.Next(ctx, time.Second)
 			if err != nil || len(d.Frames) != 1 {
 				b.Fatalf("subscriber %d: %d frames, %v", i, len(d.Frames), err)
 			}
-			toks[i] = d.Token
 			delivered++
 		}
 	}

@@ -124,6 +124,7 @@ func (c *Context) Assign(key string, v any) error {
 		c.channel.Assigns = make(map[string]json.RawMessage)
 	}
 	c.channel.Assigns[key] = b
+	c.session.assigned = true
 	return nil
 }
 

@@ -44,6 +44,22 @@ func (fx *effects) mailbox(sessionID string, m *Message) {
 	fx.items = append(fx.items, effect{mailboxTopic(sessionID), encodeRecord(m, "")})
 }
 
+// mailboxed reports whether the effects hold a record for the session's
+// mailbox.
+func (fx *effects) mailboxed(sessionID string) bool {
+	mb := mailboxTopic(sessionID)
+	for _, e := range fx.items {
+		if e.topic == mb {
+			return true
+		}
+	}
+	return false
+}
+
+// eventSessionChanged is a mailbox record that only wakes the session's
+// subscriptions to reload it; clients never see it.
+const eventSessionChanged = "sluice_session_changed"
+
 func (fx *effects) topic(topic, event string, payload json.RawMessage, from string) {
 	m := &Message{Topic: topic, Event: event, Payload: payload}
 	fx.items = append(fx.items, effect{channelTopic(topic), encodeRecord(m, from)})

@@ -62,6 +62,9 @@ type Gateway struct {
 	draining  chan struct{}
 	drainOnce sync.Once
 	limiter   *postLimiter
+	// records shares decoded broadcast records and their frames between
+	// this instance's subscribers.
+	records *recordCache
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -135,7 +138,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst)}, nil
+	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache()}, nil
 }
 
 // SessionTimeout returns the configured session timeout.
@@ -237,6 +240,12 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 			continue
 		}
 		g.dispatch(ctx, s, m, fx)
+	}
+	if s.assigned && !fx.mailboxed(s.ID) {
+		// Subscriptions keep the session they loaded until its mailbox
+		// wakes them; an assign with no reply must wake them too, or an
+		// interceptor would see the old assigns.
+		fx.mailbox(s.ID, &Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject})
 	}
 	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
 		if errors.Is(err, ErrNoSession) {
@@ -482,6 +491,9 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 	} else if err != nil {
 		return false, err
 	}
+	// Tell the session's subscriptions first, so that they reload it and do
+	// not deliver the leaves either.
+	fx.items = slices.Insert(fx.items, 0, effect{mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject}, "")})
 	if err := fx.flush(ctx, g); err != nil {
 		return false, err
 	}

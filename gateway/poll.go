@@ -157,8 +157,8 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 			g.log.Error("bad mailbox record", "session", s.ID, "err", err)
 			continue
 		}
-		if r.Topic == TopicPhoenix && r.Event == EventClose {
-			continue // the session-ended wake-up, not for the client
+		if r.Topic == TopicPhoenix && (r.Event == EventClose || r.Event == eventSessionChanged) {
+			continue // wake-ups for subscriptions, not for the client
 		}
 		emit(r.Time, -1, rec.Seq, &r.Message)
 	}
@@ -183,13 +183,15 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 			intercepts = ic.Intercepts()
 		}
 		own := owner(s.ID, ch.Slot)
+		topic := reqs[i+1].Topic
 		for _, rec := range batch.Records {
 			next.Slots[ch.Slot] = rec.Seq
-			r, err := decodeRecord(rec.Data)
+			cr, err := g.records.get(topic, rec.Seq, rec.Data)
 			if err != nil {
 				g.log.Error("bad topic record", "topic", t, "err", err)
 				continue
 			}
+			r := cr.rec
 			if r.From != "" && r.From == own {
 				continue
 			}
@@ -201,7 +203,12 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 				}
 				continue
 			}
-			emit(r.Time, ch.Slot, rec.Seq, &Message{Topic: t, Event: r.Event, Payload: r.Payload})
+			f, err := cr.frame(ser, t)
+			if err != nil {
+				g.log.Error("encode frame", "session", s.ID, "topic", t, "event", r.Event, "err", err)
+				continue
+			}
+			out = append(out, timedFrame{r.Time, f, ch.Slot, rec.Seq, cr.kind})
 		}
 	}
 	out = mergeByTime(out)
@@ -235,6 +242,9 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 // topic" means): a k-way merge on the sources' heads. Instances' clocks may
 // disagree, so a plain sort by time could reorder one topic's records.
 func mergeByTime(frames []timedFrame) []timedFrame {
+	if !slices.ContainsFunc(frames, func(f timedFrame) bool { return f.slot != frames[0].slot }) {
+		return frames // one source: already in its order
+	}
 	var order []int                    // sources in order of first appearance
 	bySource := map[int][]timedFrame{} // each in emission (log) order
 	for _, f := range frames {

@@ -34,6 +34,10 @@ type Session struct {
 	// replayed POST is not applied twice.
 	RecentRefs []string  `json:"refs,omitempty"`
 	CreatedAt  time.Time `json:"at"`
+
+	// assigned is set when a handler assigned something while handling a
+	// batch: subscriptions holding the session must reload it.
+	assigned bool
 }
 
 // ChannelState is one joined channel of a session.

@@ -263,11 +263,11 @@ func (t *Transport) stream(c echo.Context) error {
 	w := c.Response()
 	setStreamHeaders(w.Header(), r)
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
+	buf := &sw.buf
 	obs.Open(transportName, 1)
 	defer obs.Open(transportName, -1)
 
-	var buf bytes.Buffer
 	padding := t.cfg.Padding
 	if padding == 0 && q.Get("padding") == "1" {
 		padding = 2048
@@ -278,14 +278,20 @@ func (t *Transport) stream(c echo.Context) error {
 		buf.WriteString("\n\n")
 	}
 	retry := jitter(t.cfg.Retry, 0.25)
-	fmt.Fprintf(&buf, "retry: %d\n\n", retry.Milliseconds())
+	fmt.Fprintf(buf, "retry: %d\n\n", retry.Milliseconds())
 	post := t.path + "?session=" + url.QueryEscape(tok.SessionID)
 	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "post": post, "resumed": resumed})
-	writeEvent(&buf, "session", tok.String(), hello)
-	if err := t.flush(w, rc, &buf); err != nil {
+	writeEvent(buf, "session", tok.String(), hello)
+	if err := sw.flush(); err != nil {
 		return nil
 	}
 
+	sub, err := t.gw.Subscribe(ctx, tok)
+	if err != nil {
+		t.endStream(sw, tok, err)
+		return nil
+	}
+	defer sub.Close()
 	deadline := time.Now().Add(jitter(t.cfg.MaxLifetime, -0.1))
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
@@ -293,37 +299,46 @@ func (t *Transport) stream(c echo.Context) error {
 			// End cleanly, with a short retry so the client resumes from its
 			// last id at once (the next stream sets the usual retry again).
 			buf.WriteString("retry: 100\n\n")
-			_ = t.flush(w, rc, &buf)
+			_ = sw.flush()
 			return nil
 		}
-		d, err := t.gw.Poll(ctx, tok, wait)
+		d, err := sub.Next(ctx, wait)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return nil // the client went away
-		case errors.Is(err, gateway.ErrNoSession):
-			msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": tok.SessionID})
-			writeEvent(&buf, "session_gone", "", msg)
-			_ = t.flush(w, rc, &buf)
-			return nil
 		case err != nil:
-			t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
-			obs.Refused(transportName, "unavailable")
-			buf.WriteString("event: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n")
-			_ = t.flush(w, rc, &buf)
-			return nil // the client retries after `retry`, from its last id
+			t.endStream(sw, tok, err)
+			return nil
 		}
 		if len(d.Frames) == 0 {
-			fmt.Fprintf(&buf, "event: heartbeat\ndata: %d\n\n", time.Now().UnixMilli())
+			buf.WriteString("event: heartbeat\ndata: ")
+			buf.WriteString(strconv.FormatInt(time.Now().UnixMilli(), 10))
+			buf.WriteString("\n\n")
 		}
 		for i, f := range d.Frames {
-			writeEvent(&buf, "", d.Tokens[i].String(), f)
+			writeEvent(buf, "", d.Tokens[i].String(), f)
 		}
-		tok = d.Token
-		if err := t.flush(w, rc, &buf); err != nil {
+		if err := sw.flush(); err != nil {
 			return nil
 		}
 		d.Observe(obs, transportName)
 	}
+}
+
+// endStream ends a stream whose session could not be read: session_gone when
+// it ended (the client starts a new one and rejoins), else unavailable (the
+// client retries after retry:, from its last id).
+func (t *Transport) endStream(sw *streamWriter, tok gateway.SessionToken, err error) {
+	buf := &sw.buf
+	if errors.Is(err, gateway.ErrNoSession) {
+		msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": tok.SessionID})
+		writeEvent(buf, "session_gone", "", msg)
+	} else {
+		t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
+		t.gw.Observer().Refused(transportName, "unavailable")
+		buf.WriteString("event: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n")
+	}
+	_ = sw.flush()
 }
 
 // draining reports whether the instance is shutting down: streams end with
@@ -340,17 +355,31 @@ func draining(gw *gateway.Gateway) bool {
 // transportName labels this transport's metrics.
 const transportName = "sse"
 
-// writeTimeout bounds one write to a client, so that a client that stopped
-// reading frees its stream.
+// writeTimeout bounds a write to a client (a write gets between half of it
+// and all of it), so that a client that stopped reading frees its stream.
 const writeTimeout = 10 * time.Second
 
-// flush writes what buf holds as one write and flushes it.
-func (t *Transport) flush(w io.Writer, rc *http.ResponseController, buf *bytes.Buffer) error {
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
-	_, err := w.Write(buf.Bytes())
-	buf.Reset()
+// streamWriter writes a stream: what its buffer holds goes as one write and
+// one flush, so the events of one delivery cost one syscall.
+type streamWriter struct {
+	w   io.Writer
+	rc  *http.ResponseController
+	buf bytes.Buffer
+	// deadline is the write deadline set on the connection. Moving it is a
+	// timer update; it is moved only once it is half spent, not per write.
+	deadline time.Time
+}
+
+// flush writes and flushes what the buffer holds.
+func (sw *streamWriter) flush() error {
+	if now := time.Now(); sw.deadline.Sub(now) < writeTimeout/2 {
+		sw.deadline = now.Add(writeTimeout)
+		_ = sw.rc.SetWriteDeadline(sw.deadline)
+	}
+	_, err := sw.w.Write(sw.buf.Bytes())
+	sw.buf.Reset()
 	if err == nil {
-		err = rc.Flush()
+		err = sw.rc.Flush()
 	}
 	return err
 }
@@ -368,10 +397,15 @@ func writeEvent(buf *bytes.Buffer, event, id string, data []byte) {
 		buf.WriteString(id)
 		buf.WriteByte('\n')
 	}
-	for _, line := range bytes.Split(data, []byte("\n")) {
+	for {
+		line, rest, more := bytes.Cut(data, []byte("\n"))
 		buf.WriteString("data: ")
 		buf.Write(bytes.TrimSuffix(line, []byte("\r")))
 		buf.WriteByte('\n')
+		if !more {
+			break
+		}
+		data = rest
 	}
 	buf.WriteByte('\n')
 }

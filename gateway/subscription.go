@@ -1,0 +1,166 @@
+package gateway
+
+import (
+	"context"
+	"slices"
+	"time"
+
+	"github.com/sluicegw/sluice/topics"
+)
+
+// Subscription delivers a session's messages as they arrive, for a transport
+// that holds one connection open and writes each delivery down it (SSE).
+//
+// It does what a loop of Poll calls does at a fraction of the cost per
+// message: it keeps its wake-up registrations between deliveries, keeps the
+// session it loaded until the session's mailbox says it changed (every join,
+// leave, reply and end goes through the mailbox), and extends the session's
+// deadline only when it has moved by half the session timeout, instead of at
+// every delivery. A Subscription is used by one goroutine.
+type Subscription struct {
+	g   *Gateway
+	tok SessionToken
+	s   *Session
+
+	// mailbox wakes on the session's own records: reload the session.
+	mailbox *topics.Listener
+	// channels wakes on the joined topics, listened as listened names.
+	channels *topics.Listener
+	listened []string
+	// stale: the mailbox woke since the session was loaded.
+	stale bool
+	// alive is the deadline last written to the store.
+	alive time.Time
+}
+
+// Subscribe starts delivering the session of tok after its cursor. It
+// returns ErrNoSession when the session is gone. Close it when done.
+func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
+	sub := &Subscription{g: g, tok: tok}
+	// Listen first, then load: nothing that happens in between is missed.
+	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
+	if err := sub.touch(ctx, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
+		sub.Close()
+		return nil, err
+	}
+	return sub, nil
+}
+
+// Token acknowledges everything delivered so far.
+func (sub *Subscription) Token() SessionToken { return sub.tok }
+
+// Close releases the subscription. The session stays, for the session
+// timeout from now, so that its client can resume.
+func (sub *Subscription) Close() {
+	sub.mailbox.Close()
+	if sub.channels != nil {
+		sub.channels.Close()
+	}
+	if sub.s != nil {
+		// Give the session only the timeout from now, not from the end of a
+		// wait its client gave up.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, time.Now().Add(sub.g.cfg.SessionTimeout))
+		cancel()
+	}
+}
+
+// touch extends the session's deadline to until and reloads it.
+func (sub *Subscription) touch(ctx context.Context, until time.Time) error {
+	s, err := sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, until)
+	if err != nil {
+		return err
+	}
+	sub.alive = until
+	sub.setSession(s)
+	return nil
+}
+
+// setSession adopts s, listening on the topics it has joined.
+func (sub *Subscription) setSession(s *Session) {
+	sub.s, sub.stale = s, false
+	want := sessionTopics(s)[1:] // without the mailbox
+	slices.Sort(want)
+	if sub.channels != nil && slices.Equal(want, sub.listened) {
+		return
+	}
+	// The new registration is made before the old one goes, and the caller
+	// collects after this, so a publish in between is not missed.
+	old := sub.channels
+	sub.channels, sub.listened = sub.g.cfg.Broker.Listen(want...), want
+	if old != nil {
+		old.Close()
+	}
+}
+
+// Next returns the next frames, waiting up to wait for some to arrive; with
+// none, an empty Delivery. It returns at once, with nothing, when the
+// instance starts draining. The Subscription acknowledges what it returns:
+// the next call continues after it.
+func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Delivery, error) {
+	g := sub.g
+	// Keep the session alive past this wait; write the deadline only when
+	// it moved by half the timeout, not at every delivery.
+	if until := time.Now().Add(wait + g.cfg.SessionTimeout); until.Sub(sub.alive) > g.cfg.SessionTimeout/2 {
+		if err := sub.touch(ctx, until); err != nil {
+			return nil, err
+		}
+	}
+	var timer <-chan time.Time
+	for {
+		// A mailbox record (a reply to a join or leave, a session end) is
+		// published before what it causes on the channels' topics: look at
+		// it first, so a channel's wake-up is read with the session as
+		// changed, as Poll reads it.
+		select {
+		case <-sub.mailbox.C:
+			sub.stale = true
+		default:
+		}
+		if sub.stale {
+			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+			if err != nil {
+				return nil, err
+			}
+			sub.setSession(s)
+		}
+		d, err := g.collect(ctx, sub.s, sub.tok.Cursor)
+		if err != nil {
+			return nil, err
+		}
+		// The token also acknowledges records read but not for this client.
+		sub.tok = d.Token
+		if len(d.Frames) > 0 {
+			return d, nil
+		}
+		if timer == nil {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			timer = t.C
+		}
+		select {
+		case <-sub.mailbox.C:
+			sub.stale = true
+		case <-sub.channels.C:
+		case <-g.draining:
+			return &Delivery{Token: sub.tok}, nil
+		case <-timer:
+			// A wake-up from another instance can be lost (a pub/sub
+			// reconnect), a message in the log cannot: look once more with
+			// a fresh session.
+			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+			if err != nil {
+				return nil, err
+			}
+			sub.setSession(s)
+			d, err := g.collect(ctx, sub.s, sub.tok.Cursor)
+			if err != nil {
+				return nil, err
+			}
+			sub.tok = d.Token
+			return d, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -24,6 +24,9 @@ type Delivery struct {
 	// Observer.Delivered) and when its record was made (unix nanoseconds).
 	Kinds []string
 	Times []int64
+
+	// truncated: a source had more records than one read returns.
+	truncated bool
 }
 
 // Poll returns the frames for the session after the token's cursor, waiting
@@ -48,7 +51,7 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 		}
 	}()
 	for {
-		d, err := g.collect(ctx, s, tok.Cursor)
+		d, err := g.collect(ctx, s, tok.Cursor, readAll)
 		if err != nil || len(d.Frames) > 0 {
 			return d, err
 		}
@@ -70,7 +73,7 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 			if s, err = g.cfg.Sessions.Load(ctx, tok.SessionID); err != nil {
 				return nil, err
 			}
-			d, err := g.collect(ctx, s, tok.Cursor)
+			d, err := g.collect(ctx, s, tok.Cursor, readAll)
 			if err != nil || len(d.Frames) > 0 {
 				return d, err
 			}
@@ -109,10 +112,22 @@ type timedFrame struct {
 	kind  string
 }
 
+// readMode says what collect reads.
+type readMode int
+
+const (
+	// readAll reads the mailbox and the channels' topics from the broker.
+	readAll readMode = iota
+	// readWoken reads the channels' topics only, as topics.ReadRequest.Recent:
+	// for a subscription woken by its channels.
+	readWoken
+)
+
 // collect reads what the session has after cursor from its mailbox and its
-// channels' topics, applies broadcast_from exclusions and interceptors, and
-// encodes it with the session's serializer.
-func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Delivery, error) {
+// channels' topics (as mode says), applies broadcast_from exclusions and
+// interceptors, and encodes it with the session's serializer.
+func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor, mode readMode) (*Delivery, error) {
+	readMailbox := mode == readAll
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
 		return nil, err
@@ -134,19 +149,29 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 	chTopics := slices.Sorted(maps.Keys(s.Channels))
 	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
 	reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit})
+	if !readMailbox {
+		reqs = reqs[:0]
+	}
 	for _, t := range chTopics {
 		ch := s.Channels[t]
 		after := ch.Since
 		if c, ok := cur.Slots[ch.Slot]; ok && c > after {
 			after = c
 		}
-		reqs = append(reqs, topics.ReadRequest{Topic: channelTopic(t), After: after, Limit: limit})
+		reqs = append(reqs, topics.ReadRequest{Topic: channelTopic(t), After: after, Limit: limit, Recent: mode == readWoken})
 	}
 	batches, err := g.cfg.Broker.ReadMany(ctx, reqs)
 	if err != nil {
 		return nil, err
 	}
-	mb := batches[0]
+	var mb topics.Batch
+	if readMailbox {
+		mb = batches[0]
+	} else {
+		// Keep the indexes below: batches[i+1] and reqs[i+1] are channel i's.
+		batches = append([]topics.Batch{{}}, batches...)
+		reqs = append([]topics.ReadRequest{{}}, reqs...)
+	}
 	if mb.Gap {
 		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", s.ID)
 	}
@@ -163,10 +188,12 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 		emit(r.Time, -1, rec.Seq, &r.Message)
 	}
 
+	truncated := limit > 0 && len(mb.Records) >= limit
 	for i, t := range chTopics {
 		ch := s.Channels[t]
 		next.Slots[ch.Slot] = reqs[i+1].After
 		batch := batches[i+1]
+		truncated = truncated || limit > 0 && len(batch.Records) >= limit
 		if batch.Gap || mb.Gap {
 			// Messages were dropped before this client read them: tell it, so
 			// phoenix.js rejoins, rather than leave a silent gap.
@@ -213,7 +240,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor) (*Deliver
 	}
 	out = mergeByTime(out)
 	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out)),
-		Kinds: make([]string, len(out)), Times: make([]int64, len(out))}
+		Kinds: make([]string, len(out)), Times: make([]int64, len(out)), truncated: truncated}
 	// The cursor after each frame: where the client started, advanced by
 	// the frames up to it.
 	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}

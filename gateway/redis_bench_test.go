@@ -154,3 +154,40 @@ func BenchmarkRedisPoll(b *testing.B) {
 	b.ReportMetric(float64(trips)/float64(b.N), "redis-trips/op")
 	b.ReportMetric(float64(cmds)/float64(b.N), "redis-cmds/op")
 }
+
+// BenchmarkRedisStreamFanout measures what one broadcast costs Redis with
+// 100 SSE-style subscriptions to the topic on this instance, counting the
+// publish and every subscriber's read: the first woken subscriber reads the
+// record and the others are answered from it.
+func BenchmarkRedisStreamFanout(b *testing.B) {
+	gw, counter := benchGateway(b)
+	ctx := context.Background()
+	subs := make([]*gateway.Subscription, 100)
+	for i := range subs {
+		var err error
+		if subs[i], err = gw.Subscribe(ctx, joinedSession(b, gw, fmt.Sprint(i+1))); err != nil {
+			b.Fatal(err)
+		}
+		defer subs[i].Close()
+		if _, err := subs[i].Next(ctx, time.Millisecond); err != nil { // the first read of everything
+			b.Fatal(err)
+		}
+	}
+	payload := json.RawMessage(`{"body":"hello"}`)
+	counter.trips.Store(0)
+	counter.cmds.Store(0)
+	b.ResetTimer()
+	for b.Loop() {
+		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
+			b.Fatal(err)
+		}
+		for i, sub := range subs {
+			d, err := sub.Next(ctx, time.Second)
+			if err != nil || len(d.Frames) != 1 {
+				b.Fatalf("subscriber %d: %d frames, %v", i, len(d.Frames), err)
+			}
+		}
+	}
+	b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(counter.cmds.Load())/float64(b.N), "redis-cmds/op")
+}

@@ -29,6 +29,12 @@ type Subscription struct {
 	listened []string
 	// stale: the mailbox woke since the session was loaded.
 	stale bool
+	// woken: the channels woke since they were last read.
+	woken bool
+	// primed: a first read of everything was made.
+	primed bool
+	// more: the last read left records for the next (a read's limit).
+	more bool
 	// alive is the deadline last written to the store.
 	alive time.Time
 }
@@ -117,21 +123,37 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 			sub.stale = true
 		default:
 		}
-		if sub.stale {
-			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+		select {
+		case <-sub.channels.C:
+			sub.woken = true
+		default:
+		}
+		if !sub.primed || sub.stale || sub.more || sub.woken {
+			// Woken by its channels only, the subscription reads them as
+			// Recent and leaves its mailbox: a remote broker then answers
+			// every local subscriber of a broadcast from one read.
+			mode := readWoken
+			if !sub.primed || sub.stale || sub.more {
+				mode = readAll
+			}
+			if sub.stale {
+				s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+				if err != nil {
+					return nil, err
+				}
+				sub.setSession(s)
+			}
+			d, err := g.collect(ctx, sub.s, sub.tok.Cursor, mode)
 			if err != nil {
 				return nil, err
 			}
-			sub.setSession(s)
-		}
-		d, err := g.collect(ctx, sub.s, sub.tok.Cursor)
-		if err != nil {
-			return nil, err
-		}
-		// The token also acknowledges records read but not for this client.
-		sub.tok = d.Token
-		if len(d.Frames) > 0 {
-			return d, nil
+			sub.primed, sub.woken, sub.more = true, false, d.truncated
+			// The token also acknowledges records read but not for this client.
+			sub.tok = d.Token
+			if len(d.Frames) > 0 {
+				return d, nil
+			}
+			continue // d.truncated with nothing for this client: read on
 		}
 		if timer == nil {
 			t := time.NewTimer(wait)
@@ -142,22 +164,23 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 		case <-sub.mailbox.C:
 			sub.stale = true
 		case <-sub.channels.C:
+			sub.woken = true
 		case <-g.draining:
 			return &Delivery{Token: sub.tok}, nil
 		case <-timer:
 			// A wake-up from another instance can be lost (a pub/sub
-			// reconnect), a message in the log cannot: look once more with
-			// a fresh session.
+			// reconnect), a message in the log cannot: look once more,
+			// at the store, with a fresh session.
 			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
 			if err != nil {
 				return nil, err
 			}
 			sub.setSession(s)
-			d, err := g.collect(ctx, sub.s, sub.tok.Cursor)
+			d, err := g.collect(ctx, sub.s, sub.tok.Cursor, readAll)
 			if err != nil {
 				return nil, err
 			}
-			sub.tok = d.Token
+			sub.tok, sub.more = d.Token, d.truncated
 			return d, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()

@@ -60,4 +60,11 @@ type ReadRequest struct {
 	Topic string
 	After uint64
 	Limit int
+	// Recent allows a remote broker to answer from what this instance has
+	// heard of the topic's publishes, even that there is nothing new,
+	// without asking the store: for a reader just woken by a listener,
+	// whose wake-up told what is new. A wake-up lost to a reconnect is then
+	// noticed only by a later read without Recent, so readers must make one
+	// now and then.
+	Recent bool
 }

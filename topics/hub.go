@@ -72,6 +72,13 @@ func (h *Hub) Wake(topic string) {
 	h.mu.Unlock()
 }
 
+// Listeners returns the number of listeners of topic on this instance.
+func (h *Hub) Listeners(topic string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.listeners[topic])
+}
+
 // Interested reports whether some listener of this instance listens on topic.
 func (h *Hub) Interested(topic string) bool {
 	h.mu.Lock()

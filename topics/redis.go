@@ -52,8 +52,14 @@ type RedisOptions struct {
 // trip whatever the number of records or of subscribers. A publish also
 // PUBLISHes one message on the channel "<prefix>wake", heard by every
 // instance's Run, which wakes that instance's listeners of the topic. The
-// message is the publishing broker's 16-character id, a space, and the topic;
-// a broker ignores its own messages, having woken its listeners already.
+// message is the publishing broker's 16-character id, the topic's new last
+// Seq and the topic, separated by spaces; a broker ignores its own messages,
+// having woken its listeners already.
+//
+// ReadMany answers a reader woken by a publish from the records another
+// local reader of the same topic just read, when they reach the announced
+// Seq: one broadcast to many subscribers on an instance costs that instance
+// one read of Redis, not one per subscriber.
 //
 // Run must be running for listeners to hear publishes made by other
 // instances.
@@ -77,6 +83,8 @@ type RedisBroker struct {
 	// wake every listener after a reconnect: the Hub cannot list its topics.
 	watched map[string]struct{}
 	pruneAt int
+	// tails answers many local readers of a broadcast with one read.
+	tails *tails
 }
 
 var _ Broker = (*RedisBroker)(nil)
@@ -111,6 +119,7 @@ func NewRedisBroker(client redis.UniversalClient, opts RedisOptions) *RedisBroke
 		pingEvery: 5 * time.Second,
 		watched:   make(map[string]struct{}),
 		pruneAt:   1024,
+		tails:     newTails(),
 	}
 }
 
@@ -135,25 +144,26 @@ local function create(seqkey, logkey, start)
 end
 `
 
-// publishScript appends ARGV[7..] to the log. KEYS: seq, log. ARGV: start,
-// maxlen, log TTL (ms), seq TTL (ms), wake channel, wake message, records...
+// publishScript appends ARGV[8..] to the log. KEYS: seq, log. ARGV: start,
+// maxlen, log TTL (ms), seq TTL (ms), wake channel, broker id, topic,
+// records... The wake-up message is "<broker id> <last seq> <topic>".
 // Records that the trim would drop at once (a batch longer than maxlen) are
 // not written; their Seqs are still used.
 var publishScript = newScript(createSeq + `
-local n = #ARGV - 6
+local n = #ARGV - 7
 local maxlen = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then create(KEYS[1], KEYS[2], ARGV[1]) end
 local last = redis.call('INCRBY', KEYS[1], n)
 if n > 0 then
   local first = last - n
   for i = math.max(1, n - maxlen + 1), n do
-    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[6 + i])
+    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[7 + i])
   end
   redis.call('XTRIM', KEYS[2], 'MAXLEN', '=', maxlen)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. string.format('%d', last) .. ' ' .. ARGV[7])
 return last
 `)
 
@@ -208,19 +218,25 @@ func clockStart() string { return strconv.FormatInt(time.Now().UnixMicro(), 10) 
 // after it may have reached Redis: a retry could append the records twice.
 // On an error the records may or may not have been appended.
 func (b *RedisBroker) Publish(ctx context.Context, topic string, data ...[]byte) (uint64, error) {
-	args := make([]any, 0, 6+len(data))
-	args = append(args, clockStart(), b.maxLen, b.logTTL.Milliseconds(), b.seqTTL.Milliseconds(), b.channel, b.id+" "+topic)
+	args := make([]any, 0, 7+len(data))
+	args = append(args, clockStart(), b.maxLen, b.logTTL.Milliseconds(), b.seqTTL.Milliseconds(), b.channel, b.id, topic)
 	for _, d := range data {
 		args = append(args, d) // written to the connection before Run returns: no copy needed
 	}
 	v, err := b.runOnce(ctx, publishScript, b.keys(topic), args)
+	last, ok := v.(int64)
+	if err == nil && ok && last > 0 {
+		// Announced before the wake-up, which readers take as the news.
+		b.tails.announce(topic, uint64(last))
+	} else {
+		b.tails.doubt(topic)
+	}
 	// Wake even after an error, as the records may be in: a spurious wake-up
 	// costs a read, a missed one a whole poll.
 	b.hub.Wake(topic)
 	if err != nil {
 		return 0, fmt.Errorf("publish %s: %w", topic, err)
 	}
-	last, ok := v.(int64)
 	if !ok || last <= 0 {
 		return 0, fmt.Errorf("publish %s: unexpected reply %#v", topic, v)
 	}
@@ -275,10 +291,63 @@ func (b *RedisBroker) Read(ctx context.Context, topic string, after uint64, limi
 
 // ReadMany performs several Reads in one round trip (a pipeline; on a
 // Cluster, one per node, in parallel). The batches are in the order of reqs.
+// Reads of records that a publish announced and another local reader
+// already fetched are answered from memory (see RedisBroker).
 func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch, error) {
 	if len(reqs) == 0 {
 		return nil, nil
 	}
+	out := make([]Batch, len(reqs))
+	var misses []int
+	for i, r := range reqs {
+		var ok bool
+		if out[i], ok = b.tails.lookup(r); !ok {
+			misses = append(misses, i)
+		}
+	}
+	if len(misses) == 0 {
+		return out, nil
+	}
+	// Readers woken together by one broadcast: wait for a read of the same
+	// topic already under way, then look again, so that one of them reads.
+	waited := false
+	for _, i := range misses {
+		waited = b.tails.waitFill(reqs[i].Topic) || waited
+	}
+	if waited {
+		still := misses[:0]
+		for _, i := range misses {
+			var ok bool
+			if out[i], ok = b.tails.lookup(reqs[i]); !ok {
+				still = append(still, i)
+			}
+		}
+		if misses = still; len(misses) == 0 {
+			return out, nil
+		}
+	}
+	for _, i := range misses {
+		if done, ok := b.tails.startFill(reqs[i].Topic); ok {
+			defer done()
+		}
+	}
+	read := make([]ReadRequest, len(misses))
+	for j, i := range misses {
+		read[j] = reqs[i]
+	}
+	batches, err := b.readRedis(ctx, read)
+	if err != nil {
+		return nil, err
+	}
+	for j, i := range misses {
+		out[i] = batches[j]
+		b.tails.store(reqs[i], batches[j], b.hub.Listeners(reqs[i].Topic) > 1)
+	}
+	return out, nil
+}
+
+// readRedis performs Reads in one round trip.
+func (b *RedisBroker) readRedis(ctx context.Context, reqs []ReadRequest) ([]Batch, error) {
 	cmds := make([]*redis.Cmd, len(reqs))
 	_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range reqs {
@@ -409,6 +478,7 @@ func (b *RedisBroker) Delete(ctx context.Context, topic string) error {
 	if err := b.client.Del(ctx, b.keys(topic)[1]).Err(); err != nil {
 		return fmt.Errorf("delete %s: %w", topic, err)
 	}
+	b.tails.forget(topic)
 	return nil
 }
 
@@ -418,6 +488,7 @@ func (b *RedisBroker) Listen(topics ...string) *Listener {
 	b.mu.Lock()
 	for _, t := range topics {
 		b.watched[t] = struct{}{}
+		b.tails.watch(t)
 	}
 	if len(b.watched) > b.pruneAt {
 		// Forget the topics nobody listens to any more; doubling the bound
@@ -428,6 +499,7 @@ func (b *RedisBroker) Listen(topics ...string) *Listener {
 			}
 		}
 		b.pruneAt = max(2*len(b.watched), 1024)
+		b.tails.prune(func(t string) bool { _, ok := b.watched[t]; return ok })
 	}
 	b.mu.Unlock()
 	return l
@@ -556,15 +628,18 @@ func (b *RedisBroker) resubscribed(ctx context.Context) {
 	b.wakeAll()
 }
 
-// wake handles a wake-up message: "<broker id> <topic>".
+// wake handles a wake-up message: "<broker id> <last seq> <topic>".
 func (b *RedisBroker) wake(payload string) {
-	id, topic, ok := strings.Cut(payload, " ")
-	if !ok || len(id) != len(b.id) {
+	id, rest, ok := strings.Cut(payload, " ")
+	seqText, topic, ok2 := strings.Cut(rest, " ")
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if !ok || !ok2 || err != nil || len(id) != len(b.id) {
 		b.log.Debug("topics: malformed wake-up message", "channel", b.channel, "payload", payload)
 		return
 	}
 	if id == b.id {
-		return // our own publish: its listeners were woken in Publish
+		return // our own publish: announced and woken in Publish
 	}
+	b.tails.announce(topic, seq)
 	b.hub.Wake(topic)
 }

@@ -1112,3 +1112,100 @@ func BenchmarkRedisRead(b *testing.B) {
 	}
 	b.ReportMetric(float64(c.cmds.Load()-c0)/float64(b.N), "redis-cmds/op")
 }
+
+// One broadcast read by many local subscribers costs the instance one read
+// of Redis: the readers woken by the publish are answered from the records
+// the first of them fetched. A reader with nothing announced past its cursor
+// still reads Redis, so a lost wake-up cannot hide a record.
+func TestRedisBrokerSharedReads(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be *backend) {
+		var c counter
+		prefix := randomPrefix()
+		a := newRedisBroker(t, be.client(t, &c), topics.RedisOptions{Prefix: prefix})
+		pub := newRedisBroker(t, be.client(t), topics.RedisOptions{Prefix: prefix})
+		startRunReady(t, a)
+		ctx := t.Context()
+		const topic = "t:shared"
+		h, err := a.Head(ctx, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const readers = 50
+		ls := make([]*topics.Listener, readers)
+		for i := range ls {
+			ls[i] = a.Listen(topic)
+			defer ls[i].Close()
+		}
+		last, err := pub.Publish(ctx, topic, []byte("uno"), []byte("dos"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range ls {
+			waitFor(t, l, fmt.Sprintf("reader %d, after a publish on another instance", i))
+		}
+		read := func(i int) {
+			got, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: h}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got[0].Records) != 2 || string(got[0].Records[1].Data) != "dos" || got[0].Head != last || got[0].Gap {
+				t.Fatalf("reader %d: %+v, want records uno, dos up to %d", i, got[0], last)
+			}
+		}
+		read(0) // reads Redis (and may dial a connection: not counted)
+		calls, _ := c.measure(func() {
+			for i := 1; i < readers; i++ {
+				read(i)
+			}
+		})
+		if calls != 0 {
+			t.Errorf("%d more readers of one broadcast: %d Redis round trips, want 0", readers-1, calls)
+		}
+		// A reader from the middle is served too, with only what it lacks.
+		calls, _ = c.measure(func() {
+			got, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: h + 1}})
+			if err != nil || len(got[0].Records) != 1 || string(got[0].Records[0].Data) != "dos" {
+				t.Fatalf("reader after the first record: %+v, %v", got, err)
+			}
+		})
+		if calls != 0 {
+			t.Errorf("reader after the first record: %d round trips, want 0", calls)
+		}
+		// Up to date as far as this instance heard: Redis is asked (a
+		// wake-up may have been lost).
+		calls, _ = c.measure(func() {
+			if _, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: last}}); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if calls != 1 {
+			t.Errorf("reader at the announced head: %d round trips, want 1", calls)
+		}
+		// Many readers at once all get the records.
+		last2, err := pub.Publish(ctx, topic, []byte("tres"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			waitFor(t, l, "a reader, after the second publish")
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, readers)
+		for range readers {
+			wg.Go(func() {
+				got, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: last}})
+				switch {
+				case err != nil:
+					errs <- err
+				case len(got[0].Records) != 1 || got[0].Records[0].Seq != last2 || string(got[0].Records[0].Data) != "tres":
+					errs <- fmt.Errorf("concurrent reader got %+v", got[0])
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+}

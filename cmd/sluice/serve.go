@@ -36,6 +36,8 @@ type serveConfig struct {
 	APIKey          string
 	APIKeys         string
 	OpenTopics      string
+	Console         bool
+	SelfTest        bool
 	RedisURL        string
 	RedisPrefix     string
 	LongpollWindow  time.Duration
@@ -90,6 +92,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long a drain on SIGTERM/SIGINT may take in all")
 	fs.duration(&cfg.DrainDelay, "drain-delay", "SLUICE_DRAIN_DELAY", 2*time.Second, "on SIGTERM/SIGINT, keep answering (readyz 503, polls and streams sent elsewhere) this long before closing the listener (at most half of --shutdown-timeout)")
+	fs.boolean(&cfg.Console, "console", "SLUICE_CONSOLE", true, "serve the debug console at / (a page that connects with a user token; it holds no secret)")
+	fs.boolean(&cfg.SelfTest, "selftest", "SLUICE_SELFTEST", true, "serve the transport self-test streams at /socket/selftest/* (no token; at most 100 at once)")
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.string(&cfg.LogFormat, "log-format", "SLUICE_LOG_FORMAT", "text", "text or json")
 	if err := fs.parse(args); err != nil {
@@ -270,6 +274,12 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		Logger:           log,
 	}).Register(e, "/socket/sse")
 	web.Register(e)
+	if cfg.Console {
+		web.RegisterConsole(e)
+	}
+	if cfg.SelfTest {
+		web.RegisterSelfTest(e, web.SelfTestPrefix, web.SelfTestConfig{Draining: gw.Draining()})
+	}
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", echo.WrapHandler(m.Handler()))

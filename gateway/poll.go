@@ -38,59 +38,18 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 	// SessionTimeout (plus what is left of the window, if it returned early)
 	// for the next one. Touching once, with the load, keeps a poll that
 	// returns messages at two round trips to a remote store.
-	s, err := g.cfg.Sessions.Touch(ctx, tok.SessionID, time.Now().Add(wait+g.cfg.SessionTimeout))
+	sub, err := g.subscribe(ctx, tok, time.Now().Add(wait+g.cfg.SessionTimeout))
 	if err != nil {
 		return nil, err
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	var listener *topics.Listener
-	defer func() {
-		if listener != nil {
-			listener.Close()
-		}
-	}()
-	for {
-		d, err := g.collect(ctx, s, tok.Cursor, readAll)
-		if err != nil || len(d.Frames) > 0 {
-			return d, err
-		}
-		if listener == nil {
-			// Listen, then look again, so nothing published in between is missed.
-			listener = g.cfg.Broker.Listen(sessionTopics(s)...)
-			continue
-		}
-		select {
-		case <-listener.C:
-		case <-g.draining:
-			// The instance is shutting down: answer now, with nothing, so
-			// the client polls again at once, through the load balancer,
-			// to another instance.
-			return &Delivery{Token: tok}, nil
-		case <-timer.C:
-			// Look once more: a wake-up from another instance can be lost
-			// (a pub/sub reconnect), a message in the log cannot.
-			if s, err = g.cfg.Sessions.Load(ctx, tok.SessionID); err != nil {
-				return nil, err
-			}
-			d, err := g.collect(ctx, s, tok.Cursor, readAll)
-			if err != nil || len(d.Frames) > 0 {
-				return d, err
-			}
-			return &Delivery{Token: tok}, nil
-		case <-ctx.Done():
-			// The client went away mid-poll: give its session only the
-			// timeout from now, not from the end of the window it gave up.
-			_, _ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), tok.SessionID, time.Now().Add(g.cfg.SessionTimeout))
-			return nil, ctx.Err()
-		}
-		// The session may have joined or left channels meanwhile, or ended.
-		if s, err = g.cfg.Sessions.Load(ctx, tok.SessionID); err != nil {
-			return nil, err
-		}
-		listener.Close()
-		listener = nil
+	defer sub.release()
+	d, err := sub.Next(ctx, wait)
+	if err != nil && ctx.Err() != nil {
+		// The client went away mid-poll: give its session only the
+		// timeout from now, not from the end of the window it gave up.
+		_, _ = g.cfg.Sessions.Touch(context.WithoutCancel(ctx), tok.SessionID, time.Now().Add(g.cfg.SessionTimeout))
 	}
+	return d, err
 }
 
 // sessionTopics lists the broker topics a session's deliveries come from.

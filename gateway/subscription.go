@@ -42,11 +42,16 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
+	return g.subscribe(ctx, tok, time.Now().Add(g.cfg.SessionTimeout))
+}
+
+// subscribe starts a subscription, keeping its session alive until then.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time) (*Subscription, error) {
 	sub := &Subscription{g: g, tok: tok}
 	// Listen first, then load: nothing that happens in between is missed.
 	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
-	if err := sub.touch(ctx, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
-		sub.Close()
+	if err := sub.touch(ctx, until); err != nil {
+		sub.release()
 		return nil, err
 	}
 	return sub, nil
@@ -58,16 +63,19 @@ func (sub *Subscription) Token() SessionToken { return sub.tok }
 // Close releases the subscription. The session stays, for the session
 // timeout from now, so that its client can resume.
 func (sub *Subscription) Close() {
+	sub.release()
+	// Give the session only the timeout from now, not from the end of a
+	// wait its client gave up.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_, _ = sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, time.Now().Add(sub.g.cfg.SessionTimeout))
+	cancel()
+}
+
+// release stops the wake-ups.
+func (sub *Subscription) release() {
 	sub.mailbox.Close()
 	if sub.channels != nil {
 		sub.channels.Close()
-	}
-	if sub.s != nil {
-		// Give the session only the timeout from now, not from the end of a
-		// wait its client gave up.
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, _ = sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, time.Now().Add(sub.g.cfg.SessionTimeout))
-		cancel()
 	}
 }
 

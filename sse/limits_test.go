@@ -14,8 +14,8 @@ func TestMaxStreamsTellsTheExtraStreamToRetry(t *testing.T) {
 	first, _ := e.connect(t, "42", "2.0.0", "")
 	extra := e.open(t, streamQuery(t, "43", "2.0.0"), nil)
 	evs := extra.waitEnd(t, 2*time.Second)
-	if len(evs) < 2 || evs[0].Retry == "" || evs[1].Name != "unavailable" || !strings.Contains(evs[1].Data, "retry") {
-		t.Fatalf("extra stream: want retry: then an unavailable event and the end, got %v", evs)
+	if len(evs) < 2 || evs[0].Retry == "" || evs[1].Name != "unavailable" || !strings.Contains(evs[1].Data, "maximum of streams") {
+		t.Fatalf("extra stream: want retry: then an unavailable event saying the instance is full, and the end, got %v", evs)
 	}
 	// Once the first stream closes, a slot is free again.
 	first.close()
@@ -34,5 +34,16 @@ func TestMaxStreamsTellsTheExtraStreamToRetry(t *testing.T) {
 			t.Fatalf("after the first stream closed, a new one still got %s", ev)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A draining instance tells a new stream so, and to retry (elsewhere).
+func TestDrainingTellsNewStreamsToRetryElsewhere(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	e.gw.Drain()
+	s := e.open(t, streamQuery(t, "42", "2.0.0"), nil)
+	evs := s.waitEnd(t, 2*time.Second)
+	if len(evs) < 2 || evs[0].Retry == "" || evs[1].Name != "unavailable" || !strings.Contains(evs[1].Data, "shutting down") {
+		t.Fatalf("stream to a draining instance: want retry: then an unavailable event saying it shuts down, got %v", evs)
 	}
 }

@@ -142,19 +142,29 @@ func fail(c echo.Context, status int, msg string) error {
 	return c.JSON(status, map[string]any{"status": status, "error": msg})
 }
 
-// unavailable answers a stream the store cannot serve now. An EventSource
+// unavailable answers a stream this instance cannot serve now (the store
+// does not answer, it is draining, it holds its maximum of streams), saying
+// why. An EventSource
 // never retries after a non-200 answer (PROXY-PITFALLS #8), so this is a 200
 // stream that says why and ends at once with a short retry: the browser
 // comes back, with its Last-Event-ID, and resumes exactly once the store
 // answers again.
-func (t *Transport) unavailable(c echo.Context) error {
+func (t *Transport) unavailable(c echo.Context, reason string) error {
 	w := c.Response()
 	setStreamHeaders(w.Header(), c.Request())
 	w.WriteHeader(http.StatusOK)
 	retry := jitter(t.cfg.Retry/2, 0.25)
-	fmt.Fprintf(w, "retry: %d\n\nevent: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n", retry.Milliseconds())
+	data, _ := json.Marshal(map[string]string{"reason": reason})
+	fmt.Fprintf(w, "retry: %d\n\nevent: unavailable\ndata: %s\n\n", retry.Milliseconds(), data)
 	return nil
 }
+
+// Reasons an unavailable event gives.
+const (
+	reasonStore    = "the shared store did not answer; retrying"
+	reasonDraining = "this instance is shutting down; retrying elsewhere"
+	reasonFull     = "this instance holds its maximum of streams; retrying elsewhere"
+)
 
 // setStreamHeaders sets the headers of an event stream.
 func setStreamHeaders(h http.Header, r *http.Request) {
@@ -203,12 +213,12 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	if draining(t.gw) {
 		obs.Refused(transportName, "draining")
-		return t.unavailable(c)
+		return t.unavailable(c, reasonDraining)
 	}
 	if n := t.streams.Add(1); t.cfg.MaxStreams > 0 && n > int64(t.cfg.MaxStreams) {
 		t.streams.Add(-1)
 		obs.Refused(transportName, "too_many_streams")
-		return t.unavailable(c)
+		return t.unavailable(c, reasonFull)
 	}
 	defer t.streams.Add(-1)
 	var tok gateway.SessionToken
@@ -236,7 +246,7 @@ func (t *Transport) stream(c echo.Context) error {
 		default:
 			t.cfg.Logger.Error("sse: resume failed", "session", prev.SessionID, "err", err)
 			obs.Refused(transportName, "unavailable")
-			return t.unavailable(c)
+			return t.unavailable(c, reasonStore)
 		}
 	}
 	if !resumed {
@@ -253,7 +263,7 @@ func (t *Transport) stream(c echo.Context) error {
 		case err != nil:
 			t.cfg.Logger.Error("sse: connect failed", "err", err)
 			obs.Refused(transportName, "unavailable")
-			return t.unavailable(c)
+			return t.unavailable(c, reasonStore)
 		}
 		if err := t.joinAtConnect(ctx, tok.SessionID, info.Vsn, q["join"]); err != nil {
 			return fail(c, http.StatusBadRequest, err.Error())
@@ -336,7 +346,7 @@ func (t *Transport) endStream(sw *streamWriter, tok gateway.SessionToken, err er
 	} else {
 		t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
 		t.gw.Observer().Refused(transportName, "unavailable")
-		buf.WriteString("event: unavailable\ndata: {\"reason\":\"the shared store did not answer; retrying\"}\n\n")
+		buf.WriteString("event: unavailable\ndata: {\"reason\":\"" + reasonStore + "\"}\n\n")
 	}
 	_ = sw.flush()
 }

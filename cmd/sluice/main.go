@@ -6,6 +6,7 @@
 //	sluice serve   run the gateway (the default)
 //	sluice token   print a user token signed like Phoenix.Token
 //	sluice healthcheck  check /healthz (the Docker HEALTHCHECK)
+//	sluice bench   a load generator speaking the real protocols
 package main
 
 import (
@@ -31,6 +32,7 @@ Commands:
   serve   run the gateway (default when no command is given)
   token   print a user token signed like Phoenix.Token.sign(secret, "user socket", data)
   healthcheck  exit 0 if a URL (default /healthz on 127.0.0.1:4000) answers 2xx
+  bench   a load generator: SSE and LongPoll clients, publishers, delivery checks, latency, server RSS/CPU
   help    show this help
 
 Run "sluice <command> --help" for a command's flags.
@@ -50,6 +52,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = tokenCommand(args, stdout, stderr)
 	case "healthcheck":
 		err = healthcheckCommand(args, stdout, stderr)
+	case "bench":
+		err = benchCommand(ctx, args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -1,0 +1,131 @@
+package loadgen
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisProbe reads Redis's command counters, to report what a broadcast and
+// a poll cost Redis. Every command any client sends is counted, and so is
+// every command a Lua script runs (an EVALSHA counts once, plus once per
+// command it calls), so the numbers are only meaningful when this run's
+// Sluice instances are Redis's only users: no other run's sessions still
+// expiring (wait --session-timeout plus --longpoll-window between runs), no
+// other program.
+type redisProbe struct {
+	client *redis.Client
+}
+
+// redisSample is one reading of the counters.
+type redisSample struct {
+	total int64            // total_commands_processed
+	calls map[string]int64 // per command, from INFO commandstats
+}
+
+// probeReads is how many commands one sample sends (INFO stats, INFO
+// commandstats): a later sample's counts include an earlier sample's.
+const probeReads = 2
+
+func newRedisProbe(rawURL string) (*redisProbe, error) {
+	opts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %w", err)
+	}
+	opts.PoolSize = 1
+	opts.DisableIdentity = true
+	return &redisProbe{client: redis.NewClient(opts)}, nil
+}
+
+func (p *redisProbe) close() error { return p.client.Close() }
+
+// sample reads INFO stats and INFO commandstats.
+func (p *redisProbe) sample(ctx context.Context) (redisSample, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s := redisSample{calls: map[string]int64{}}
+	stats, err := p.client.Info(ctx, "stats").Result()
+	if err != nil {
+		return s, fmt.Errorf("redis INFO stats: %w", err)
+	}
+	cmds, err := p.client.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return s, fmt.Errorf("redis INFO commandstats: %w", err)
+	}
+	found := false
+	sc := bufio.NewScanner(strings.NewReader(stats + "\n" + cmds))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+			if s.total, err = strconv.ParseInt(v, 10, 64); err != nil {
+				return s, fmt.Errorf("redis INFO: total_commands_processed %q: %w", v, err)
+			}
+			found = true
+		}
+		// cmdstat_get:calls=12,usec=34,usec_per_call=2.83,...
+		if rest, ok := strings.CutPrefix(line, "cmdstat_"); ok {
+			name, fields, _ := strings.Cut(rest, ":")
+			for f := range strings.SplitSeq(fields, ",") {
+				if v, ok := strings.CutPrefix(f, "calls="); ok {
+					n, _ := strconv.ParseInt(v, 10, 64)
+					s.calls[name] = n
+				}
+			}
+		}
+	}
+	if !found {
+		return s, fmt.Errorf("redis INFO stats: no total_commands_processed")
+	}
+	return s, nil
+}
+
+// RedisStats is what Redis did during the window (and drain).
+type RedisStats struct {
+	// Commands is the number of commands Redis processed (INFO
+	// total_commands_processed, which counts the commands Lua scripts run),
+	// less the tool's own INFO calls.
+	Commands int64 `json:"commands"`
+	// PerBroadcast is Commands per message published (broadcast or push).
+	PerBroadcast float64 `json:"per_broadcast,omitempty"`
+	// PerRoundTrip is Commands per long-poll round trip.
+	PerRoundTrip float64 `json:"per_poll_round_trip,omitempty"`
+	// PerDelivery is Commands per message delivered to a client.
+	PerDelivery float64 `json:"per_delivery,omitempty"`
+	// Top lists the commands called most, with their calls.
+	Top []RedisCommand `json:"top,omitempty"`
+}
+
+// RedisCommand is one command's calls during the window.
+type RedisCommand struct {
+	Name  string `json:"name"`
+	Calls int64  `json:"calls"`
+}
+
+// redisDelta compares two samples.
+func redisDelta(before, after redisSample) *RedisStats {
+	rs := &RedisStats{Commands: max(0, after.total-before.total-probeReads)}
+	for name, n := range after.calls {
+		if name == "info" {
+			continue
+		}
+		if d := n - before.calls[name]; d > 0 {
+			rs.Top = append(rs.Top, RedisCommand{Name: name, Calls: d})
+		}
+	}
+	sort.Slice(rs.Top, func(a, b int) bool {
+		if rs.Top[a].Calls != rs.Top[b].Calls {
+			return rs.Top[a].Calls > rs.Top[b].Calls
+		}
+		return rs.Top[a].Name < rs.Top[b].Name
+	})
+	if len(rs.Top) > 10 {
+		rs.Top = rs.Top[:10]
+	}
+	return rs
+}

@@ -1,0 +1,371 @@
+package loadgen
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// sseReadBuffer is the size of each SSE client's line reader: Sluice's
+// events are a few hundred bytes, and a longer line is assembled apart.
+const sseReadBuffer = 1024
+
+// sseClient is one client over Sluice's SSE transport: a streaming GET that
+// joins its topics with ?join=, resumed with Last-Event-ID whenever it ends
+// (each stream ends after --sse-max-lifetime), and POSTs to the URL the
+// stream's session event names for pushes and rejoins.
+type sseClient struct {
+	client
+	streamURL  string
+	post       atomic.Pointer[string] // the session's POST URL
+	retry      time.Duration          // from the last retry: field
+	hadSession bool
+
+	br      *bufio.Reader
+	long    []byte // a line longer than br's buffer
+	lastID  []byte
+	id      []byte
+	hasID   bool
+	event   []byte
+	data    []byte
+	hasData bool
+}
+
+// prepare builds the stream URL.
+func (c *sseClient) prepare() {
+	c.retry = 2 * time.Second
+	joins := make([]string, len(c.names))
+	for i, n := range c.names {
+		joins[i] = url.QueryEscape(n)
+	}
+	c.streamURL = c.base + "/socket/sse?vsn=2.0.0&token=" + url.QueryEscape(c.token) + "&join=" + strings.Join(joins, ",")
+}
+
+// run connects and keeps the stream open until ctx is done.
+func (c *sseClient) run(ctx context.Context) {
+	deadline := time.Now().Add(c.e.cfg.ConnectTimeout)
+	failures := 0
+	for ctx.Err() == nil {
+		if c.connecting() && time.Now().After(deadline) {
+			c.markFailed("connect_timeout", "not connected and joined within --connect-timeout")
+			return
+		}
+		err := c.stream(ctx, deadline)
+		if ctx.Err() != nil || c.state.Load() == stateFailed {
+			return
+		}
+		wait := c.retry
+		if err != nil {
+			failures++
+			wait = max(wait, backoff(failures))
+		} else {
+			failures = 0
+		}
+		if !sleepCtx(ctx, wait) {
+			return
+		}
+		if !c.connecting() {
+			c.e.reconnects.Add(1)
+		}
+	}
+}
+
+// permanentError is a refusal that retrying will not change.
+type permanentError struct{ kind, msg string }
+
+func (e *permanentError) Error() string { return e.kind + ": " + e.msg }
+
+// stream runs one GET of the stream until it ends. A nil error is a clean
+// end (the server's lifetime limit).
+func (c *sseClient) stream(ctx context.Context, deadline time.Time) error {
+	e := c.e
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.streamURL, nil)
+	if err != nil {
+		c.markFailed("bad_request", err.Error())
+		return err
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if len(c.lastID) > 0 {
+		req.Header.Set("Last-Event-ID", string(c.lastID))
+	}
+	// Bound the wait for the response headers only: the stream itself may
+	// stay idle for as long as the server likes.
+	limit := e.cfg.ConnectTimeout
+	if c.connecting() {
+		limit = time.Until(deadline)
+	}
+	timer := time.AfterFunc(limit, cancel)
+	resp, err := c.http.Do(req)
+	if !timer.Stop() && err == nil {
+		resp.Body.Close()
+		err = context.DeadlineExceeded
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			e.errs.add("sse/"+errorKind(err), err.Error())
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		kind := "sse/http_" + strconv.Itoa(resp.StatusCode)
+		msg := fmt.Sprintf("GET stream: %d %s", resp.StatusCode, bytes.TrimSpace(body))
+		if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden {
+			if c.connecting() {
+				c.markFailed(kind, msg)
+				return &permanentError{kind, msg}
+			}
+			// A resume point refused (expired, foreign, malformed): start
+			// a new session, which rejoins.
+			c.lastID = c.lastID[:0]
+		}
+		e.errs.add(kind, msg)
+		return &permanentError{kind, msg}
+	}
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		msg := "GET stream answered Content-Type " + ct
+		e.errs.add("sse/not_event_stream", msg)
+		return errors.New(msg)
+	}
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(resp.Body, sseReadBuffer)
+	} else {
+		c.br.Reset(resp.Body)
+	}
+	defer c.br.Reset(nil)
+	err = c.read(ctx)
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil
+	case ctx.Err() != nil:
+		return err
+	}
+	e.errs.add("sse/"+errorKind(err), "reading the stream: "+err.Error())
+	return err
+}
+
+// readLine returns the next line without its line ending. The slice is
+// valid until the next call.
+func (c *sseClient) readLine() ([]byte, error) {
+	line, err := c.br.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		c.long = append(c.long[:0], line...)
+		for errors.Is(err, bufio.ErrBufferFull) {
+			line, err = c.br.ReadSlice('\n')
+			c.long = append(c.long, line...)
+			if len(c.long) > maxPayloadBytes*2 {
+				return nil, fmt.Errorf("an SSE line longer than %d bytes", maxPayloadBytes*2)
+			}
+		}
+		line = c.long
+	}
+	if err != nil {
+		return nil, err
+	}
+	line = line[:len(line)-1]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, nil
+}
+
+// read parses events until the stream ends.
+func (c *sseClient) read(ctx context.Context) error {
+	c.resetEvent()
+	for {
+		line, err := c.readLine()
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			c.dispatch(ctx)
+			continue
+		}
+		field, value := line, []byte(nil)
+		if k := bytes.IndexByte(line, ':'); k >= 0 {
+			field, value = line[:k], line[k+1:]
+			if len(value) > 0 && value[0] == ' ' {
+				value = value[1:]
+			}
+		}
+		switch string(field) {
+		case "": // a comment (padding)
+		case "data":
+			if c.hasData {
+				c.data = append(c.data, '\n')
+			}
+			c.data = append(c.data, value...)
+			c.hasData = true
+		case "id":
+			c.id = append(c.id[:0], value...)
+			c.hasID = true
+		case "event":
+			c.event = append(c.event[:0], value...)
+		case "retry":
+			if ms, err := strconv.Atoi(string(value)); err == nil && ms >= 0 {
+				c.retry = time.Duration(ms) * time.Millisecond
+			}
+		}
+	}
+}
+
+func (c *sseClient) resetEvent() {
+	c.event, c.data, c.id = c.event[:0], c.data[:0], c.id[:0]
+	c.hasData, c.hasID = false, false
+}
+
+// dispatch handles the event read so far.
+func (c *sseClient) dispatch(ctx context.Context) {
+	defer c.resetEvent()
+	if c.hasID {
+		c.lastID = append(c.lastID[:0], c.id...)
+	}
+	if !c.hasData {
+		return
+	}
+	e := c.e
+	switch string(c.event) {
+	case "", "message":
+		c.handleFrame(c.data, time.Now(), "sse")
+		c.afterFrames(ctx)
+	case "session":
+		c.onSession()
+	case "heartbeat":
+		c.afterFrames(ctx)
+	case "session_gone":
+		c.lastID = c.lastID[:0]
+		e.errs.add("sse/session_gone", string(c.data))
+	case "unavailable":
+		e.errs.add("sse/unavailable", string(c.data))
+	}
+}
+
+// onSession handles the session event that starts every stream.
+func (c *sseClient) onSession() {
+	var s struct {
+		Post    string `json:"post"`
+		Resumed bool   `json:"resumed"`
+		Session string `json:"session"`
+	}
+	if err := json.Unmarshal(c.data, &s); err != nil || s.Post == "" || s.Post[0] != '/' {
+		c.e.errs.add("bad_frame", fmt.Sprintf("sse: session event %.200s", c.data))
+		return
+	}
+	post := c.base + s.Post
+	c.post.Store(&post)
+	if s.Resumed {
+		return
+	}
+	// A new session: the server joined our topics (?join=), with join refs
+	// "join:<n>" in the order given.
+	if c.hadSession && !c.connecting() {
+		c.e.errs.add("sse/session_lost", "a resumed stream started a new session (the old one expired): messages in between are lost")
+	}
+	c.hadSession = true
+	c.resetJoins()
+	for i := range c.joinRef {
+		c.joinRef[i] = "join:" + strconv.Itoa(i+1)
+	}
+}
+
+// afterFrames rejoins topics the server closed, as phoenix.js does.
+func (c *sseClient) afterFrames(ctx context.Context) {
+	if !c.rejoinDue() {
+		return
+	}
+	todo := c.pendingRejoins()
+	var body []byte
+	body = append(body, '[')
+	for k, i := range todo {
+		if k > 0 {
+			body = append(body, ',')
+		}
+		body = c.joinFrame(body, i)
+	}
+	body = append(body, ']')
+	if err := c.postFrames(ctx, body); err != nil {
+		c.e.errs.add("sse/rejoin", err.Error())
+	}
+}
+
+// postFrames POSTs frames (one frame or a JSON array of frames) to the
+// session.
+func (c *sseClient) postFrames(ctx context.Context, body []byte) error {
+	p := c.post.Load()
+	if p == nil {
+		return errors.New("no session yet")
+	}
+	return postJSON(ctx, c.http, *p, "application/json", body)
+}
+
+// push sends one frame from a pusher goroutine.
+func (c *sseClient) push(ctx context.Context, body []byte) error {
+	return c.postFrames(ctx, body)
+}
+
+// postJSON POSTs body and checks that the answer is {"status":200}.
+func postJSON(ctx context.Context, hc *http.Client, u, contentType string, body []byte) error {
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build POST: %w", err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return &kindError{kind: errorKind(err), err: err}
+	}
+	defer resp.Body.Close()
+	var buf [256]byte
+	n, _ := io.ReadFull(resp.Body, buf[:])
+	_, _ = io.Copy(io.Discard, resp.Body)
+	status := -1
+	var vals [1][]byte
+	if objectFields(buf[:n], statusKey, vals[:]) == nil {
+		if v, ok := parseInt(vals[0]); ok {
+			status = int(v)
+		}
+	}
+	if resp.StatusCode != http.StatusOK || status != http.StatusOK {
+		kind := "http_" + strconv.Itoa(resp.StatusCode)
+		if resp.StatusCode == http.StatusOK {
+			kind = "status_" + strconv.Itoa(status)
+		}
+		return &kindError{kind: kind, err: fmt.Errorf("POST answered %d %s", resp.StatusCode, bytes.TrimSpace(buf[:n]))}
+	}
+	return nil
+}
+
+var statusKey = []string{"status"}
+
+// kindError is an error with its kind for the errors table.
+type kindError struct {
+	kind string
+	err  error
+}
+
+func (e *kindError) Error() string { return e.err.Error() }
+func (e *kindError) Unwrap() error { return e.err }
+
+// kindOf returns the kind of an error from postJSON and friends.
+func kindOf(err error) string {
+	var ke *kindError
+	if errors.As(err, &ke) {
+		return ke.kind
+	}
+	return errorKind(err)
+}

@@ -85,7 +85,10 @@ const (
 // collect reads what the session has after cursor from its mailbox and its
 // channels' topics (as mode says), applies broadcast_from exclusions and
 // interceptors, and encodes it with the session's serializer.
-func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor, mode readMode) (*Delivery, error) {
+//
+// chTopics are the session's channel topics, sorted (the caller keeps them
+// with the session it loaded).
+func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cur Cursor, mode readMode) (*Delivery, error) {
 	readMailbox := mode == readAll
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
@@ -105,11 +108,9 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor, mode read
 
 	// One read of the mailbox and every joined topic: one round trip with a
 	// remote broker.
-	chTopics := slices.Sorted(maps.Keys(s.Channels))
 	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
-	reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit})
-	if !readMailbox {
-		reqs = reqs[:0]
+	if readMailbox {
+		reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit})
 	}
 	for _, t := range chTopics {
 		ch := s.Channels[t]
@@ -200,6 +201,10 @@ func (g *Gateway) collect(ctx context.Context, s *Session, cur Cursor, mode read
 	out = mergeByTime(out)
 	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out)),
 		Kinds: make([]string, len(out)), Times: make([]int64, len(out)), truncated: truncated}
+	if len(out) == 1 {
+		d.Frames[0], d.Kinds[0], d.Times[0], d.Tokens[0] = out[0].frame, out[0].kind, out[0].time, d.Token
+		return d, nil
+	}
 	// The cursor after each frame: where the client started, advanced by
 	// the frames up to it.
 	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}

@@ -154,18 +154,21 @@ type SessionToken struct {
 }
 
 // String encodes the token.
-func (t SessionToken) String() string {
-	var b strings.Builder
-	b.WriteString(t.SessionID)
-	b.WriteByte('.')
-	b.WriteString(strconv.FormatUint(t.Cursor.Mailbox, 10))
+func (t SessionToken) String() string { return string(t.AppendText(nil)) }
+
+// AppendText appends the token as String writes it to b (encoding.TextAppender):
+// a stream writes each event's id without allocating for it.
+func (t SessionToken) AppendText(b []byte) []byte {
+	b = append(b, t.SessionID...)
+	b = append(b, '.')
+	b = strconv.AppendUint(b, t.Cursor.Mailbox, 10)
 	for slot, seq := range sortedSlots(t.Cursor.Slots) {
-		b.WriteByte('.')
-		b.WriteString(strconv.Itoa(slot))
-		b.WriteByte('-')
-		b.WriteString(strconv.FormatUint(seq, 10))
+		b = append(b, '.')
+		b = strconv.AppendInt(b, int64(slot), 10)
+		b = append(b, '-')
+		b = strconv.AppendUint(b, seq, 10)
 	}
-	return b.String()
+	return b
 }
 
 // ParseSessionToken decodes a token made by SessionToken.String.

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"time"
 
@@ -21,6 +22,10 @@ type Subscription struct {
 	g   *Gateway
 	tok SessionToken
 	s   *Session
+	// chTopics are s's channel topics, sorted.
+	chTopics []string
+	// timer times Next's waits; reused between them.
+	timer *time.Timer
 
 	// mailbox wakes on the session's own records: reload the session.
 	mailbox *topics.Listener
@@ -93,6 +98,7 @@ func (sub *Subscription) touch(ctx context.Context, until time.Time) error {
 // setSession adopts s, listening on the topics it has joined.
 func (sub *Subscription) setSession(s *Session) {
 	sub.s, sub.stale = s, false
+	sub.chTopics = slices.Sorted(maps.Keys(s.Channels))
 	want := sessionTopics(s)[1:] // without the mailbox
 	slices.Sort(want)
 	if sub.channels != nil && slices.Equal(want, sub.listened) {
@@ -121,6 +127,11 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 		}
 	}
 	var timer <-chan time.Time
+	defer func() {
+		if timer != nil {
+			sub.timer.Stop()
+		}
+	}()
 	for {
 		// A mailbox record (a reply to a join or leave, a session end) is
 		// published before what it causes on the channels' topics: look at
@@ -151,7 +162,7 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 				}
 				sub.setSession(s)
 			}
-			d, err := g.collect(ctx, sub.s, sub.tok.Cursor, mode)
+			d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
 			if err != nil {
 				return nil, err
 			}
@@ -164,9 +175,12 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 			continue // d.truncated with nothing for this client: read on
 		}
 		if timer == nil {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			timer = t.C
+			if sub.timer == nil {
+				sub.timer = time.NewTimer(wait)
+			} else {
+				sub.timer.Reset(wait) // Go 1.23 timers: no stale value to drain
+			}
+			timer = sub.timer.C
 		}
 		select {
 		case <-sub.mailbox.C:
@@ -184,7 +198,7 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 				return nil, err
 			}
 			sub.setSession(s)
-			d, err := g.collect(ctx, sub.s, sub.tok.Cursor, readAll)
+			d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, readAll)
 			if err != nil {
 				return nil, err
 			}

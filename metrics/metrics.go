@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,13 +26,15 @@ type Metrics struct {
 	joins           *prometheus.CounterVec
 	received        *prometheus.CounterVec
 	delivered       *prometheus.CounterVec
-	latency         prometheus.Histogram
-	open            *prometheus.GaugeVec
-	refused         *prometheus.CounterVec
-	resumes         *prometheus.CounterVec
-	gaps            prometheus.Counter
-	redisDuration   *prometheus.HistogramVec
-	redisErrors     *prometheus.CounterVec
+	// deliveredByLabel caches delivered's counters by [transport, kind].
+	deliveredByLabel sync.Map
+	latency          prometheus.Histogram
+	open             *prometheus.GaugeVec
+	refused          *prometheus.CounterVec
+	resumes          *prometheus.CounterVec
+	gaps             prometheus.Counter
+	redisDuration    *prometheus.HistogramVec
+	redisErrors      *prometheus.CounterVec
 }
 
 // New returns Metrics registered in a new registry, with the Go runtime and
@@ -107,7 +110,14 @@ func (m *Metrics) Received(transport string, frames int) {
 
 // Delivered implements gateway.Observer.
 func (m *Metrics) Delivered(transport, kind string, latency time.Duration) {
-	m.delivered.WithLabelValues(transport, kind).Inc()
+	// Called for every frame written: look the counter up once per label
+	// pair, not by hashing the labels every time.
+	key := [2]string{transport, kind}
+	c, ok := m.deliveredByLabel.Load(key)
+	if !ok {
+		c, _ = m.deliveredByLabel.LoadOrStore(key, m.delivered.WithLabelValues(transport, kind))
+	}
+	c.(prometheus.Counter).Inc()
 	if kind == "broadcast" || kind == "presence" || kind == "push" {
 		m.latency.Observe(latency.Seconds())
 	}

@@ -291,7 +291,7 @@ func (t *Transport) stream(c echo.Context) error {
 	fmt.Fprintf(buf, "retry: %d\n\n", retry.Milliseconds())
 	post := t.path + "?session=" + url.QueryEscape(tok.SessionID)
 	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "post": post, "resumed": resumed})
-	writeEvent(buf, "session", tok.String(), hello)
+	writeEvent(buf, "session", []byte(tok.String()), hello)
 	if err := sw.flush(); err != nil {
 		return nil
 	}
@@ -326,7 +326,8 @@ func (t *Transport) stream(c echo.Context) error {
 			buf.WriteString("\n\n")
 		}
 		for i, f := range d.Frames {
-			writeEvent(buf, "", d.Tokens[i].String(), f)
+			sw.id = d.Tokens[i].AppendText(sw.id[:0])
+			writeEvent(buf, "", sw.id, f)
 		}
 		if err := sw.flush(); err != nil {
 			return nil
@@ -342,7 +343,7 @@ func (t *Transport) endStream(sw *streamWriter, tok gateway.SessionToken, err er
 	buf := &sw.buf
 	if errors.Is(err, gateway.ErrNoSession) {
 		msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": tok.SessionID})
-		writeEvent(buf, "session_gone", "", msg)
+		writeEvent(buf, "session_gone", nil, msg)
 	} else {
 		t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
 		t.gw.Observer().Refused(transportName, "unavailable")
@@ -375,6 +376,8 @@ type streamWriter struct {
 	w   io.Writer
 	rc  *http.ResponseController
 	buf bytes.Buffer
+	// id holds the event id being written, reused between events.
+	id []byte
 	// deadline is the write deadline set on the connection. Moving it is a
 	// timer update; it is moved only once it is half spent, not per write.
 	deadline time.Time
@@ -396,15 +399,15 @@ func (sw *streamWriter) flush() error {
 
 // writeEvent appends one SSE event. Frames are single-line JSON; any line
 // breaks are split into data lines as the format requires.
-func writeEvent(buf *bytes.Buffer, event, id string, data []byte) {
+func writeEvent(buf *bytes.Buffer, event string, id, data []byte) {
 	if event != "" {
 		buf.WriteString("event: ")
 		buf.WriteString(event)
 		buf.WriteByte('\n')
 	}
-	if id != "" {
+	if len(id) > 0 {
 		buf.WriteString("id: ")
-		buf.WriteString(id)
+		buf.Write(id)
 		buf.WriteByte('\n')
 	}
 	for {

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,6 +38,7 @@ type serveConfig struct {
 	APIKeys         string
 	OpenTopics      string
 	Console         bool
+	DebugAddr       string
 	SelfTest        bool
 	RedisURL        string
 	RedisPrefix     string
@@ -94,6 +96,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.duration(&cfg.DrainDelay, "drain-delay", "SLUICE_DRAIN_DELAY", 2*time.Second, "on SIGTERM/SIGINT, keep answering (readyz 503, polls and streams sent elsewhere) this long before closing the listener (at most half of --shutdown-timeout)")
 	fs.boolean(&cfg.Console, "console", "SLUICE_CONSOLE", true, "serve the debug console at / (a page that connects with a user token; it holds no secret)")
 	fs.boolean(&cfg.SelfTest, "selftest", "SLUICE_SELFTEST", true, "serve the transport self-test streams at /socket/selftest/* (no token; at most 100 at once)")
+	fs.string(&cfg.DebugAddr, "debug-addr", "SLUICE_DEBUG_ADDR", "", "address of a second listener serving Go's /debug/pprof/ (profiles under load); keep it private, e.g. 127.0.0.1:6060; empty: none")
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.string(&cfg.LogFormat, "log-format", "SLUICE_LOG_FORMAT", "text", "text or json")
 	if err := fs.parse(args); err != nil {
@@ -163,6 +166,22 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	if cfg.DebugAddr != "" {
+		dln, err := net.Listen("tcp", cfg.DebugAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --debug-addr %s: %w", cfg.DebugAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		ds := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = ds.Serve(dln) }()
+		defer ds.Close()
+		log.Info("pprof listening", "addr", dln.Addr().String())
 	}
 	return srv.serve(ctx, ln)
 }

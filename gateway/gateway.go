@@ -61,6 +61,8 @@ type Gateway struct {
 	// draining is closed by Drain.
 	draining  chan struct{}
 	drainOnce sync.Once
+	drainMu   sync.Mutex
+	onDrain   []func()
 	limiter   *postLimiter
 	// records shares decoded broadcast records and their frames between
 	// this instance's subscribers.
@@ -109,7 +111,29 @@ var ErrDraining = errors.New("this instance is shutting down; connect again")
 // that clients continue on other instances. Sessions themselves live on in
 // the shared store. Safe to call more than once.
 func (g *Gateway) Drain() {
-	g.drainOnce.Do(func() { close(g.draining) })
+	g.drainOnce.Do(func() {
+		g.drainMu.Lock()
+		close(g.draining)
+		fns := g.onDrain
+		g.onDrain = nil
+		g.drainMu.Unlock()
+		for _, f := range fns {
+			go f()
+		}
+	})
+}
+
+// OnDrain arranges for f to run, in its own goroutine, when Drain is called
+// (at once if it was): for waiters that hold no goroutine to watch Draining.
+func (g *Gateway) OnDrain(f func()) {
+	g.drainMu.Lock()
+	defer g.drainMu.Unlock()
+	select {
+	case <-g.draining:
+		go f()
+	default:
+		g.onDrain = append(g.onDrain, f)
+	}
 }
 
 // Draining is closed when Drain is called; streams end when it is.

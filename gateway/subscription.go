@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicegw/sluice/topics"
@@ -40,6 +41,12 @@ type Subscription struct {
 	primed bool
 	// more: the last read left records for the next (a read's limit).
 	more bool
+
+	// notify, for a SubscribeFunc subscription, is called on wake-ups;
+	// mailboxWoke and channelsWoke record which.
+	notify       func()
+	mailboxWoke  atomic.Bool
+	channelsWoke atomic.Bool
 	// alive is the deadline last written to the store.
 	alive time.Time
 }
@@ -50,11 +57,29 @@ func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscriptio
 	return g.subscribe(ctx, tok, time.Now().Add(g.cfg.SessionTimeout))
 }
 
-// subscribe starts a subscription, keeping its session alive until then.
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time) (*Subscription, error) {
+// SubscribeFunc is Subscribe for a transport that holds no goroutine while
+// a stream waits (an SSE connection parked outside net/http): instead of
+// blocking in Next, it is told by wake that something may be ready, and
+// then calls Ready; it must call Check at least every checkEvery, which
+// keeps the session alive. wake runs on the publisher's goroutine, with the
+// broker's hub locked: it must only schedule work and return.
+func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEvery time.Duration, wake func()) (*Subscription, error) {
+	return g.subscribe(ctx, tok, time.Now().Add(checkEvery+g.cfg.SessionTimeout), wake)
+}
+
+// subscribe starts a subscription, keeping its session alive until then;
+// with notify, a SubscribeFunc one.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time, notify ...func()) (*Subscription, error) {
 	sub := &Subscription{g: g, tok: tok}
 	// Listen first, then load: nothing that happens in between is missed.
 	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
+	if len(notify) > 0 {
+		sub.notify = notify[0]
+		sub.mailbox.Notify(func() {
+			sub.mailboxWoke.Store(true)
+			sub.notify()
+		})
+	}
 	if err := sub.touch(ctx, until); err != nil {
 		sub.release()
 		return nil, err
@@ -108,6 +133,12 @@ func (sub *Subscription) setSession(s *Session) {
 	// collects after this, so a publish in between is not missed.
 	old := sub.channels
 	sub.channels, sub.listened = sub.g.cfg.Broker.Listen(want...), want
+	if sub.notify != nil {
+		sub.channels.Notify(func() {
+			sub.channelsWoke.Store(true)
+			sub.notify()
+		})
+	}
 	if old != nil {
 		old.Close()
 	}
@@ -208,4 +239,77 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// Ready returns what is ready for a SubscribeFunc subscription now, without
+// waiting: after a wake-up, the frames it announced (or an empty Delivery
+// if they were not for this client). It acknowledges what it returns. When
+// a read was cut at its limit, it calls wake again for the rest.
+func (sub *Subscription) Ready(ctx context.Context) (*Delivery, error) {
+	g := sub.g
+	// The mailbox first (see Next).
+	if sub.mailboxWoke.Swap(false) {
+		sub.stale = true
+	}
+	woken := sub.channelsWoke.Swap(false)
+	for {
+		mode := readWoken
+		switch {
+		case !sub.primed || sub.stale || sub.more:
+			mode = readAll
+		case !woken:
+			return &Delivery{Token: sub.tok}, nil
+		}
+		if sub.stale {
+			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+			if err != nil {
+				return nil, err
+			}
+			sub.setSession(s)
+		}
+		d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
+		if err != nil {
+			return nil, err
+		}
+		sub.primed, sub.more, woken = true, d.truncated, false
+		sub.tok = d.Token
+		if len(d.Frames) > 0 {
+			if sub.more {
+				sub.notify()
+			}
+			return d, nil
+		}
+		if !sub.more {
+			return d, nil
+		}
+	}
+}
+
+// Check is the periodic look of a SubscribeFunc subscription, every wait
+// at most: it keeps the session alive past the next check, and reads
+// everything from the store with a fresh session, since a wake-up from
+// another instance can be lost. It returns what it found.
+func (sub *Subscription) Check(ctx context.Context, wait time.Duration) (*Delivery, error) {
+	g := sub.g
+	if until := time.Now().Add(wait + g.cfg.SessionTimeout); until.Sub(sub.alive) > g.cfg.SessionTimeout/2 {
+		if err := sub.touch(ctx, until); err != nil {
+			return nil, err
+		}
+	} else {
+		s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+		if err != nil {
+			return nil, err
+		}
+		sub.setSession(s)
+	}
+	d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, readAll)
+	if err != nil {
+		return nil, err
+	}
+	sub.primed, sub.more = true, d.truncated
+	sub.tok = d.Token
+	if sub.more {
+		sub.notify()
+	}
+	return d, nil
 }

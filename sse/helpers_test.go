@@ -95,7 +95,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	sse.New(gw, sse.Config{
+	tr := sse.New(gw, sse.Config{
 		Retry:            cfg.Retry,
 		Heartbeat:        cfg.Heartbeat,
 		MaxLifetime:      cfg.MaxLifetime,
@@ -105,7 +105,8 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		AllowCredentials: cfg.AllowCredentials,
 		MaxStreams:       cfg.MaxStreams,
 		Logger:           log,
-	}).Register(e, ssePath)
+	})
+	tr.Register(e, ssePath)
 	// A handler panic is a server crash as far as the client is concerned:
 	// record it and fail the test, whatever the client made of it.
 	var (
@@ -128,7 +129,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		// a stream handler that never ends fails the test instead of
 		// hanging the package.
 		closed := make(chan struct{})
-		go func() { srv.Close(); close(closed) }()
+		go func() { tr.Close(); srv.Close(); close(closed) }()
 		select {
 		case <-closed:
 		case <-time.After(waitFor):
@@ -775,7 +776,8 @@ func streamHandlers() int {
 		}
 		buf = make([]byte, 2*len(buf))
 	}
-	return strings.Count(string(buf), "sluice/sse.(*Transport).stream(")
+	// A parked stream has no handler but one goroutine watching its client.
+	return strings.Count(string(buf), "sluice/sse.(*Transport).stream(") + strings.Count(string(buf), "sluice/sse.(*parked).watchClient(")
 }
 
 // waitHandlers waits until exactly n stream handlers run.

@@ -1,6 +1,7 @@
 package sse_test
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -46,4 +47,19 @@ func TestDrainingTellsNewStreamsToRetryElsewhere(t *testing.T) {
 	if len(evs) < 2 || evs[0].Retry == "" || evs[1].Name != "unavailable" || !strings.Contains(evs[1].Data, "shutting down") {
 		t.Fatalf("stream to a draining instance: want retry: then an unavailable event saying it shuts down, got %v", evs)
 	}
+}
+
+// An open stream keeps its session alive however long its heartbeat is
+// compared with the session timeout: a stream that waits is not a client
+// that left.
+func TestOpenStreamKeepsItsSession(t *testing.T) {
+	e := newEnv(t, envConfig{SessionTimeout: 200 * time.Millisecond, Heartbeat: time.Second})
+	s, _ := e.connect(t, "42", "2.0.0", "join=room:k")
+	requireJoined(t, s.frames(t, 3), "room:k", "join:1", "42")
+	time.Sleep(700 * time.Millisecond)
+	if n, err := e.gw.ExpireSessions(context.Background()); err != nil || n != 0 {
+		t.Fatalf("a session with an open stream expired: %d, %v", n, err)
+	}
+	e.broadcast(t, "room:k", 1)
+	s.expect(t, news("room:k", 1))
 }

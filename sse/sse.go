@@ -33,6 +33,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -69,6 +70,10 @@ type Config struct {
 	// Origins, when set, refuses requests whose Origin it does not allow
 	// (Phoenix's check_origin).
 	Origins *gateway.OriginChecker
+	// NoPark keeps a goroutine per stream instead of parking HTTP/1.1
+	// streams outside net/http while they wait (see parked.go): for
+	// comparison, or a middleware that must see the whole response.
+	NoPark bool
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -79,6 +84,10 @@ type Transport struct {
 	cfg     Config
 	path    string
 	streams atomic.Int64
+
+	// parked holds the streams served without a goroutine (parked.go).
+	parkedMu sync.Mutex
+	parked   map[*parked]struct{}
 }
 
 // New returns a Transport serving gw.
@@ -101,7 +110,9 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Transport{gw: gw, cfg: cfg}
+	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{})}
+	gw.OnDrain(t.finishParked)
+	return t
 }
 
 // Register mounts the transport at path (Sluice's is "/socket/sse").
@@ -220,7 +231,13 @@ func (t *Transport) stream(c echo.Context) error {
 		obs.Refused(transportName, "too_many_streams")
 		return t.unavailable(c, reasonFull)
 	}
-	defer t.streams.Add(-1)
+	// A parked stream (parked.go) releases its count when it ends.
+	isParked := false
+	defer func() {
+		if !isParked {
+			t.streams.Add(-1)
+		}
+	}()
 	var tok gateway.SessionToken
 	resumed := false
 	if id := lastEventID(r); id != "" {
@@ -276,7 +293,11 @@ func (t *Transport) stream(c echo.Context) error {
 	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
 	buf := &sw.buf
 	obs.Open(transportName, 1)
-	defer obs.Open(transportName, -1)
+	defer func() {
+		if !isParked {
+			obs.Open(transportName, -1)
+		}
+	}()
 
 	padding := t.cfg.Padding
 	if padding == 0 && q.Get("padding") == "1" {
@@ -296,13 +317,21 @@ func (t *Transport) stream(c echo.Context) error {
 		return nil
 	}
 
+	lifetime := jitter(t.cfg.MaxLifetime, -0.1)
+	if !t.cfg.NoPark && r.ProtoMajor == 1 {
+		if isParked = t.park(w, tok, lifetime); isParked {
+			return nil
+		}
+	}
+	// Not parked (HTTP/2, or a writer that cannot be hijacked): this
+	// goroutine serves the stream.
 	sub, err := t.gw.Subscribe(ctx, tok)
 	if err != nil {
 		t.endStream(sw, tok, err)
 		return nil
 	}
 	defer sub.Close()
-	deadline := time.Now().Add(jitter(t.cfg.MaxLifetime, -0.1))
+	deadline := time.Now().Add(lifetime)
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
 		if wait <= 0 || draining(t.gw) {

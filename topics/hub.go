@@ -19,6 +19,8 @@ type Listener struct {
 	hub    *Hub
 	topics []string
 	once   sync.Once
+	// notify, when set, is called on a wake-up instead of a send on c.
+	notify func()
 }
 
 // NewHub returns an empty Hub.
@@ -43,6 +45,22 @@ func (h *Hub) Listen(topics ...string) *Listener {
 	return l
 }
 
+// Notify makes wake-ups call fn instead of sending on C, for a waiter that
+// holds no goroutine; a wake-up already pending on C calls fn at once. fn is
+// called with the hub locked: it must return at once and must not call
+// Listen, Close or Notify.
+func (l *Listener) Notify(fn func()) {
+	h := l.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l.notify = fn
+	select {
+	case <-l.c:
+		fn()
+	default:
+	}
+}
+
 // Close removes the listener. It is safe to call more than once.
 func (l *Listener) Close() {
 	l.once.Do(func() {
@@ -64,6 +82,10 @@ func (l *Listener) Close() {
 func (h *Hub) Wake(topic string) {
 	h.mu.Lock()
 	for l := range h.listeners[topic] {
+		if l.notify != nil {
+			l.notify()
+			continue
+		}
 		select {
 		case l.c <- struct{}{}:
 		default:

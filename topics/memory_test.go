@@ -2,7 +2,9 @@ package topics_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -188,4 +190,41 @@ func TestMemoryBrokerSweptTopicRecreatedAboveOldSequence(t *testing.T) {
 // above it.
 func TestMemoryBrokerSweptBurstTopicRecreatedAboveOldSequence(t *testing.T) {
 	sweptThenRecreated(t, true)
+}
+
+// A listener told to Notify calls its function on each wake-up, including
+// one that was pending when Notify was called, and no longer sends on C.
+func TestListenerNotify(t *testing.T) {
+	b := topics.NewMemoryBroker(10, time.Hour)
+	l := b.Listen("t:n")
+	defer l.Close()
+	ctx := context.Background()
+	if _, err := b.Publish(ctx, "t:n", []byte("pending")); err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	l.Notify(func() { calls.Add(1) })
+	if calls.Load() != 1 {
+		t.Fatalf("the pending wake-up: %d calls, want 1", calls.Load())
+	}
+	for range 3 {
+		if _, err := b.Publish(ctx, "t:n", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls.Load() != 4 {
+		t.Errorf("after 3 more publishes: %d calls, want 4", calls.Load())
+	}
+	select {
+	case <-l.C:
+		t.Error("a notified listener also got a value on C")
+	default:
+	}
+	l.Close()
+	if _, err := b.Publish(ctx, "t:n", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 4 {
+		t.Errorf("a closed listener was notified")
+	}
 }

@@ -308,13 +308,29 @@ func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch
 	if len(misses) == 0 {
 		return out, nil
 	}
-	// Readers woken together by one broadcast: wait for a read of the same
-	// topic already under way, then look again, so that one of them reads.
-	waited := false
-	for _, i := range misses {
-		waited = b.tails.waitFill(reqs[i].Topic) || waited
-	}
-	if waited {
+	// Readers woken together by one broadcast: one of them reads each topic
+	// while the others wait for it and look again. Under a stream of
+	// publishes a look can miss again (a newer Seq was announced meanwhile),
+	// so this goes a few rounds before reading anyway. A reader never waits
+	// while it holds a fill, so readers of several topics cannot deadlock.
+	var fills []func()
+	defer func() {
+		for _, done := range fills {
+			done()
+		}
+	}()
+	for range maxFillRounds {
+		for _, i := range misses {
+			if done, ok := b.tails.startFill(reqs[i].Topic); ok {
+				fills = append(fills, done)
+			}
+		}
+		if len(fills) > 0 {
+			break // read them all now
+		}
+		for _, i := range misses {
+			b.tails.waitFill(reqs[i].Topic)
+		}
 		still := misses[:0]
 		for _, i := range misses {
 			var ok bool
@@ -324,11 +340,6 @@ func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch
 		}
 		if misses = still; len(misses) == 0 {
 			return out, nil
-		}
-	}
-	for _, i := range misses {
-		if done, ok := b.tails.startFill(reqs[i].Topic); ok {
-			defer done()
 		}
 	}
 	read := make([]ReadRequest, len(misses))
@@ -345,6 +356,10 @@ func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch
 	}
 	return out, nil
 }
+
+// maxFillRounds bounds how many times a reader waits for another's read of
+// the same topic before it reads itself.
+const maxFillRounds = 4
 
 // readRedis performs Reads in one round trip.
 func (b *RedisBroker) readRedis(ctx context.Context, reqs []ReadRequest) ([]Batch, error) {

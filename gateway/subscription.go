@@ -120,6 +120,18 @@ func (sub *Subscription) touch(ctx context.Context, until time.Time) error {
 	return nil
 }
 
+// keepAlive keeps the session alive past a wait: it writes a new deadline
+// only when that moved by half the session timeout, not at every delivery,
+// and reports whether it did (which reloaded the session).
+func (sub *Subscription) keepAlive(ctx context.Context, wait time.Duration) (bool, error) {
+	timeout := sub.g.cfg.SessionTimeout
+	until := time.Now().Add(wait + timeout)
+	if until.Sub(sub.alive) <= timeout/2 {
+		return false, nil
+	}
+	return true, sub.touch(ctx, until)
+}
+
 // setSession adopts s, listening on the topics it has joined.
 func (sub *Subscription) setSession(s *Session) {
 	sub.s, sub.stale = s, false
@@ -150,12 +162,8 @@ func (sub *Subscription) setSession(s *Session) {
 // the next call continues after it.
 func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Delivery, error) {
 	g := sub.g
-	// Keep the session alive past this wait; write the deadline only when
-	// it moved by half the timeout, not at every delivery.
-	if until := time.Now().Add(wait + g.cfg.SessionTimeout); until.Sub(sub.alive) > g.cfg.SessionTimeout/2 {
-		if err := sub.touch(ctx, until); err != nil {
-			return nil, err
-		}
+	if _, err := sub.keepAlive(ctx, wait); err != nil {
+		return nil, err
 	}
 	var timer <-chan time.Time
 	defer func() {
@@ -178,28 +186,11 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 			sub.woken = true
 		default:
 		}
-		if !sub.primed || sub.stale || sub.more || sub.woken {
-			// Woken by its channels only, the subscription reads them as
-			// Recent and leaves its mailbox: a remote broker then answers
-			// every local subscriber of a broadcast from one read.
-			mode := readWoken
-			if !sub.primed || sub.stale || sub.more {
-				mode = readAll
-			}
-			if sub.stale {
-				s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
-				if err != nil {
-					return nil, err
-				}
-				sub.setSession(s)
-			}
-			d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
+		if mode, ok := sub.nextRead(); ok {
+			d, err := sub.read(ctx, mode)
 			if err != nil {
 				return nil, err
 			}
-			sub.primed, sub.woken, sub.more = true, false, d.truncated
-			// The token also acknowledges records read but not for this client.
-			sub.tok = d.Token
 			if len(d.Frames) > 0 {
 				return d, nil
 			}
@@ -224,17 +215,8 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 			// A wake-up from another instance can be lost (a pub/sub
 			// reconnect), a message in the log cannot: look once more,
 			// at the store, with a fresh session.
-			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
-			if err != nil {
-				return nil, err
-			}
-			sub.setSession(s)
-			d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, readAll)
-			if err != nil {
-				return nil, err
-			}
-			sub.tok, sub.more = d.Token, d.truncated
-			return d, nil
+			sub.stale = true
+			return sub.read(ctx, readAll)
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -246,33 +228,22 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 // if they were not for this client). It acknowledges what it returns. When
 // a read was cut at its limit, it calls wake again for the rest.
 func (sub *Subscription) Ready(ctx context.Context) (*Delivery, error) {
-	g := sub.g
 	// The mailbox first (see Next).
 	if sub.mailboxWoke.Swap(false) {
 		sub.stale = true
 	}
-	woken := sub.channelsWoke.Swap(false)
+	if sub.channelsWoke.Swap(false) {
+		sub.woken = true
+	}
 	for {
-		mode := readWoken
-		switch {
-		case !sub.primed || sub.stale || sub.more:
-			mode = readAll
-		case !woken:
+		mode, ok := sub.nextRead()
+		if !ok {
 			return &Delivery{Token: sub.tok}, nil
 		}
-		if sub.stale {
-			s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
-			if err != nil {
-				return nil, err
-			}
-			sub.setSession(s)
-		}
-		d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
+		d, err := sub.read(ctx, mode)
 		if err != nil {
 			return nil, err
 		}
-		sub.primed, sub.more, woken = true, d.truncated, false
-		sub.tok = d.Token
 		if len(d.Frames) > 0 {
 			if sub.more {
 				sub.notify()
@@ -285,29 +256,55 @@ func (sub *Subscription) Ready(ctx context.Context) (*Delivery, error) {
 	}
 }
 
-// Check is the periodic look of a SubscribeFunc subscription, every wait
-// at most: it keeps the session alive past the next check, and reads
-// everything from the store with a fresh session, since a wake-up from
-// another instance can be lost. It returns what it found.
-func (sub *Subscription) Check(ctx context.Context, wait time.Duration) (*Delivery, error) {
-	g := sub.g
-	if until := time.Now().Add(wait + g.cfg.SessionTimeout); until.Sub(sub.alive) > g.cfg.SessionTimeout/2 {
-		if err := sub.touch(ctx, until); err != nil {
-			return nil, err
-		}
-	} else {
-		s, err := g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
+// nextRead says what to read now, if anything: everything on the first
+// read, after the mailbox woke and when the last read stopped at its limit;
+// the channels only (as Recent) when only they woke. Woken by its channels
+// only, a subscription leaves its mailbox: a remote broker then answers
+// every local subscriber of a broadcast from one read.
+func (sub *Subscription) nextRead() (readMode, bool) {
+	switch {
+	case !sub.primed || sub.stale || sub.more:
+		return readAll, true
+	case sub.woken:
+		return readWoken, true
+	}
+	return readAll, false
+}
+
+// read reloads the session if its mailbox woke, collects in mode, and
+// acknowledges what it read (the token also covers records read but not for
+// this client).
+func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, error) {
+	if sub.stale {
+		s, err := sub.g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
 		if err != nil {
 			return nil, err
 		}
 		sub.setSession(s)
 	}
-	d, err := g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, readAll)
+	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
 	if err != nil {
 		return nil, err
 	}
-	sub.primed, sub.more = true, d.truncated
+	sub.primed, sub.woken, sub.more = true, false, d.truncated
 	sub.tok = d.Token
+	return d, nil
+}
+
+// Check is the periodic look of a SubscribeFunc subscription, every wait
+// at most: it keeps the session alive past the next check, and reads
+// everything from the store with a fresh session, since a wake-up from
+// another instance can be lost. It returns what it found.
+func (sub *Subscription) Check(ctx context.Context, wait time.Duration) (*Delivery, error) {
+	touched, err := sub.keepAlive(ctx, wait)
+	if err != nil {
+		return nil, err
+	}
+	sub.stale = sub.stale || !touched // a touch reloaded the session
+	d, err := sub.read(ctx, readAll)
+	if err != nil {
+		return nil, err
+	}
 	if sub.more {
 		sub.notify()
 	}

@@ -209,16 +209,7 @@ func TestRunAgainstABadServer(t *testing.T) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprintf(w, "retry: 100\n\nevent: session\nid: s.1\ndata: {\"post\":\"/socket/sse?session=s\",\"resumed\":false,\"session\":\"s\"}\n\n")
 		fmt.Fprintf(w, "id: s.2\ndata: [\"join:1\",\"join:1\",\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n")
-		w.(http.Flusher).Flush()
-		for {
-			select {
-			case <-r.Context().Done():
-				return
-			case ev := <-ch:
-				io.WriteString(w, ev)
-				w.(http.Flusher).Flush()
-			}
-		}
+		pumpEvents(w, r, ch)
 	})
 	mux.HandleFunc("POST /api/broadcast", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
@@ -296,16 +287,7 @@ func TestRunRejoinsAfterPhxError(t *testing.T) {
 		w.Header().Set("Content-Type", "text/event-stream")
 		fmt.Fprintf(w, "event: session\nid: %s.1\ndata: {\"post\":\"/socket/sse?session=%s\",\"resumed\":false,\"session\":%q}\n\n", session, session, session)
 		fmt.Fprintf(w, "data: [\"join:1\",\"join:1\",\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n")
-		w.(http.Flusher).Flush()
-		for {
-			select {
-			case <-r.Context().Done():
-				return
-			case ev := <-ch:
-				io.WriteString(w, ev)
-				w.(http.Flusher).Flush()
-			}
-		}
+		pumpEvents(w, r, ch)
 	})
 	mux.HandleFunc("POST /socket/sse", func(w http.ResponseWriter, r *http.Request) {
 		var frames [][5]json.RawMessage
@@ -357,5 +339,19 @@ func TestRunRejoinsAfterPhxError(t *testing.T) {
 		var b strings.Builder
 		_ = rep.WriteText(&b)
 		t.Errorf("%d join POSTs; want each client to rejoin once:\n%s", joins, b.String())
+	}
+}
+
+// pumpEvents writes what ch carries to a fake stream until its client goes.
+func pumpEvents(w http.ResponseWriter, r *http.Request, ch <-chan string) {
+	w.(http.Flusher).Flush()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev := <-ch:
+			io.WriteString(w, ev)
+			w.(http.Flusher).Flush()
+		}
 	}
 }

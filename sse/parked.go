@@ -99,9 +99,12 @@ func (p *parked) wake() {
 }
 
 func (p *parked) deliver() {
-	p.queued.Store(false)
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Cleared only once running: while a task waits for the lock (another
+	// is slow, say on a store that stopped answering), further wake-ups
+	// find one queued and start none, so a stream has at most two.
+	p.queued.Store(false)
 	p.deliverLocked()
 }
 
@@ -109,9 +112,10 @@ func (p *parked) deliverLocked() {
 	if p.ended || p.sub == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	d, err := p.sub.Ready(ctx)
+	// No deadline of its own (a timer per delivery showed in profiles):
+	// a delivery reads what a wake-up announced, and the stores bound their
+	// calls (the Redis client's read and write timeouts).
+	d, err := p.sub.Ready(context.Background())
 	if err != nil {
 		p.fail(err)
 		return

@@ -10,8 +10,10 @@ import (
 )
 
 // MemoryStore is the embedded, single-instance SessionStore and
-// PresenceStore. Sessions are kept as encoded copies so that callers can
-// never share state by accident, as with a remote store.
+// PresenceStore. Sessions are kept as deep copies, and handed out as deep
+// copies, so that callers can never share state by accident, as with a
+// remote store (a copy costs a fraction of decoding JSON, which each poll
+// used to pay).
 type MemoryStore struct {
 	mu        sync.Mutex
 	sessions  map[string]memSession
@@ -22,7 +24,7 @@ type MemoryStore struct {
 }
 
 type memSession struct {
-	data     []byte
+	s        *Session // the store's own copy
 	socketID string
 	deadline time.Time
 }
@@ -47,17 +49,13 @@ func (m *MemoryStore) Count() int {
 
 // Create implements SessionStore.
 func (m *MemoryStore) Create(_ context.Context, s *Session, deadline time.Time) error {
-	data, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("encode session: %w", err)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.sessions[s.ID]; ok {
 		return fmt.Errorf("create session %s: already exists", s.ID)
 	}
 	sock := s.SocketID()
-	m.sessions[s.ID] = memSession{data: data, socketID: sock, deadline: deadline}
+	m.sessions[s.ID] = memSession{s: s.clone(), socketID: sock, deadline: deadline}
 	if m.bySocket[sock] == nil {
 		m.bySocket[sock] = make(map[string]struct{})
 	}
@@ -73,7 +71,7 @@ func (m *MemoryStore) Load(_ context.Context, id string) (*Session, error) {
 	if !ok {
 		return nil, ErrNoSession
 	}
-	return decodeSession(ms.data)
+	return ms.s.clone(), nil
 }
 
 func decodeSession(data []byte) (*Session, error) {
@@ -86,17 +84,14 @@ func decodeSession(data []byte) (*Session, error) {
 
 // Save implements SessionStore.
 func (m *MemoryStore) Save(_ context.Context, s *Session) error {
-	data, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("encode session: %w", err)
-	}
+	c := s.clone()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ms, ok := m.sessions[s.ID]
 	if !ok {
 		return ErrNoSession
 	}
-	ms.data = data
+	ms.s = c
 	m.sessions[s.ID] = ms
 	return nil
 }
@@ -111,7 +106,7 @@ func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) (*
 	}
 	ms.deadline = deadline
 	m.sessions[id] = ms
-	return decodeSession(ms.data)
+	return ms.s.clone(), nil
 }
 
 // Lock implements SessionStore.
@@ -151,10 +146,7 @@ func (m *MemoryStore) Claim(_ context.Context, now time.Time, lease time.Duratio
 		if ms.deadline.After(now) {
 			continue
 		}
-		s, err := decodeSession(ms.data)
-		if err != nil {
-			return out, err
-		}
+		s := ms.s.clone()
 		ms.deadline = now.Add(lease)
 		m.sessions[id] = ms
 		out = append(out, s)
@@ -181,7 +173,7 @@ func (m *MemoryStore) removeLocked(id string) (*Session, error) {
 			delete(m.bySocket, ms.socketID)
 		}
 	}
-	return decodeSession(ms.data)
+	return ms.s, nil // no longer the store's
 }
 
 // BySocket implements SessionStore.

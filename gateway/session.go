@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,34 @@ type Session struct {
 	// assigned is set when a handler assigned something while handling a
 	// batch: subscriptions holding the session must reload it.
 	assigned bool
+}
+
+// clone returns a deep copy of s: nothing of it is shared with s but
+// immutable strings. Every field of Session and ChannelState must be
+// copied here (TestSessionCloneIsDeep checks them against a JSON round trip).
+func (s *Session) clone() *Session {
+	c := *s
+	c.UserID = slices.Clone(s.UserID)
+	c.RecentRefs = slices.Clone(s.RecentRefs)
+	if s.Channels != nil {
+		c.Channels = make(map[string]*ChannelState, len(s.Channels))
+		for t, ch := range s.Channels {
+			cc := *ch
+			if ch.JoinRef != nil {
+				ref := *ch.JoinRef
+				cc.JoinRef = &ref
+			}
+			if ch.Assigns != nil {
+				cc.Assigns = make(map[string]json.RawMessage, len(ch.Assigns))
+				for k, v := range ch.Assigns {
+					cc.Assigns[k] = slices.Clone(v)
+				}
+			}
+			c.Channels[t] = &cc
+		}
+	}
+	c.assigned = false
+	return &c
 }
 
 // ChannelState is one joined channel of a session.

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"sync"
@@ -72,14 +71,6 @@ func (m *MemoryStore) Load(_ context.Context, id string) (*Session, error) {
 		return nil, ErrNoSession
 	}
 	return ms.s.clone(), nil
-}
-
-func decodeSession(data []byte) (*Session, error) {
-	s := &Session{}
-	if err := json.Unmarshal(data, s); err != nil {
-		return nil, fmt.Errorf("decode session: %w", err)
-	}
-	return s, nil
 }
 
 // Save implements SessionStore.

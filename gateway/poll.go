@@ -38,7 +38,7 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 	// SessionTimeout (plus what is left of the window, if it returned early)
 	// for the next one. Touching once, with the load, keeps a poll that
 	// returns messages at two round trips to a remote store.
-	sub, err := g.subscribe(ctx, tok, time.Now().Add(wait+g.cfg.SessionTimeout))
+	sub, err := g.subscribe(ctx, tok, time.Now().Add(wait+g.cfg.SessionTimeout), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -52,12 +52,13 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 	return d, err
 }
 
-// sessionTopics lists the broker topics a session's deliveries come from.
-func sessionTopics(s *Session) []string {
-	out := []string{mailboxTopic(s.ID)}
+// channelTopics lists, sorted, the broker topics of a session's channels.
+func channelTopics(s *Session) []string {
+	out := make([]string, 0, len(s.Channels))
 	for t := range s.Channels {
 		out = append(out, channelTopic(t))
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -124,13 +125,12 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	if err != nil {
 		return nil, err
 	}
+	// chReqs[i] and chBatches[i] are channel i's, after the mailbox's if read.
 	var mb topics.Batch
+	chReqs, chBatches := reqs, batches
 	if readMailbox {
 		mb = batches[0]
-	} else {
-		// Keep the indexes below: batches[i+1] and reqs[i+1] are channel i's.
-		batches = append([]topics.Batch{{}}, batches...)
-		reqs = append([]topics.ReadRequest{{}}, reqs...)
+		chReqs, chBatches = reqs[1:], batches[1:]
 	}
 	if mb.Gap {
 		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", s.ID)
@@ -151,8 +151,8 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	truncated := limit > 0 && len(mb.Records) >= limit
 	for i, t := range chTopics {
 		ch := s.Channels[t]
-		next.Slots[ch.Slot] = reqs[i+1].After
-		batch := batches[i+1]
+		next.Slots[ch.Slot] = chReqs[i].After
+		batch := chBatches[i]
 		truncated = truncated || limit > 0 && len(batch.Records) >= limit
 		if batch.Gap || mb.Gap {
 			// Messages were dropped before this client read them: tell it, so
@@ -170,7 +170,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 			intercepts = ic.Intercepts()
 		}
 		own := owner(s.ID, ch.Slot)
-		topic := reqs[i+1].Topic
+		topic := chReqs[i].Topic
 		for _, rec := range batch.Records {
 			next.Slots[ch.Slot] = rec.Seq
 			cr, err := g.records.get(topic, rec.Seq, rec.Data)
@@ -209,7 +209,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	// the frames up to it.
 	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
 	for i, t := range chTopics {
-		run.Slots[s.Channels[t].Slot] = reqs[i+1].After
+		run.Slots[s.Channels[t].Slot] = chReqs[i].After
 	}
 	for i, f := range out {
 		d.Frames[i] = f.frame

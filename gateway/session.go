@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -39,6 +40,15 @@ type Session struct {
 	// assigned is set when a handler assigned something while handling a
 	// batch: subscriptions holding the session must reload it.
 	assigned bool
+}
+
+// decodeSession decodes a session stored as JSON (by the Redis store).
+func decodeSession(data []byte) (*Session, error) {
+	s := &Session{}
+	if err := json.Unmarshal(data, s); err != nil {
+		return nil, fmt.Errorf("decode session: %w", err)
+	}
+	return s, nil
 }
 
 // clone returns a deep copy of s: nothing of it is shared with s but

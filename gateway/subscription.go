@@ -54,7 +54,7 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
-	return g.subscribe(ctx, tok, time.Now().Add(g.cfg.SessionTimeout))
+	return g.subscribe(ctx, tok, time.Now().Add(g.cfg.SessionTimeout), nil)
 }
 
 // SubscribeFunc is Subscribe for a transport that holds no goroutine while
@@ -68,13 +68,13 @@ func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEver
 }
 
 // subscribe starts a subscription, keeping its session alive until then;
-// with notify, a SubscribeFunc one.
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time, notify ...func()) (*Subscription, error) {
+// with a notify function, a SubscribeFunc one.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time, notify func()) (*Subscription, error) {
 	sub := &Subscription{g: g, tok: tok}
 	// Listen first, then load: nothing that happens in between is missed.
 	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
-	if len(notify) > 0 {
-		sub.notify = notify[0]
+	if notify != nil {
+		sub.notify = notify
 		sub.mailbox.Notify(func() {
 			sub.mailboxWoke.Store(true)
 			sub.notify()
@@ -136,8 +136,7 @@ func (sub *Subscription) keepAlive(ctx context.Context, wait time.Duration) (boo
 func (sub *Subscription) setSession(s *Session) {
 	sub.s, sub.stale = s, false
 	sub.chTopics = slices.Sorted(maps.Keys(s.Channels))
-	want := sessionTopics(s)[1:] // without the mailbox
-	slices.Sort(want)
+	want := channelTopics(s)
 	if sub.channels != nil && slices.Equal(want, sub.listened) {
 		return
 	}

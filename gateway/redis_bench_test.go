@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,30 +12,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/redistest"
 	"github.com/sluicegw/sluice/topics"
 )
-
-// roundTrips counts what reaches Redis: round trips (a command or a
-// pipeline) and the commands in them.
-type roundTrips struct{ trips, cmds atomic.Int64 }
-
-func (c *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.trips.Add(1)
-		c.cmds.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
 
 type echoRoom struct{}
 
@@ -47,7 +25,7 @@ func (echoRoom) HandleIn(*gateway.Context, string, json.RawMessage) gateway.Repl
 
 // benchGateway is a gateway on Redis (REDIS_URL, else miniredis) whose
 // client counts round trips.
-func benchGateway(b *testing.B) (*gateway.Gateway, *roundTrips) {
+func benchGateway(b *testing.B) (*gateway.Gateway, *redistest.Counter) {
 	b.Helper()
 	opts := &redis.Options{Addr: miniredis.RunT(b).Addr()}
 	if u := os.Getenv("REDIS_URL"); u != "" {
@@ -66,7 +44,7 @@ func benchGateway(b *testing.B) (*gateway.Gateway, *roundTrips) {
 			client.Del(ctx, iter.Val())
 		}
 	})
-	counter := &roundTrips{}
+	counter := &redistest.Counter{}
 	client.AddHook(counter)
 	store := gateway.NewRedisStore(client, gateway.RedisOptions{Prefix: prefix})
 	router := &topics.Router[gateway.Handler]{}
@@ -113,16 +91,16 @@ func BenchmarkRedisBroadcast(b *testing.B) {
 	}
 	ctx := context.Background()
 	payload := json.RawMessage(`{"body":"hello"}`)
-	counter.trips.Store(0)
-	counter.cmds.Store(0)
+	counter.Trips.Store(0)
+	counter.Cmds.Store(0)
 	b.ResetTimer()
 	for b.Loop() {
 		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "redis-trips/op")
-	b.ReportMetric(float64(counter.cmds.Load())/float64(b.N), "redis-cmds/op")
+	b.ReportMetric(float64(counter.Trips.Load())/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(counter.Cmds.Load())/float64(b.N), "redis-cmds/op")
 }
 
 // BenchmarkRedisPoll measures a long-poll round trip that returns one
@@ -139,15 +117,15 @@ func BenchmarkRedisPoll(b *testing.B) {
 		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
 			b.Fatal(err)
 		}
-		t0, c0 := counter.trips.Load(), counter.cmds.Load()
+		t0, c0 := counter.Trips.Load(), counter.Cmds.Load()
 		b.StartTimer()
 		d, err := gw.Poll(ctx, tok, time.Second)
 		if err != nil || len(d.Frames) != 1 {
 			b.Fatalf("poll: %d frames, %v", len(d.Frames), err)
 		}
 		b.StopTimer()
-		trips += counter.trips.Load() - t0
-		cmds += counter.cmds.Load() - c0
+		trips += counter.Trips.Load() - t0
+		cmds += counter.Cmds.Load() - c0
 		tok = d.Token
 		b.StartTimer()
 	}
@@ -174,8 +152,8 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 		}
 	}
 	payload := json.RawMessage(`{"body":"hello"}`)
-	counter.trips.Store(0)
-	counter.cmds.Store(0)
+	counter.Trips.Store(0)
+	counter.Cmds.Store(0)
 	b.ResetTimer()
 	for b.Loop() {
 		if err := gw.Broadcast(ctx, "room:bench", "msg", payload); err != nil {
@@ -188,6 +166,6 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 			}
 		}
 	}
-	b.ReportMetric(float64(counter.trips.Load())/float64(b.N), "redis-trips/op")
-	b.ReportMetric(float64(counter.cmds.Load())/float64(b.N), "redis-cmds/op")
+	b.ReportMetric(float64(counter.Trips.Load())/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(counter.Cmds.Load())/float64(b.N), "redis-cmds/op")
 }

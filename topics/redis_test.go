@@ -23,6 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/sluicegw/sluice/internal/redistest"
 	"github.com/sluicegw/sluice/topics"
 	"github.com/sluicegw/sluice/topics/brokertest"
 )
@@ -249,35 +250,6 @@ func pending(l *topics.Listener) bool {
 	}
 }
 
-// counter is a go-redis hook counting what reaches the connection: calls
-// (one per command sent alone, one per pipeline) and commands.
-type counter struct{ calls, cmds atomic.Int64 }
-
-func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.calls.Add(1)
-		c.cmds.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.calls.Add(1)
-		c.cmds.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
-// measure returns the calls and commands that fn sent.
-func (c *counter) measure(fn func()) (calls, cmds int64) {
-	c0, m0 := c.calls.Load(), c.cmds.Load()
-	fn()
-	return c.calls.Load() - c0, c.cmds.Load() - m0
-}
-
 // --- conformance ---
 
 func TestRedisBrokerConformance(t *testing.T) {
@@ -443,7 +415,7 @@ func hashTag(key string) (string, bool) {
 // is one round trip (one pipeline) for any number of topics.
 func TestRedisBrokerRoundTrips(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be *backend) {
-		var c counter
+		var c redistest.Counter
 		b := newRedisBroker(t, be.client(t, &c), topics.RedisOptions{MaxLen: 100})
 		ctx := t.Context()
 		const topic = "t:rt"
@@ -471,7 +443,7 @@ func TestRedisBrokerRoundTrips(t *testing.T) {
 			defer b.Listen(topic).Close()
 		}
 		for _, n := range []int{0, 1, 10, 500} {
-			calls, cmds := c.measure(func() {
+			calls, cmds := c.Measure(func() {
 				if _, err := b.Publish(ctx, topic, numbered(0, n)...); err != nil {
 					t.Fatal(err)
 				}
@@ -480,7 +452,7 @@ func TestRedisBrokerRoundTrips(t *testing.T) {
 				t.Errorf("Publish of %d records to a topic with 100 listeners: %d round trips, %d commands; want 1 and 1", n, calls, cmds)
 			}
 		}
-		calls, cmds := c.measure(func() {
+		calls, cmds := c.Measure(func() {
 			if _, err := b.Read(ctx, topic, h, 100); err != nil {
 				t.Fatal(err)
 			}
@@ -488,7 +460,7 @@ func TestRedisBrokerRoundTrips(t *testing.T) {
 		if calls != 1 || cmds != 1 {
 			t.Errorf("Read: %d round trips, %d commands; want 1 and 1", calls, cmds)
 		}
-		calls, cmds = c.measure(func() {
+		calls, cmds = c.Measure(func() {
 			if _, err := b.Head(ctx, "t:rt-new"); err != nil {
 				t.Fatal(err)
 			}
@@ -497,7 +469,7 @@ func TestRedisBrokerRoundTrips(t *testing.T) {
 			t.Errorf("Head of a new topic: %d round trips, %d commands; want 1 and 1", calls, cmds)
 		}
 		reqs := []topics.ReadRequest{{Topic: "m:session"}, {Topic: topic, After: h, Limit: 5}, {Topic: "t:a"}, {Topic: "t:b", After: 7}, {Topic: "t:c"}}
-		calls, cmds = c.measure(func() {
+		calls, cmds = c.Measure(func() {
 			if _, err := b.ReadMany(ctx, reqs); err != nil {
 				t.Fatal(err)
 			}
@@ -514,7 +486,7 @@ func TestRedisBrokerRoundTrips(t *testing.T) {
 // of a shared server, so this runs on servers of its own.
 func TestRedisBrokerScriptCacheFlushed(t *testing.T) {
 	forEachPrivateBackend(t, func(t *testing.T, be *backend) {
-		var c counter
+		var c redistest.Counter
 		client := be.client(t, &c)
 		b := newRedisBroker(t, client, topics.RedisOptions{})
 		ctx := t.Context()
@@ -528,7 +500,7 @@ func TestRedisBrokerScriptCacheFlushed(t *testing.T) {
 		h := mustHead(t, b, topic)
 		mustPublish(t, b, topic, []byte("before"))
 		flush()
-		calls, _ := c.measure(func() { mustPublish(t, b, topic, []byte("after")) })
+		calls, _ := c.Measure(func() { mustPublish(t, b, topic, []byte("after")) })
 		if calls != 2 {
 			t.Errorf("first Publish after SCRIPT FLUSH: %d calls, want 2 (EVALSHA, then EVAL)", calls)
 		}
@@ -1045,7 +1017,7 @@ func checkErr(t *testing.T, err error, prefix string) {
 // --- benchmarks ---
 
 // benchBackend returns a client of the Redis at REDIS_URL, or of a miniredis.
-func benchBackend(b *testing.B, c *counter) redis.UniversalClient {
+func benchBackend(b *testing.B, c *redistest.Counter) redis.UniversalClient {
 	b.Helper()
 	var o *redis.Options
 	if url := os.Getenv("REDIS_URL"); url != "" {
@@ -1065,7 +1037,7 @@ func benchBackend(b *testing.B, c *counter) redis.UniversalClient {
 func BenchmarkRedisPublish(b *testing.B) {
 	for _, n := range []int{1, 10} {
 		b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
-			var c counter
+			var c redistest.Counter
 			br := newRedisBroker(b, benchBackend(b, &c), topics.RedisOptions{})
 			data := make([][]byte, n)
 			for i := range data {
@@ -1075,19 +1047,19 @@ func BenchmarkRedisPublish(b *testing.B) {
 			if _, err := br.Publish(ctx, "t:bench", data...); err != nil {
 				b.Fatal(err)
 			}
-			c0 := c.cmds.Load()
+			c0 := c.Cmds.Load()
 			for b.Loop() {
 				if _, err := br.Publish(ctx, "t:bench", data...); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(c.cmds.Load()-c0)/float64(b.N), "redis-cmds/op")
+			b.ReportMetric(float64(c.Cmds.Load()-c0)/float64(b.N), "redis-cmds/op")
 		})
 	}
 }
 
 func BenchmarkRedisRead(b *testing.B) {
-	var c counter
+	var c redistest.Counter
 	br := newRedisBroker(b, benchBackend(b, &c), topics.RedisOptions{})
 	ctx := b.Context()
 	data := make([][]byte, 100)
@@ -1104,13 +1076,13 @@ func BenchmarkRedisRead(b *testing.B) {
 	if _, err := br.Read(ctx, "t:bench", h, 100); err != nil {
 		b.Fatal(err)
 	}
-	c0 := c.cmds.Load()
+	c0 := c.Cmds.Load()
 	for b.Loop() {
 		if _, err := br.Read(ctx, "t:bench", h+90, 100); err != nil {
 			b.Fatal(err)
 		}
 	}
-	b.ReportMetric(float64(c.cmds.Load()-c0)/float64(b.N), "redis-cmds/op")
+	b.ReportMetric(float64(c.Cmds.Load()-c0)/float64(b.N), "redis-cmds/op")
 }
 
 // One broadcast read by many local subscribers costs the instance one read
@@ -1119,7 +1091,7 @@ func BenchmarkRedisRead(b *testing.B) {
 // still reads Redis, so a lost wake-up cannot hide a record.
 func TestRedisBrokerSharedReads(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be *backend) {
-		var c counter
+		var c redistest.Counter
 		prefix := randomPrefix()
 		a := newRedisBroker(t, be.client(t, &c), topics.RedisOptions{Prefix: prefix})
 		pub := newRedisBroker(t, be.client(t), topics.RedisOptions{Prefix: prefix})
@@ -1153,7 +1125,7 @@ func TestRedisBrokerSharedReads(t *testing.T) {
 			}
 		}
 		read(0) // reads Redis (and may dial a connection: not counted)
-		calls, _ := c.measure(func() {
+		calls, _ := c.Measure(func() {
 			for i := 1; i < readers; i++ {
 				read(i)
 			}
@@ -1162,7 +1134,7 @@ func TestRedisBrokerSharedReads(t *testing.T) {
 			t.Errorf("%d more readers of one broadcast: %d Redis round trips, want 0", readers-1, calls)
 		}
 		// A reader from the middle is served too, with only what it lacks.
-		calls, _ = c.measure(func() {
+		calls, _ = c.Measure(func() {
 			got, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: h + 1}})
 			if err != nil || len(got[0].Records) != 1 || string(got[0].Records[0].Data) != "dos" {
 				t.Fatalf("reader after the first record: %+v, %v", got, err)
@@ -1173,7 +1145,7 @@ func TestRedisBrokerSharedReads(t *testing.T) {
 		}
 		// Up to date as far as this instance heard: Redis is asked (a
 		// wake-up may have been lost).
-		calls, _ = c.measure(func() {
+		calls, _ = c.Measure(func() {
 			if _, err := a.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: last}}); err != nil {
 				t.Fatal(err)
 			}

@@ -111,7 +111,7 @@ func (c *Context) SessionID() string { return c.session.ID }
 
 // Logger returns the gateway's logger with the session and topic attached.
 func (c *Context) Logger() *slog.Logger {
-	return c.gw.log.With("session", c.session.ID, "topic", c.channel.Topic)
+	return c.gw.log.With("session", LogSession(c.session.ID), "topic", c.channel.Topic)
 }
 
 // Assign stores v (encoded as JSON) under key in the channel's assigns.

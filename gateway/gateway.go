@@ -22,6 +22,10 @@ type Config struct {
 	Router *topics.Router[Handler]
 	// Authenticate verifies a connecting client (see TokenAuthenticator).
 	Authenticate Authenticator
+	// SessionSecret signs session keys (see SessionKey): every instance
+	// sharing a store must have the same. Use the token secret. Empty: a
+	// random one, for a single instance.
+	SessionSecret []byte
 	// Sessions, Presence and Broker hold the shared state.
 	Sessions SessionStore
 	Presence PresenceStore
@@ -67,6 +71,7 @@ type Gateway struct {
 	// records shares decoded broadcast records and their frames between
 	// this instance's subscribers.
 	records *recordCache
+	keys    sessionKeys
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -162,7 +167,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache()}, nil
+	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}, nil
 }
 
 // SessionTimeout returns the configured session timeout.
@@ -201,7 +206,7 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
-	g.log.Debug("session created", "session", s.ID, "socket_id", s.SocketID(), "vsn", s.Vsn)
+	g.log.Debug("session created", "session", LogSession(s.ID), "socket_id", s.SocketID(), "vsn", s.Vsn)
 	g.cfg.Observer.SessionStarted()
 	return SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, nil
 }
@@ -226,6 +231,9 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	}
 	s, err := g.cfg.Sessions.Load(ctx, sessionID)
 	if err != nil {
+		return err
+	}
+	if err := checkUser(ctx, s); err != nil {
 		return err
 	}
 	ser, err := SerializerFor(s.Vsn)
@@ -260,7 +268,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	fx := &effects{}
 	for _, m := range msgs {
 		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
-			g.log.Debug("duplicate message ignored", "session", s.ID, "topic", m.Topic, "event", m.Event, "ref", *m.Ref)
+			g.log.Debug("duplicate message ignored", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "ref", *m.Ref)
 			continue
 		}
 		g.dispatch(ctx, s, m, fx)
@@ -279,7 +287,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 				g.endChannel(g.context(ctx, s, ch, fx), "expired", false)
 			}
 			if ferr := fx.flush(ctx, g); ferr != nil {
-				g.log.Error("untrack after session ended", "session", s.ID, "err", ferr)
+				g.log.Error("untrack after session ended", "session", LogSession(s.ID), "err", ferr)
 			}
 		}
 		return err
@@ -307,7 +315,7 @@ func (g *Gateway) dispatch(ctx context.Context, s *Session, m *Message, fx *effe
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 	case m.JoinRef != nil && !sameRef(m.JoinRef, ch.JoinRef):
 		// A message for an earlier join of this topic: dropped, as Phoenix does.
-		g.log.Debug("stale join_ref dropped", "session", s.ID, "topic", m.Topic, "event", m.Event, "join_ref", refString(m.JoinRef))
+		g.log.Debug("stale join_ref dropped", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "join_ref", refString(m.JoinRef))
 	case m.Event == EventLeave:
 		reply(ch.JoinRef, "ok", nil)
 		g.endChannel(g.context(ctx, s, ch, fx), "left", true)
@@ -324,14 +332,14 @@ func (g *Gateway) context(ctx context.Context, s *Session, ch *ChannelState, fx 
 func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects, reply func(*string, string, any)) {
 	h, pattern, ok := g.cfg.Router.Match(m.Topic)
 	if !ok {
-		g.log.Warn("join of unmatched topic", "session", s.ID, "topic", m.Topic)
+		g.log.Warn("join of unmatched topic", "session", LogSession(s.ID), "topic", m.Topic)
 		g.cfg.Observer.Joined("", "unmatched")
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 		return
 	}
 	old := s.Channels[m.Topic]
 	if old == nil && len(s.Channels) >= g.cfg.MaxChannels {
-		g.log.Error("too many channels joined", "session", s.ID, "topic", m.Topic, "limit", g.cfg.MaxChannels)
+		g.log.Error("too many channels joined", "session", LogSession(s.ID), "topic", m.Topic, "limit", g.cfg.MaxChannels)
 		g.cfg.Observer.Joined(pattern, "limit")
 		reply(m.JoinRef, "error", map[string]string{"reason": "too many channels joined"})
 		return
@@ -359,7 +367,7 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 	}
 	head, err := g.cfg.Broker.Head(ctx, channelTopic(m.Topic))
 	if err != nil {
-		g.log.Error("join: read topic head", "session", s.ID, "topic", m.Topic, "err", err)
+		g.log.Error("join: read topic head", "session", LogSession(s.ID), "topic", m.Topic, "err", err)
 		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
 		return
 	}
@@ -385,7 +393,7 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 		var err error
 		if g.protect(c, "after_join", func() { err = aj.AfterJoin(c) }) || err != nil {
 			if err != nil {
-				g.log.Error("after_join failed", "session", s.ID, "topic", m.Topic, "err", err)
+				g.log.Error("after_join failed", "session", LogSession(s.ID), "topic", m.Topic, "err", err)
 			}
 			g.crash(c)
 		}
@@ -413,7 +421,7 @@ func (g *Gateway) protect(c *Context, what string, f func()) (crashed bool) {
 	defer func() {
 		if v := recover(); v != nil {
 			crashed = true
-			g.log.Error("channel crashed", "session", c.session.ID, "topic", c.channel.Topic, "in", what, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			g.log.Error("channel crashed", "session", LogSession(c.session.ID), "topic", c.channel.Topic, "in", what, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 		}
 	}()
 	f()
@@ -439,7 +447,7 @@ func (g *Gateway) endChannel(c *Context, reason string, notify bool) {
 		c.fx.mailbox(c.session.ID, &Message{JoinRef: jr, Ref: jr, Topic: c.channel.Topic, Event: EventClose, Payload: emptyObject})
 	}
 	if err := g.untrackChannel(c); err != nil {
-		g.log.Error("untrack presence", "session", c.session.ID, "topic", c.channel.Topic, "err", err)
+		g.log.Error("untrack presence", "session", LogSession(c.session.ID), "topic", c.channel.Topic, "err", err)
 	}
 	if t, ok := c.handler.(Terminator); ok {
 		g.protect(c, "terminate", func() { t.Terminate(c, reason) })
@@ -528,12 +536,12 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 	}
 	// Wake the session's waiting poll so it finds the session gone at once.
 	if _, err := g.cfg.Broker.Publish(ctx, mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: EventClose, Payload: emptyObject}, "")); err != nil {
-		g.log.Warn("end session: wake pollers", "session", id, "err", err)
+		g.log.Warn("end session: wake pollers", "session", LogSession(id), "err", err)
 	}
 	if err := g.cfg.Broker.Delete(ctx, mailboxTopic(id)); err != nil {
-		g.log.Warn("end session: delete mailbox", "session", id, "err", err)
+		g.log.Warn("end session: delete mailbox", "session", LogSession(id), "err", err)
 	}
-	g.log.Info("session ended", "session", id, "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
+	g.log.Info("session ended", "session", LogSession(id), "socket_id", s.SocketID(), "reason", reason, "channels", len(topicsOf))
 	g.cfg.Observer.SessionEnded(reason)
 	return true, nil
 }
@@ -557,7 +565,7 @@ func (g *Gateway) ExpireSessions(ctx context.Context) (int, error) {
 		for _, s := range batch {
 			ended, err := g.endSession(ctx, s.ID, "expired")
 			if err != nil {
-				g.log.Error("expire session", "session", s.ID, "err", err)
+				g.log.Error("expire session", "session", LogSession(s.ID), "err", err)
 				continue
 			}
 			if ended {

@@ -51,7 +51,7 @@ func (m *MemoryStore) Create(_ context.Context, s *Session, deadline time.Time) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.sessions[s.ID]; ok {
-		return fmt.Errorf("create session %s: already exists", s.ID)
+		return fmt.Errorf("create session %s: already exists", SessionHandle(s.ID))
 	}
 	sock := s.SocketID()
 	m.sessions[s.ID] = memSession{s: s.clone(), socketID: sock, deadline: deadline}

@@ -101,7 +101,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	emit := func(t int64, slot int, seq uint64, m *Message) {
 		b, err := ser.Encode(m)
 		if err != nil {
-			g.log.Error("encode frame", "session", s.ID, "topic", m.Topic, "event", m.Event, "err", err)
+			g.log.Error("encode frame", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "err", err)
 			return
 		}
 		out = append(out, timedFrame{t, b, slot, seq, frameKind(m)})
@@ -133,13 +133,13 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 		chReqs, chBatches = reqs[1:], batches[1:]
 	}
 	if mb.Gap {
-		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", s.ID)
+		g.log.Warn("mailbox overflowed: replies were lost, channels must rejoin", "session", LogSession(s.ID))
 	}
 	for _, rec := range mb.Records {
 		next.Mailbox = rec.Seq
 		r, err := decodeRecord(rec.Data)
 		if err != nil {
-			g.log.Error("bad mailbox record", "session", s.ID, "err", err)
+			g.log.Error("bad mailbox record", "session", LogSession(s.ID), "err", err)
 			continue
 		}
 		if r.Topic == TopicPhoenix && (r.Event == EventClose || r.Event == eventSessionChanged) {
@@ -157,7 +157,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 		if batch.Gap || mb.Gap {
 			// Messages were dropped before this client read them: tell it, so
 			// phoenix.js rejoins, rather than leave a silent gap.
-			g.log.Warn("client fell behind the retained history", "session", s.ID, "topic", t)
+			g.log.Warn("client fell behind the retained history", "session", LogSession(s.ID), "topic", t)
 			g.cfg.Observer.Gap()
 			emit(time.Now().UnixNano(), ch.Slot, batch.Head, &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
 			next.Slots[ch.Slot] = batch.Head
@@ -186,13 +186,13 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 				c.deliver = func(m *Message) { emit(r.Time, ch.Slot, rec.Seq, m) }
 				var err error
 				if g.protect(c, "handle_out", func() { err = ic.HandleOut(c, r.Event, r.Payload) }) || err != nil {
-					g.log.Error("handle_out failed", "session", s.ID, "topic", t, "event", r.Event, "err", err)
+					g.log.Error("handle_out failed", "session", LogSession(s.ID), "topic", t, "event", r.Event, "err", err)
 				}
 				continue
 			}
 			f, err := cr.frame(ser, t)
 			if err != nil {
-				g.log.Error("encode frame", "session", s.ID, "topic", t, "event", r.Event, "err", err)
+				g.log.Error("encode frame", "session", LogSession(s.ID), "topic", t, "event", r.Event, "err", err)
 				continue
 			}
 			out = append(out, timedFrame{r.Time, f, ch.Slot, rec.Seq, cr.kind})

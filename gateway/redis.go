@@ -167,13 +167,13 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time)
 		return fmt.Errorf("redis: create session %s: %w", s.ID, err)
 	}
 	if !set.Val() {
-		return fmt.Errorf("redis: create session %s: already exists", s.ID)
+		return fmt.Errorf("redis: create session %s: already exists", SessionHandle(s.ID))
 	}
 	if err := zadd.Err(); err != nil {
 		// Data without a deadline would never be claimed: take it back, so
 		// the Create fails whole (its client never learns the id).
 		if derr := r.rdb.Del(context.WithoutCancel(ctx), key).Err(); derr != nil {
-			r.log.Error("redis: create session: undo", "session", s.ID, "err", derr)
+			r.log.Error("redis: create session: undo", "session", LogSession(s.ID), "err", derr)
 		}
 		return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
 	}
@@ -229,7 +229,7 @@ func (r *RedisStore) Save(ctx context.Context, s *Session) error {
 		// The session is saved: failing now would make the gateway drop
 		// the replies of a batch it has applied. Only the index's TTL
 		// missed one refresh.
-		r.log.Warn("redis: save session: refresh socket index", "session", s.ID, "err", err)
+		r.log.Warn("redis: save session: refresh socket index", "session", LogSession(s.ID), "err", err)
 	}
 	return nil
 }
@@ -330,7 +330,7 @@ func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
 			defer cancel()
 			if err := unlockScript.Run(ctx, r.rdb, []string{key}, token).Err(); err != nil {
 				// The lock ends by its TTL instead.
-				r.log.Warn("redis: unlock session", "session", id, "err", err)
+				r.log.Warn("redis: unlock session", "session", LogSession(id), "err", err)
 			}
 		})
 	}, nil
@@ -386,7 +386,7 @@ func (r *RedisStore) Claim(ctx context.Context, now time.Time, lease time.Durati
 		}
 		s, err := decodeSession(data)
 		if err != nil {
-			r.log.Error("redis: claim sessions: skipping undecodable session", "session", raw[i], "err", err)
+			r.log.Error("redis: claim sessions: skipping undecodable session", "session", LogSession(raw[i]), "err", err)
 			continue
 		}
 		out = append(out, s)
@@ -421,7 +421,7 @@ func (r *RedisStore) Remove(ctx context.Context, id string) (*Session, error) {
 		return nil
 	})
 	if err != nil {
-		r.log.Warn("redis: remove session: unindex", "session", id, "err", err)
+		r.log.Warn("redis: remove session: unindex", "session", LogSession(id), "err", err)
 	}
 	if derr != nil {
 		return nil, fmt.Errorf("redis: remove session %s: %w", id, derr)

@@ -127,11 +127,7 @@ func newSessionID() string {
 
 // validSessionID reports whether id has the shape newSessionID makes.
 func validSessionID(id string) bool {
-	if len(id) != 32 {
-		return false
-	}
-	_, err := hex.DecodeString(id)
-	return err == nil
+	return len(id) == 32 && isLowerHex(id)
 }
 
 // rememberRef records ref as handled and reports whether it already was.
@@ -184,12 +180,18 @@ type Cursor struct {
 }
 
 // SessionToken is what a transport hands to its client to resume a session:
-// the session id and the delivery cursor, "<id>.<mailbox>[.<slot>-<seq>...]".
-// Because the cursor travels with the client, a retried poll after a lost
-// response is answered from the same position, on any instance.
+// the session id, optionally its key, and the delivery cursor,
+// "<id>[<key>].<mailbox>[.<slot>-<seq>...]". Because the cursor travels with
+// the client, a retried poll after a lost response is answered from the same
+// position, on any instance.
+//
+// Without a key it is public (an SSE event id) and proves nothing; with its
+// key (a LongPoll token) it is the session's credential (see VerifySession).
 type SessionToken struct {
 	SessionID string
-	Cursor    Cursor
+	// Key is the session's key (see Gateway.SessionKey), or empty.
+	Key    string
+	Cursor Cursor
 }
 
 // String encodes the token.
@@ -199,6 +201,7 @@ func (t SessionToken) String() string { return string(t.AppendText(nil)) }
 // a stream writes each event's id without allocating for it.
 func (t SessionToken) AppendText(b []byte) []byte {
 	b = append(b, t.SessionID...)
+	b = append(b, t.Key...)
 	b = append(b, '.')
 	b = strconv.AppendUint(b, t.Cursor.Mailbox, 10)
 	for slot, seq := range sortedSlots(t.Cursor.Slots) {
@@ -210,13 +213,25 @@ func (t SessionToken) AppendText(b []byte) []byte {
 	return b
 }
 
-// ParseSessionToken decodes a token made by SessionToken.String.
+// ParseSessionToken decodes a token made by SessionToken.String. It checks
+// the shape only: a key it carries is checked by Gateway.VerifySession.
 func ParseSessionToken(s string) (SessionToken, bool) {
-	parts := strings.Split(s, ".")
-	if len(parts) < 2 || len(parts) > 2+maxChannelsHardLimit || !validSessionID(parts[0]) {
+	if len(s) > maxSessionTokenLen {
 		return SessionToken{}, false
 	}
-	t := SessionToken{SessionID: parts[0]}
+	parts := strings.Split(s, ".")
+	if len(parts) < 2 || len(parts) > 2+maxChannelsHardLimit {
+		return SessionToken{}, false
+	}
+	var t SessionToken
+	switch id := parts[0]; {
+	case validSessionID(id):
+		t.SessionID = id
+	case len(id) == 32+sessionKeyLen && validSessionID(id[:32]) && isLowerHex(id[32:]):
+		t.SessionID, t.Key = id[:32], id[32:]
+	default:
+		return SessionToken{}, false
+	}
 	var err error
 	if t.Cursor.Mailbox, err = strconv.ParseUint(parts[1], 10, 64); err != nil {
 		return SessionToken{}, false
@@ -234,6 +249,20 @@ func ParseSessionToken(s string) (SessionToken, bool) {
 		t.Cursor.Slots[slot] = seq
 	}
 	return t, true
+}
+
+// maxSessionTokenLen bounds the tokens worth parsing: an id with its key and
+// a cursor for every one of maxChannelsHardLimit slots.
+const maxSessionTokenLen = 64 + 21 + maxChannelsHardLimit*(1+10+1+20)
+
+// isLowerHex reports whether s is all lowercase hex digits, as hex.EncodeToString writes.
+func isLowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // maxChannelsHardLimit bounds the slots a token may carry, whatever the

@@ -70,6 +70,9 @@ func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEver
 // subscribe starts a subscription, keeping its session alive until then;
 // with a notify function, a SubscribeFunc one.
 func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time, notify func()) (*Subscription, error) {
+	// Deliveries carry public tokens (SSE event ids): a transport that hands
+	// out credentials adds the key itself (WithKey).
+	tok.Key = ""
 	sub := &Subscription{g: g, tok: tok}
 	// Listen first, then load: nothing that happens in between is missed.
 	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
@@ -81,6 +84,10 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Ti
 		})
 	}
 	if err := sub.touch(ctx, until); err != nil {
+		sub.release()
+		return nil, err
+	}
+	if err := checkUser(ctx, sub.s); err != nil {
 		sub.release()
 		return nil, err
 	}

@@ -165,36 +165,28 @@ func userToken(r *http.Request) string {
 func (t *Transport) poll(c echo.Context) error {
 	r := c.Request()
 	obs := t.gw.Observer()
+	info := gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r), Vsn: r.URL.Query().Get("vsn")}
+	// Why a presented session token is not used, for the answer when no
+	// new session can be made either.
+	refusedToken, refusedStatus := "", http.StatusForbidden
 	if tok, ok := gateway.ParseSessionToken(sessionToken(r)); ok {
-		obs.Open(transportName, 1)
-		d, err := t.gw.Poll(r.Context(), tok, t.cfg.Window)
-		obs.Open(transportName, -1)
-		if err == nil {
-			defer d.Observe(obs, transportName)
+		if err := t.gw.VerifySession(tok); err != nil {
+			// As Phoenix does with a token that does not verify: no
+			// session; a new one is made below if the request has a user
+			// token. The forged token reads nothing.
+			obs.Refused(transportName, "bad_session_key")
+			t.cfg.Logger.Warn("longpoll: session token refused", "session", gateway.LogSession(tok.SessionID), "err", err)
+			refusedToken = "the session token is not valid (" + err.Error() + ")"
+		} else if done, err := t.pollSession(c, tok, info); done {
+			return err
+		} else {
+			refusedToken, refusedStatus = "the session expired or ended", http.StatusGone
 		}
-		switch {
-		case err == nil && len(d.Frames) == 0:
-			return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: d.Token.String()})
-		case err == nil:
-			msgs := make([]string, len(d.Frames))
-			for i, f := range d.Frames {
-				msgs[i] = string(f)
-			}
-			return send(c, http.StatusOK, pollReply{Messages: msgs, Status: http.StatusOK, Token: d.Token.String()})
-		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-			return nil // the client went away
-		case !errors.Is(err, gateway.ErrNoSession):
-			t.cfg.Logger.Error("poll failed", "session", tok.SessionID, "err", err)
-			return t.unavailable(c)
-		}
-		// The session is gone: start a new one, as Phoenix does. phoenix.js
-		// (1.8.2+) sees a 410 while holding a token as "session gone" and
-		// reconnects, rejoining its channels.
 	}
-	tok, err := t.gw.Connect(r.Context(), gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r), Vsn: r.URL.Query().Get("vsn")})
+	tok, err := t.gw.Connect(r.Context(), info)
 	switch {
 	case err == nil:
-		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: tok.String()})
+		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: t.gw.WithKey(tok).String()})
 	case errors.Is(err, gateway.ErrDraining):
 		// Shutting down: phoenix.js reconnects at once (10 ms), and the load
 		// balancer sends it elsewhere.
@@ -204,6 +196,11 @@ func (t *Transport) poll(c echo.Context) error {
 	case errors.Is(err, gateway.ErrTooManySessions):
 		obs.Refused(transportName, "too_many_sessions")
 		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
+	case errors.Is(err, gateway.ErrUnauthorized) && refusedToken != "" && info.Token == "":
+		// A session token alone, and no session: say why, and how to
+		// start again, rather than "missing token".
+		obs.Refused(transportName, "no_session")
+		return send(c, http.StatusOK, reply{Status: refusedStatus, Error: refusedToken + "; to start a new session, GET /socket/longpoll?vsn=2.0.0&token=<user token>"})
 	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 		t.cfg.Logger.Info("connect refused", "err", err)
 		obs.Refused(transportName, "unauthorized")
@@ -214,6 +211,59 @@ func (t *Transport) poll(c echo.Context) error {
 	}
 }
 
+// pollSession answers a poll of an existing session whose credential
+// verified. It reports done=false, having answered nothing, when the session
+// is gone: the caller then starts a new one, as Phoenix does (phoenix.js
+// 1.8.2+ sees a 410 while holding a token as "session gone" and reconnects,
+// rejoining its channels).
+func (t *Transport) pollSession(c echo.Context, tok gateway.SessionToken, info gateway.ConnectInfo) (done bool, err error) {
+	r := c.Request()
+	obs := t.gw.Observer()
+	ctx := t.asUser(r.Context(), info)
+	obs.Open(transportName, 1)
+	d, err := t.gw.Poll(ctx, tok, t.cfg.Window)
+	obs.Open(transportName, -1)
+	if err == nil {
+		defer d.Observe(obs, transportName)
+	}
+	switch {
+	case err == nil && len(d.Frames) == 0:
+		return true, send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: t.gw.WithKey(d.Token).String()})
+	case err == nil:
+		msgs := make([]string, len(d.Frames))
+		for i, f := range d.Frames {
+			msgs[i] = string(f)
+		}
+		return true, send(c, http.StatusOK, pollReply{Messages: msgs, Status: http.StatusOK, Token: t.gw.WithKey(d.Token).String()})
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		return true, nil // the client went away
+	case errors.Is(err, gateway.ErrForeignSession):
+		return true, t.foreign(c, tok)
+	case errors.Is(err, gateway.ErrNoSession):
+		return false, nil
+	default:
+		t.cfg.Logger.Error("poll failed", "session", gateway.LogSession(tok.SessionID), "err", err)
+		return true, t.unavailable(c)
+	}
+}
+
+// asUser adds to ctx the user of the request's user token, if it has one
+// that verifies, so that the gateway refuses a session of another user.
+func (t *Transport) asUser(ctx context.Context, info gateway.ConnectInfo) context.Context {
+	if id, ok := t.gw.Identify(ctx, info); ok {
+		return gateway.AsUser(ctx, id.UserID)
+	}
+	return ctx
+}
+
+// foreign refuses a request for a session of another user than its user
+// token's: nothing was read or applied.
+func (t *Transport) foreign(c echo.Context, tok gateway.SessionToken) error {
+	t.gw.Observer().Refused(transportName, "foreign_session")
+	t.cfg.Logger.Warn("longpoll: request for another user's session refused", "session", gateway.LogSession(tok.SessionID))
+	return send(c, http.StatusForbidden, reply{Status: http.StatusForbidden, Error: gateway.ErrForeignSession.Error() + "; nothing was applied"})
+}
+
 func (t *Transport) publish(c echo.Context) error {
 	r := c.Request()
 	obs := t.gw.Observer()
@@ -222,6 +272,12 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "no_session")
 		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "missing or malformed session token: GET /socket/longpoll first"})
 	}
+	if err := t.gw.VerifySession(tok); err != nil {
+		obs.Refused(transportName, "bad_session_key")
+		t.cfg.Logger.Warn("longpoll: session token refused", "session", gateway.LogSession(tok.SessionID), "err", err)
+		return send(c, http.StatusForbidden, reply{Status: http.StatusForbidden, Error: "the session token is not valid (" + err.Error() + "); nothing was applied: use the token of your last poll answer"})
+	}
+	ctx := t.asUser(r.Context(), gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r), Vsn: r.URL.Query().Get("vsn")})
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
 	switch {
@@ -240,7 +296,7 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "too_many_frames")
 		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames)})
 	}
-	err = t.gw.Handle(r.Context(), tok.SessionID, frames)
+	err = t.gw.Handle(ctx, tok.SessionID, frames)
 	var batchErr *gateway.BatchError
 	switch {
 	case err == nil:
@@ -248,7 +304,9 @@ func (t *Transport) publish(c echo.Context) error {
 		return send(c, http.StatusOK, reply{Status: http.StatusOK})
 	case errors.Is(err, gateway.ErrNoSession):
 		obs.Refused(transportName, "no_session")
-		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: err.Error()})
+		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "the session expired or ended; nothing was applied: GET /socket/longpoll with a user token to start a new one"})
+	case errors.Is(err, gateway.ErrForeignSession):
+		return t.foreign(c, tok)
 	case errors.Is(err, gateway.ErrRateLimited):
 		obs.Refused(transportName, "rate_limited")
 		c.Response().Header().Set("Retry-After", "1")
@@ -260,7 +318,7 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "malformed")
 		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
 	default:
-		t.cfg.Logger.Error("publish failed", "session", tok.SessionID, "err", err)
+		t.cfg.Logger.Error("publish failed", "session", gateway.LogSession(tok.SessionID), "err", err)
 		return t.unavailable(c)
 	}
 }

@@ -53,6 +53,7 @@ type envConfig struct {
 	MaxFrames        int   // default: the transport's (100)
 	MaxBodyBytes     int64 // default 4096
 	MaxStreams       int
+	Log              io.Writer // where the server logs, at debug level; default nowhere
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -78,6 +79,9 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		cfg.MaxBodyBytes = 4096
 	}
 	log := slog.New(slog.DiscardHandler)
+	if cfg.Log != nil {
+		log = slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
@@ -271,16 +275,17 @@ func (e *env) refused(t *testing.T, target string, hdr map[string]string) *jsonR
 	return decodeResp(t, res, body)
 }
 
-// post sends frames to a session's POST URL and returns the answer as is.
-func (e *env) post(t *testing.T, postURL, contentType, body string) *jsonResp {
+// post sends frames to a session as its session event says (its post URL,
+// its credential in X-Sluice-Session) and returns the answer as is.
+func (e *env) post(t *testing.T, h hello, contentType, body string) *jsonResp {
 	t.Helper()
-	return e.request(t, http.MethodPost, postURL, map[string]string{"Content-Type": contentType}, body)
+	return e.request(t, http.MethodPost, h.Post, map[string]string{"Content-Type": contentType, sse.SessionHeader: h.Credential}, body)
 }
 
 // send POSTs frames as one ndjson batch and requires HTTP 200 {"status":200}.
-func (e *env) send(t *testing.T, postURL string, frames ...string) {
+func (e *env) send(t *testing.T, h hello, frames ...string) {
 	t.Helper()
-	requirePosted(t, e.post(t, postURL, "application/x-ndjson", strings.Join(frames, "\n")))
+	requirePosted(t, e.post(t, h, "application/x-ndjson", strings.Join(frames, "\n")))
 }
 
 func requirePosted(t *testing.T, r *jsonResp) {
@@ -501,10 +506,11 @@ func (s *stream) must(t *testing.T) event {
 
 // hello is the data of a session event.
 type hello struct {
-	Session string `json:"session"`
-	Post    string `json:"post"`
-	Resumed bool   `json:"resumed"`
-	EventID string `json:"-"` // the session event's id
+	Session    string `json:"session"`
+	Credential string `json:"credential"`
+	Post       string `json:"post"`
+	Resumed    bool   `json:"resumed"`
+	EventID    string `json:"-"` // the session event's id
 }
 
 // session reads the stream's opening: an optional padding comment, the
@@ -523,8 +529,8 @@ func (s *stream) session(t *testing.T) hello {
 		t.Fatalf("want the session event with an id, got %s", ev)
 	}
 	var h hello
-	if err := json.Unmarshal([]byte(ev.Data), &h); err != nil || h.Session == "" || h.Post == "" {
-		t.Fatalf("session event data: want {session, post, resumed}, got %q (%v)", ev.Data, err)
+	if err := json.Unmarshal([]byte(ev.Data), &h); err != nil || h.Session == "" || h.Post == "" || h.Credential == "" {
+		t.Fatalf("session event data: want {session, credential, post, resumed}, got %q (%v)", ev.Data, err)
 	}
 	h.EventID = ev.ID
 	return h

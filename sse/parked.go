@@ -223,7 +223,7 @@ func (p *parked) fail(err error) {
 		msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": p.session})
 		writeEvent(buf, "session_gone", nil, msg)
 	} else {
-		p.t.cfg.Logger.Error("sse: poll failed", "session", p.session, "err", err)
+		p.t.cfg.Logger.Error("sse: poll failed", "session", gateway.LogSession(p.session), "err", err)
 		p.t.gw.Observer().Refused(transportName, "unavailable")
 		buf.WriteString("event: unavailable\ndata: {\"reason\":\"" + reasonStore + "\"}\n\n")
 	}

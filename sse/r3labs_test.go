@@ -139,14 +139,14 @@ func TestR3labsClientStreamAndResume(t *testing.T) {
 
 	c1 := subscribeR3(url, nil)
 	h, helloID := c1.hello(t)
-	if h.Resumed || h.Post != ssePath+"?session="+h.Session {
-		t.Fatalf("session event: want a new session with post %s?session=<id>, got %+v", ssePath, h)
+	if h.Resumed || h.Post != ssePath || len(h.Credential) != 64 || h.Credential[:32] != h.Session {
+		t.Fatalf("session event: want a new session with post %s and a credential, got %+v", ssePath, h)
 	}
 	if got := c1.lastID(); got != helloID {
 		t.Fatalf("client LastEventID after the session event: want %q, got %q", helloID, got)
 	}
 
-	e.send(t, h.Post, `["1","1","room:a","phx_join",{"name":"alice"}]`)
+	e.send(t, h, `["1","1","room:a","phx_join",{"name":"alice"}]`)
 	joined := c1.frames(t, 3)
 	evs := make([]event, len(joined))
 	for i, j := range joined {
@@ -165,7 +165,7 @@ func TestR3labsClientStreamAndResume(t *testing.T) {
 	// While no client is connected: broadcasts, a reply to a POST, and a
 	// broadcast on a topic the session never joined.
 	e.broadcast(t, "room:a", 1)
-	e.send(t, h.Post, ping("1", "2", "room:a"))
+	e.send(t, h, ping("1", "2", "room:a"))
 	e.broadcast(t, "room:b", 99)
 	e.broadcast(t, "room:a", 2)
 

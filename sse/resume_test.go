@@ -39,12 +39,12 @@ func TestResumeFromEveryEventID(t *testing.T) {
 		want = append(want, frame)
 	}
 	step(func() { e.broadcast(t, "room:r", 1) }, news("room:r", 1))
-	step(func() { e.send(t, h.Post, ping("join:1", "p1", "room:r")) }, pingReply("join:1", "p1", "room:r"))
+	step(func() { e.send(t, h, ping("join:1", "p1", "room:r")) }, pingReply("join:1", "p1", "room:r"))
 
 	// A join while no stream is open (its frames come from the mailbox and
 	// the topic, and a live stream could read them between publications).
 	s.close()
-	e.send(t, h.Post, `["2","2","room:s","phx_join",{}]`)
+	e.send(t, h, `["2","2","room:s","phx_join",{}]`)
 	s = e.resume(t, "42", "2.0.0", ids[len(ids)-1], h.Session)
 	joinS := s.frames(t, 3)
 	requireJoined(t, joinS, "room:s", "2", "42")
@@ -56,9 +56,9 @@ func TestResumeFromEveryEventID(t *testing.T) {
 
 	step(func() { e.broadcast(t, "room:s", 2) }, news("room:s", 2))
 	step(func() { e.broadcast(t, "room:r", 3) }, news("room:r", 3))
-	step(func() { e.send(t, h.Post, `[null,"h1","phoenix","heartbeat",{}]`) }, `[null,"h1","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+	step(func() { e.send(t, h, `[null,"h1","phoenix","heartbeat",{}]`) }, `[null,"h1","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
 	step(func() { e.broadcast(t, "room:s", 4) }, news("room:s", 4))
-	step(func() { e.send(t, h.Post, ping("2", "p2", "room:s")) }, pingReply("2", "p2", "room:s"))
+	step(func() { e.send(t, h, ping("2", "p2", "room:s")) }, pingReply("2", "p2", "room:s"))
 	s.quiet(t)
 	if len(ids) != len(want)+1 || len(all) != len(want) {
 		t.Fatalf("bookkeeping: %d ids for %d frames", len(ids), len(want))
@@ -125,15 +125,15 @@ func TestResumeOfGoneSession(t *testing.T) {
 	if s.endErr != nil {
 		t.Fatalf("the stream ended uncleanly: %v", s.endErr)
 	}
-	requireJSONError(t, "POST to the ended session", e.post(t, h.Post, "application/json", ping("join:1", "9", "room:g")), http.StatusGone)
+	requireJSONError(t, "POST to the ended session", e.post(t, h, "application/json", ping("join:1", "9", "room:g")), http.StatusGone)
 
 	s2 := e.open(t, streamQuery(t, "42", "2.0.0")+"&join=room:g", map[string]string{"Last-Event-ID": last})
 	h2 := s2.session(t)
-	if h2.Resumed || h2.Session == h.Session || h2.Post == h.Post {
+	if h2.Resumed || h2.Session == h.Session || h2.Credential == h.Credential {
 		t.Fatalf("resume of a gone session: want a new session with resumed:false, got %+v (old %s)", h2, h.Session)
 	}
 	requireJoined(t, s2.frames(t, 3), "room:g", "join:1", "42")
-	e.send(t, h2.Post, ping("join:1", "1", "room:g"))
+	e.send(t, h2, ping("join:1", "1", "room:g"))
 	s2.expect(t, pingReply("join:1", "1", "room:g"))
 }
 

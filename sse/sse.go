@@ -30,7 +30,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -201,6 +200,9 @@ func lastEventID(r *http.Request) string {
 	return q.Get("last_event_id")
 }
 
+// SessionHeader carries an SSE session's credential on its POSTs.
+const SessionHeader = "X-Sluice-Session"
+
 // userToken finds the user token: X-Phoenix-AuthToken, else the `token`
 // query parameter (EventSource cannot set headers).
 func userToken(r *http.Request) string {
@@ -252,7 +254,7 @@ func (t *Transport) stream(c echo.Context) error {
 			obs.Resumed(transportName)
 		case errors.Is(err, gateway.ErrForeignSession):
 			obs.Refused(transportName, "foreign_session")
-			t.cfg.Logger.Warn("sse: resume of another user's session refused", "session", prev.SessionID)
+			t.cfg.Logger.Warn("sse: resume of another user's session refused", "session", gateway.LogSession(prev.SessionID))
 			return fail(c, http.StatusForbidden, err.Error())
 		case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 			obs.Refused(transportName, "unauthorized")
@@ -261,7 +263,7 @@ func (t *Transport) stream(c echo.Context) error {
 			// Expired or ended: start a new one below; its session event
 			// tells the client to rejoin its channels.
 		default:
-			t.cfg.Logger.Error("sse: resume failed", "session", prev.SessionID, "err", err)
+			t.cfg.Logger.Error("sse: resume failed", "session", gateway.LogSession(prev.SessionID), "err", err)
 			obs.Refused(transportName, "unavailable")
 			return t.unavailable(c, reasonStore)
 		}
@@ -310,8 +312,10 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	retry := jitter(t.cfg.Retry, 0.25)
 	fmt.Fprintf(buf, "retry: %d\n\n", retry.Milliseconds())
-	post := t.path + "?session=" + url.QueryEscape(tok.SessionID)
-	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "post": post, "resumed": resumed})
+	// The credential travels only in this stream's body and, from the
+	// client, in the X-Sluice-Session header of its POSTs: never in a URL,
+	// which proxies log.
+	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "credential": t.gw.SessionCredential(tok.SessionID), "post": t.path, "resumed": resumed})
 	writeEvent(buf, "session", []byte(tok.String()), hello)
 	if err := sw.flush(); err != nil {
 		return nil
@@ -374,7 +378,7 @@ func (t *Transport) endStream(sw *streamWriter, tok gateway.SessionToken, err er
 		msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": tok.SessionID})
 		writeEvent(buf, "session_gone", nil, msg)
 	} else {
-		t.cfg.Logger.Error("sse: poll failed", "session", tok.SessionID, "err", err)
+		t.cfg.Logger.Error("sse: poll failed", "session", gateway.LogSession(tok.SessionID), "err", err)
 		t.gw.Observer().Refused(transportName, "unavailable")
 		buf.WriteString("event: unavailable\ndata: {\"reason\":\"" + reasonStore + "\"}\n\n")
 	}
@@ -502,10 +506,30 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "origin")
 		return fail(c, http.StatusForbidden, "origin "+origin+" is not allowed")
 	}
-	sid := r.URL.Query().Get("session")
-	if sid == "" {
+	cred := r.Header.Get(SessionHeader)
+	if cred == "" {
 		obs.Refused(transportName, "no_session")
-		return fail(c, http.StatusBadRequest, "missing ?session=: POST to the URL the stream's session event names")
+		msg := "missing " + SessionHeader + " header: send the credential of the stream's session event in it"
+		if r.URL.Query().Get("session") != "" {
+			// A session id is public (it is in every event id): it proves nothing.
+			msg = "a session id in the URL is not enough: send the credential of the stream's session event in the " + SessionHeader + " header"
+		}
+		return fail(c, http.StatusForbidden, msg)
+	}
+	tok, ok := gateway.ParseSessionCredential(cred)
+	if !ok {
+		obs.Refused(transportName, "malformed")
+		return fail(c, http.StatusBadRequest, "malformed "+SessionHeader+" header: it must be the credential of the stream's session event (64 hex characters)")
+	}
+	if err := t.gw.VerifySession(tok); err != nil {
+		obs.Refused(transportName, "bad_session_key")
+		t.cfg.Logger.Warn("sse: session credential refused", "session", gateway.LogSession(tok.SessionID), "err", err)
+		return fail(c, http.StatusForbidden, err.Error()+"; nothing was applied")
+	}
+	sid := tok.SessionID
+	ctx := r.Context()
+	if id, ok := t.gw.Identify(ctx, gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r)}); ok {
+		ctx = gateway.AsUser(ctx, id.UserID)
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
 	var tooLarge *http.MaxBytesError
@@ -525,7 +549,7 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "too_many_frames")
 		return fail(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames))
 	}
-	err = t.gw.Handle(r.Context(), sid, frames)
+	err = t.gw.Handle(ctx, sid, frames)
 	var batchErr *gateway.BatchError
 	switch {
 	case err == nil:
@@ -533,7 +557,11 @@ func (t *Transport) publish(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]int{"status": http.StatusOK})
 	case errors.Is(err, gateway.ErrNoSession):
 		obs.Refused(transportName, "no_session")
-		return fail(c, http.StatusGone, "unknown or expired session: open a new stream")
+		return fail(c, http.StatusGone, "the session expired or ended; nothing was applied: open a new stream (GET /socket/sse?vsn=2.0.0&token=<user token>)")
+	case errors.Is(err, gateway.ErrForeignSession):
+		obs.Refused(transportName, "foreign_session")
+		t.cfg.Logger.Warn("sse: POST for another user's session refused", "session", gateway.LogSession(sid))
+		return fail(c, http.StatusForbidden, err.Error()+"; nothing was applied")
 	case errors.Is(err, gateway.ErrRateLimited):
 		obs.Refused(transportName, "rate_limited")
 		c.Response().Header().Set("Retry-After", "1")
@@ -545,7 +573,7 @@ func (t *Transport) publish(c echo.Context) error {
 		obs.Refused(transportName, "malformed")
 		return fail(c, http.StatusBadRequest, err.Error()+"; nothing was applied")
 	default:
-		t.cfg.Logger.Error("sse: publish failed", "session", sid, "err", err)
+		t.cfg.Logger.Error("sse: publish failed", "session", gateway.LogSession(sid), "err", err)
 		obs.Refused(transportName, "unavailable")
 		c.Response().Header().Set("Retry-After", "1")
 		return fail(c, http.StatusServiceUnavailable, "temporarily unavailable: the shared store did not answer; retry")

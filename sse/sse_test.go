@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sluicegw/sluice/sse"
 )
 
 // join= at connect joins each topic named (repeated, comma-separated, with
@@ -24,7 +26,7 @@ func TestJoinAtConnect(t *testing.T) {
 		requireJoined(t, s.frames(t, 3), "room:one", "join:1", "42")
 		s.quiet(t)
 		// Joined under join_ref join:1: pushes and broadcasts work.
-		e.send(t, h.Post, ping("join:1", "1", "room:one"))
+		e.send(t, h, ping("join:1", "1", "room:one"))
 		e.broadcast(t, "room:one", 7)
 		s.expectInterleaved(t, pingReply("join:1", "1", "room:one"), news("room:one", 7))
 	})
@@ -60,7 +62,7 @@ func TestJoinAtConnect(t *testing.T) {
 		if len(frames) != 9 {
 			t.Fatalf("want 9 frames (reply, diff, state for 3 topics), got %s", dataOf(frames))
 		}
-		e.send(t, h.Post, ping("join:3", "x", "room:c"), ping("join:2", "y", "room:b"))
+		e.send(t, h, ping("join:3", "x", "room:c"), ping("join:2", "y", "room:b"))
 		s.expect(t, pingReply("join:3", "x", "room:c"), pingReply("join:2", "y", "room:b"))
 	})
 
@@ -86,7 +88,7 @@ func TestJoinAtConnect(t *testing.T) {
 func TestV1(t *testing.T) {
 	e := newEnv(t, envConfig{})
 	s, h := e.connect(t, "42", "1.0.0", "")
-	requirePosted(t, e.post(t, h.Post, "application/json", `{"topic":"room:v1","event":"phx_join","payload":{"name":"alice"},"ref":"1"}`))
+	requirePosted(t, e.post(t, h, "application/json", `{"topic":"room:v1","event":"phx_join","payload":{"name":"alice"},"ref":"1"}`))
 	frames := s.frames(t, 3)
 	// The reply and presence_state (mailbox) in that order; the
 	// presence_diff (the topic's log) may come anywhere among them.
@@ -116,14 +118,14 @@ func TestV1(t *testing.T) {
 	}
 	s.quiet(t)
 
-	e.send(t, h.Post,
+	e.send(t, h,
 		`{"topic":"room:v1","event":"ping","payload":{"a":1},"ref":"2"}`,
 		`{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"3"}`)
 	s.expect(t,
 		`{"topic":"room:v1","event":"phx_reply","payload":{"response":{"a":1},"status":"ok"},"ref":"2"}`,
 		`{"topic":"phoenix","event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"3"}`)
 
-	requirePosted(t, e.post(t, h.Post, "application/json",
+	requirePosted(t, e.post(t, h, "application/json",
 		`[{"topic":"room:v1","event":"ping","payload":{"b":1},"ref":"4"},{"topic":"room:v1","event":"ping","payload":{"b":2},"ref":"5"}]`))
 	s.expect(t,
 		`{"topic":"room:v1","event":"phx_reply","payload":{"response":{"b":1},"status":"ok"},"ref":"4"}`,
@@ -133,9 +135,9 @@ func TestV1(t *testing.T) {
 	s.expect(t, `{"topic":"room:v1","event":"news","payload":{"n":1},"ref":null}`)
 
 	// A V2 frame to a V1 session is refused, and nothing is applied.
-	requireJSONError(t, "V2 frame to a V1 session", e.post(t, h.Post, "application/x-ndjson",
+	requireJSONError(t, "V2 frame to a V1 session", e.post(t, h, "application/x-ndjson",
 		`{"topic":"room:v1","event":"ping","payload":{"c":0},"ref":"6"}`+"\n"+`["1","7","room:v1","ping",{}]`), http.StatusBadRequest)
-	e.send(t, h.Post, `{"topic":"room:v1","event":"ping","payload":{"c":1},"ref":"8"}`)
+	e.send(t, h, `{"topic":"room:v1","event":"ping","payload":{"c":1},"ref":"8"}`)
 	s.expect(t, `{"topic":"room:v1","event":"phx_reply","payload":{"response":{"c":1},"status":"ok"},"ref":"8"}`)
 
 	// Resume works for V1 as for V2.
@@ -163,7 +165,7 @@ func TestPost(t *testing.T) {
 	s, h := e.connect(t, "42", "2.0.0", "join=room:a")
 	requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")
 
-	r := e.post(t, h.Post, "application/json", ping("join:1", "1", "room:a"))
+	r := e.post(t, h, "application/json", ping("join:1", "1", "room:a"))
 	requirePosted(t, r)
 	if len(r.Keys) != 1 {
 		t.Fatalf("POST answer: want exactly {status:200}, got %s", r.Body)
@@ -173,25 +175,25 @@ func TestPost(t *testing.T) {
 	}
 	s.expect(t, pingReply("join:1", "1", "room:a"))
 
-	requirePosted(t, e.post(t, h.Post, "application/json; charset=utf-8", "[ "+ping("join:1", "2", "room:a")+",\n"+ping("join:1", "3", "room:a")+" ]"))
+	requirePosted(t, e.post(t, h, "application/json; charset=utf-8", "[ "+ping("join:1", "2", "room:a")+",\n"+ping("join:1", "3", "room:a")+" ]"))
 	s.expect(t, pingReply("join:1", "2", "room:a"), pingReply("join:1", "3", "room:a"))
 
-	requirePosted(t, e.post(t, h.Post, "application/x-ndjson", ping("join:1", "4", "room:a")+"\r\n\n"+ping("join:1", "5", "room:a")+"\n"))
+	requirePosted(t, e.post(t, h, "application/x-ndjson", ping("join:1", "4", "room:a")+"\r\n\n"+ping("join:1", "5", "room:a")+"\n"))
 	s.expect(t, pingReply("join:1", "4", "room:a"), pingReply("join:1", "5", "room:a"))
 
-	requirePosted(t, e.post(t, h.Post, "text/plain;charset=UTF-8", "["+ping("join:1", "6", "room:a")+"]"))
+	requirePosted(t, e.post(t, h, "text/plain;charset=UTF-8", "["+ping("join:1", "6", "room:a")+"]"))
 	s.expect(t, pingReply("join:1", "6", "room:a"))
 
 	// The client did not see the answer and sends the same batch again.
 	batch := ping("join:1", "7", "room:a") + "\n" + `["join:1","8","room:a","shout",{"m":"once"}]`
-	requirePosted(t, e.post(t, h.Post, "application/x-ndjson", batch))
-	requirePosted(t, e.post(t, h.Post, "application/x-ndjson", batch))
+	requirePosted(t, e.post(t, h, "application/x-ndjson", batch))
+	requirePosted(t, e.post(t, h, "application/x-ndjson", batch))
 	s.expectInterleaved(t, pingReply("join:1", "7", "room:a"),
 		`[null,null,"room:a","shouted",{"m":"once"}]`,
 		`["join:1","8","room:a","phx_reply",{"response":{},"status":"ok"}]`)
 	// A single-frame replay too.
-	requirePosted(t, e.post(t, h.Post, "application/json", ping("join:1", "7", "room:a")))
-	e.send(t, h.Post, ping("join:1", "9", "room:a"))
+	requirePosted(t, e.post(t, h, "application/json", ping("join:1", "7", "room:a")))
+	e.send(t, h, ping("join:1", "9", "room:a"))
 	s.expect(t, pingReply("join:1", "9", "room:a"))
 
 	// The limits hold at the limit.
@@ -199,8 +201,8 @@ func TestPost(t *testing.T) {
 	for i := range 100 {
 		batch100 = append(batch100, fmt.Sprintf(`["join:1","q%d","room:a","quiet",{}]`, i))
 	}
-	e.send(t, h.Post, batch100...)
-	e.send(t, h.Post, ping("join:1", "10", "room:a"))
+	e.send(t, h, batch100...)
+	e.send(t, h, ping("join:1", "10", "room:a"))
 	s.expect(t, pingReply("join:1", "10", "room:a"))
 }
 
@@ -222,7 +224,7 @@ func TestBadInput(t *testing.T) {
 		t.Helper()
 		ref++
 		rs := "ok" + strconv.Itoa(ref)
-		e.send(t, h.Post, ping("join:1", rs, "room:a"))
+		e.send(t, h, ping("join:1", rs, "room:a"))
 		last = s.expect(t, pingReply("join:1", rs, "room:a"))[0].ID
 	}
 	// othersFine proves the other session's stream was not disturbed.
@@ -230,7 +232,7 @@ func TestBadInput(t *testing.T) {
 		t.Helper()
 		ref++
 		rs := "o" + strconv.Itoa(ref)
-		e.send(t, oh.Post, ping("join:1", rs, "room:a"))
+		e.send(t, oh, ping("join:1", rs, "room:a"))
 		other.expect(t, pingReply("join:1", rs, "room:a"))
 	}
 
@@ -276,31 +278,44 @@ func TestBadInput(t *testing.T) {
 		for i := range 101 {
 			tooMany = append(tooMany, fmt.Sprintf(`[null,"m%d","phoenix","heartbeat",{}]`, i))
 		}
-		unknown := ssePath + "?session=" + strings.Repeat("ab", 16)
+		cred := func(c string) map[string]string { return map[string]string{sse.SessionHeader: c} }
+		unknown := strings.Repeat("ab", 16)
+		forged := unknown + strings.Repeat("cd", 16)
+		mine := cred(h.Credential)
 		cases := []struct {
-			name, target, contentType, body string
-			status                          int
-			errContains                     string
+			name, target string
+			hdr          map[string]string
+			contentType  string
+			body         string
+			status       int
+			errContains  string
 		}{
-			{"no session", ssePath, "application/json", ping("join:1", "x0", "room:a"), 400, "session"},
-			{"empty session", ssePath + "?session=", "application/json", ping("join:1", "x0", "room:a"), 400, "session"},
-			{"unknown session", unknown, "application/json", ping("join:1", "x0", "room:a"), 410, ""},
-			{"garbage session", ssePath + "?session=garbage", "application/json", ping("join:1", "x0", "room:a"), 410, ""},
-			{"malformed JSON", h.Post, "application/json", `["join:1","x1","room:a","ping",{`, 400, ""},
-			{"malformed JSON array", h.Post, "application/json", `[` + ping("join:1", "x1", "room:a") + `,["join:1"`, 400, ""},
-			{"V2 frame with 4 elements", h.Post, "application/json", `["join:1","x2","room:a","ping"]`, 400, ""},
-			{"4-element frame in an array", h.Post, "application/json", `[` + ping("join:1", "x3", "room:a") + `,["join:1","x4","room:a","ping"]]`, 400, "frame 2"},
-			{"ndjson with a bad line", h.Post, "application/x-ndjson", ping("join:1", "x5", "room:a") + "\n" + `["join:1","x6","room:a"`, 400, "frame 2"},
-			{"ndjson with a base64 line", h.Post, "application/x-ndjson", ping("join:1", "x7", "room:a") + "\nAAECAwQ=", 400, "binary"},
-			{"V1 object to a V2 session", h.Post, "application/json", `{"topic":"room:a","event":"ping","payload":{},"ref":"x8"}`, 400, ""},
-			{"empty body", h.Post, "application/json", "", 400, ""},
-			{"empty array", h.Post, "application/json", "[]", 400, ""},
-			{"body over MaxBodyBytes", h.Post, "application/x-ndjson", `["join:1","x9","room:a","ping",{"pad":"` + strings.Repeat("p", 5000) + `"}]`, 413, ""},
-			{"101 frames", h.Post, "application/x-ndjson", strings.Join(tooMany, "\n"), 413, "nothing was applied"},
+			{"no credential", ssePath, nil, "application/json", ping("join:1", "x0", "room:a"), 403, sse.SessionHeader},
+			{"a session id in the URL", ssePath + "?session=" + h.Session, nil, "application/json", ping("join:1", "x0", "room:a"), 403, "not enough"},
+			{"an event id as credential", ssePath, cred(h.EventID), "application/json", ping("join:1", "x0", "room:a"), 400, "malformed"},
+			{"the session id as credential", ssePath, cred(h.Session), "application/json", ping("join:1", "x0", "room:a"), 400, "malformed"},
+			{"garbage credential", ssePath, cred("garbage"), "application/json", ping("join:1", "x0", "room:a"), 400, "malformed"},
+			{"forged key", ssePath, cred(h.Session + strings.Repeat("0", 32)), "application/json", ping("join:1", "x0", "room:a"), 403, "invalid session credential"},
+			{"unknown session with a forged key", ssePath, cred(forged), "application/json", ping("join:1", "x0", "room:a"), 403, "invalid session credential"},
+			{"malformed JSON", h.Post, mine, "application/json", `["join:1","x1","room:a","ping",{`, 400, ""},
+			{"malformed JSON array", h.Post, mine, "application/json", `[` + ping("join:1", "x1", "room:a") + `,["join:1"`, 400, ""},
+			{"V2 frame with 4 elements", h.Post, mine, "application/json", `["join:1","x2","room:a","ping"]`, 400, ""},
+			{"4-element frame in an array", h.Post, mine, "application/json", `[` + ping("join:1", "x3", "room:a") + `,["join:1","x4","room:a","ping"]]`, 400, "frame 2"},
+			{"ndjson with a bad line", h.Post, mine, "application/x-ndjson", ping("join:1", "x5", "room:a") + "\n" + `["join:1","x6","room:a"`, 400, "frame 2"},
+			{"ndjson with a base64 line", h.Post, mine, "application/x-ndjson", ping("join:1", "x7", "room:a") + "\nAAECAwQ=", 400, "binary"},
+			{"V1 object to a V2 session", h.Post, mine, "application/json", `{"topic":"room:a","event":"ping","payload":{},"ref":"x8"}`, 400, ""},
+			{"empty body", h.Post, mine, "application/json", "", 400, ""},
+			{"empty array", h.Post, mine, "application/json", "[]", 400, ""},
+			{"body over MaxBodyBytes", h.Post, mine, "application/x-ndjson", `["join:1","x9","room:a","ping",{"pad":"` + strings.Repeat("p", 5000) + `"}]`, 413, ""},
+			{"101 frames", h.Post, mine, "application/x-ndjson", strings.Join(tooMany, "\n"), 413, "nothing was applied"},
 		}
 		for _, tc := range cases {
 			t.Run(tc.name, func(t *testing.T) {
-				r := e.post(t, tc.target, tc.contentType, tc.body)
+				hdr := map[string]string{"Content-Type": tc.contentType}
+				for k, v := range tc.hdr {
+					hdr[k] = v
+				}
+				r := e.request(t, http.MethodPost, tc.target, hdr, tc.body)
 				requireJSONError(t, "POST", r, tc.status)
 				if !strings.Contains(r.Error, tc.errContains) {
 					t.Fatalf("want an error mentioning %q, got %s", tc.errContains, r.Body)
@@ -321,7 +336,7 @@ func TestBadInput(t *testing.T) {
 		if n, err := e.gw.ExpireSessions(context.Background()); err != nil || n != 1 {
 			t.Fatalf("ExpireSessions: want 1, got %d, %v", n, err)
 		}
-		requireJSONError(t, "POST to an expired session", e.post(t, h.Post, "application/json", `[null,"1","phoenix","heartbeat",{}]`), http.StatusGone)
+		requireJSONError(t, "POST to an expired session", e.post(t, h, "application/json", `[null,"1","phoenix","heartbeat",{}]`), http.StatusGone)
 	})
 }
 
@@ -413,7 +428,7 @@ func TestStreamShape(t *testing.T) {
 		}
 		// A frame in between is delivered at once, not at the next beat.
 		sent := time.Now()
-		e.send(t, h.Post, `[null,"1","phoenix","heartbeat",{}]`)
+		e.send(t, h, `[null,"1","phoenix","heartbeat",{}]`)
 		f := s.frames(t, 1)[0]
 		if d := f.At.Sub(sent); d > hb*8/10 {
 			t.Errorf("a reply came %v after its POST, with %v heartbeats: delivery waits for the heartbeat", d, hb)
@@ -478,7 +493,7 @@ func TestStreamShape(t *testing.T) {
 		pre := c.request(t, http.MethodOptions, ssePath, map[string]string{"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}, "")
 		s := openStream(t, streamClient(), c.srv.URL+ssePath+"?"+streamQuery(t, "42", "2.0.0"), origin)
 		h := s.session(t)
-		post := c.request(t, http.MethodPost, h.Post, map[string]string{"Origin": "https://app.example", "Content-Type": "text/plain"}, `[null,"1","phoenix","heartbeat",{}]`)
+		post := c.request(t, http.MethodPost, h.Post, map[string]string{"Origin": "https://app.example", "Content-Type": "text/plain", sse.SessionHeader: h.Credential}, `[null,"1","phoenix","heartbeat",{}]`)
 		requirePosted(t, post)
 		bad := c.request(t, http.MethodGet, ssePath+"?vsn=2.0.0&token=garbage", origin, "")
 		requireJSONError(t, "bad token with credentials", bad, http.StatusForbidden)
@@ -583,7 +598,7 @@ func TestClientDisconnect(t *testing.T) {
 			t.Fatalf("want presence_diff leaves of 42, got %s", l.Data)
 		}
 	}
-	e.send(t, kh.Post, ping("join:1", "k", "room:d"))
+	e.send(t, kh, ping("join:1", "k", "room:d"))
 	keep.expect(t, pingReply("join:1", "k", "room:d"))
 	keep.close()
 	waitHandlers(t, 0, 2*time.Second)

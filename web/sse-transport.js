@@ -84,6 +84,7 @@ export class SSETransport {
     this.streamURL = SSETransport.streamURL(endPoint, this.authToken)
     this.sessionId = null
     this.postURL = null
+    this.credential = null
     this.es = null
     // the same names as LongPoll's, which tools that wait for a socket to flush already read
     this.currentBatch = null
@@ -162,6 +163,8 @@ export class SSETransport {
     if(this.sessionId === null){
       this.sessionId = info.session
       this.postURL = new URL(info.post, this.streamURL).href
+      // The session's credential: sent in a header of every POST, never in a URL (proxies log URLs)
+      this.credential = typeof info.credential === "string" ? info.credential : null
       this.readyState = OPEN
       this.onopen({})
     } else if(info.session !== this.sessionId){
@@ -254,7 +257,7 @@ export class SSETransport {
     try {
       const res = await globalThis.fetch(this.postURL, {
         method: "POST",
-        headers: {"Content-Type": "application/x-ndjson"},
+        headers: this.credential ? {"Content-Type": "application/x-ndjson", "X-Sluice-Session": this.credential} : {"Content-Type": "application/x-ndjson"},
         body: batch.join("\n"),
         signal: controller.signal,
         credentials: this.withCredentials ? "include" : "same-origin",

@@ -10,6 +10,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/sse"
 )
 
 // accessLog logs every request with a request id (the client's X-Request-ID,
@@ -54,9 +55,9 @@ func accessLog(log *slog.Logger) echo.MiddlewareFunc {
 	}
 }
 
-// sessionOf finds the session a request concerns, from its session token
-// (LongPoll's last token parameter or header, SSE's Last-Event-ID) or an SSE
-// POST's session parameter.
+// sessionOf names the session a request concerns by its handle (never by
+// anything that proves it), from its session token (LongPoll's last token
+// parameter or header, SSE's Last-Event-ID) or an SSE POST's credential.
 func sessionOf(r *http.Request) string {
 	q := r.URL.Query()
 	candidates := []string{r.Header.Get("X-Phoenix-Longpoll-Token"), r.Header.Get("Last-Event-ID"), q.Get("lastEventId")}
@@ -65,11 +66,11 @@ func sessionOf(r *http.Request) string {
 	}
 	for _, c := range candidates {
 		if t, ok := gateway.ParseSessionToken(c); ok {
-			return t.SessionID
+			return gateway.SessionHandle(t.SessionID)
 		}
 	}
-	if s := q.Get("session"); len(s) == 32 {
-		return s
+	if t, ok := gateway.ParseSessionCredential(r.Header.Get(sse.SessionHeader)); ok {
+		return gateway.SessionHandle(t.SessionID)
 	}
 	return ""
 }

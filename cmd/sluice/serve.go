@@ -256,6 +256,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	gw, err := gateway.New(gateway.Config{
 		Router:             router,
 		Authenticate:       gateway.TokenAuthenticator(cfg.Secret, cfg.TokenMaxAge),
+		SessionSecret:      []byte(cfg.Secret),
 		Sessions:           st.sessions,
 		Presence:           st.presence,
 		Broker:             st.broker,

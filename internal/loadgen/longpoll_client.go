@@ -355,5 +355,5 @@ func (c *lpClient) push(ctx context.Context, body []byte) error {
 	if tok == nil {
 		return errors.New("no session yet")
 	}
-	return postJSON(ctx, c.http, c.sessionURL(*tok), "application/json", body)
+	return postJSON(ctx, c.http, c.sessionURL(*tok), "", "application/json", body)
 }

@@ -207,7 +207,7 @@ func TestRunAgainstABadServer(t *testing.T) {
 		streams = append(streams, ch)
 		mu.Unlock()
 		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprintf(w, "retry: 100\n\nevent: session\nid: s.1\ndata: {\"post\":\"/socket/sse?session=s\",\"resumed\":false,\"session\":\"s\"}\n\n")
+		fmt.Fprintf(w, "retry: 100\n\nevent: session\nid: s.1\ndata: {\"credential\":\"s-key\",\"post\":\"/socket/sse\",\"resumed\":false,\"session\":\"s\"}\n\n")
 		fmt.Fprintf(w, "id: s.2\ndata: [\"join:1\",\"join:1\",\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n")
 		pumpEvents(w, r, ch)
 	})
@@ -285,7 +285,7 @@ func TestRunRejoinsAfterPhxError(t *testing.T) {
 		streams[session] = ch
 		mu.Unlock()
 		w.Header().Set("Content-Type", "text/event-stream")
-		fmt.Fprintf(w, "event: session\nid: %s.1\ndata: {\"post\":\"/socket/sse?session=%s\",\"resumed\":false,\"session\":%q}\n\n", session, session, session)
+		fmt.Fprintf(w, "event: session\nid: %s.1\ndata: {\"credential\":\"%s-key\",\"post\":\"/socket/sse\",\"resumed\":false,\"session\":%q}\n\n", session, session, session)
 		fmt.Fprintf(w, "data: [\"join:1\",\"join:1\",\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n")
 		pumpEvents(w, r, ch)
 	})
@@ -300,7 +300,7 @@ func TestRunRejoinsAfterPhxError(t *testing.T) {
 		joins++
 		mu.Unlock()
 		ref := frames[0][1]
-		send(r.URL.Query().Get("session"), fmt.Sprintf("data: [%s,%s,\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n", ref, ref))
+		send(strings.TrimSuffix(r.Header.Get("X-Sluice-Session"), "-key"), fmt.Sprintf("data: [%s,%s,\"bench:0\",\"phx_reply\",{\"response\":{},\"status\":\"ok\"}]\n\n", ref, ref))
 		fmt.Fprint(w, `{"status":200}`)
 	})
 	mux.HandleFunc("POST /api/broadcast", func(w http.ResponseWriter, r *http.Request) {

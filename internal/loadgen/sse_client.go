@@ -27,8 +27,8 @@ const sseReadBuffer = 1024
 type sseClient struct {
 	client
 	streamURL  string
-	post       atomic.Pointer[string] // the session's POST URL
-	retry      time.Duration          // from the last retry: field
+	post       atomic.Pointer[sessionPost] // where and how to POST to the session
+	retry      time.Duration               // from the last retry: field
 	hadSession bool
 
 	br      *bufio.Reader
@@ -256,16 +256,16 @@ func (c *sseClient) dispatch(ctx context.Context) {
 // onSession handles the session event that starts every stream.
 func (c *sseClient) onSession() {
 	var s struct {
-		Post    string `json:"post"`
-		Resumed bool   `json:"resumed"`
-		Session string `json:"session"`
+		Credential string `json:"credential"`
+		Post       string `json:"post"`
+		Resumed    bool   `json:"resumed"`
+		Session    string `json:"session"`
 	}
-	if err := json.Unmarshal(c.data, &s); err != nil || s.Post == "" || s.Post[0] != '/' {
+	if err := json.Unmarshal(c.data, &s); err != nil || s.Post == "" || s.Post[0] != '/' || s.Credential == "" {
 		c.e.errs.add("bad_frame", fmt.Sprintf("sse: session event %.200s", c.data))
 		return
 	}
-	post := c.base + s.Post
-	c.post.Store(&post)
+	c.post.Store(&sessionPost{url: c.base + s.Post, credential: s.Credential})
 	if s.Resumed {
 		return
 	}
@@ -308,7 +308,13 @@ func (c *sseClient) postFrames(ctx context.Context, body []byte) error {
 	if p == nil {
 		return errors.New("no session yet")
 	}
-	return postJSON(ctx, c.http, *p, "application/json", body)
+	return postJSON(ctx, c.http, p.url, p.credential, "application/json", body)
+}
+
+// sessionPost is where an SSE session's frames go, and the credential that
+// proves the session (sent in X-Sluice-Session).
+type sessionPost struct {
+	url, credential string
 }
 
 // push sends one frame from a pusher goroutine.
@@ -316,8 +322,9 @@ func (c *sseClient) push(ctx context.Context, body []byte) error {
 	return c.postFrames(ctx, body)
 }
 
-// postJSON POSTs body and checks that the answer is {"status":200}.
-func postJSON(ctx context.Context, hc *http.Client, u, contentType string, body []byte) error {
+// postJSON POSTs body and checks that the answer is {"status":200}. A
+// non-empty credential is sent in X-Sluice-Session (an SSE session's POST).
+func postJSON(ctx context.Context, hc *http.Client, u, credential, contentType string, body []byte) error {
 	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodPost, u, bytes.NewReader(body))
@@ -325,6 +332,9 @@ func postJSON(ctx context.Context, hc *http.Client, u, contentType string, body 
 		return fmt.Errorf("build POST: %w", err)
 	}
 	req.Header.Set("Content-Type", contentType)
+	if credential != "" {
+		req.Header.Set("X-Sluice-Session", credential)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return &kindError{kind: errorKind(err), err: err}

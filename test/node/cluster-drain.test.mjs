@@ -83,7 +83,7 @@ globalThis.fetch = async (url, opts = {}) => {
   const rec = {rid, kind, method, url: s, client: owner?.name ?? (kind === "api" ? "api" : null), at: Date.now(), end: null,
     http: null, status: null, error: null, failure: null, session: null, lastEventId: headers.get("last-event-id"), tail: "", bytes: 0}
   if(kind === "lp"){ rec.session = sessionOf(s) }
-  if(kind === "post"){ rec.session = u.searchParams.get("session") }
+  if(kind === "post"){ rec.session = headers.get("x-sluice-session")?.slice(0, 32) ?? null }
   netLog.push(rec)
   if(owner){ owner.net.push(rec) }
   let res

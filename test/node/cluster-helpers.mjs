@@ -400,13 +400,13 @@ export async function countKeysWithPrefix(url, prefix){
 const watched = new Map() // encoded user token -> records
 const innerFetch = globalThis.fetch
 
-/** The session id in a LongPoll URL (the last `token` param, "<id>.<cursor>"), or null. */
+/** The session id in a LongPoll URL (the last `token` param, "<id><key>.<cursor>"), or null. */
 export function sessionOf(url){
   try {
     const tokens = new URL(String(url), "http://x").searchParams.getAll("token")
     if(tokens.length < 2){ return null }
     const t = tokens[tokens.length - 1]
-    return t.includes(".") ? t.split(".")[0] : null
+    return t.includes(".") ? t.split(".")[0].slice(0, 32) : null
   } catch { return null }
 }
 

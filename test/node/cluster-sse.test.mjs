@@ -232,7 +232,7 @@ async function openSSEClient(cluster, base, name){
 const streamRecords = (rr, c) => rr.log.filter((r) => r.method === "GET" && r.url.startsWith("/socket/sse") && r.url.includes(encodeURIComponent(c.token)))
 const sessionsOf = (c) => [...new Set(c.rec.streams.map((s) => s.session))]
 const postRecords = (rr, c) => rr.log.filter((r) => r.method === "POST" && r.url.startsWith("/socket/sse") &&
-  sessionsOf(c).some((sid) => r.url.includes(`session=${encodeURIComponent(sid)}`)))
+  sessionsOf(c).includes(r.session))
 const failedPosts = (rr, c) => postRecords(rr, c).filter((r) => r.status === 502 || r.error)
 
 // ---------------------------------------------------------------------------------------------

@@ -62,7 +62,9 @@ export async function startProxy(upstreams, {maxLog = 20_000} = {}){
   let seq = 0
 
   const server = http.createServer((req, res) => {
-    const rec = {id: ++seq, method: req.method, url: req.url, upstream: null, status: null, error: null, start: Date.now(), end: null}
+    // session: the SSE session a POST names in its X-Sluice-Session credential (its first 32 characters, the public id)
+    const rec = {id: ++seq, method: req.method, url: req.url, session: req.headers["x-sluice-session"]?.slice(0, 32) ?? null,
+      upstream: null, status: null, error: null, start: Date.now(), end: null}
     log.push(rec)
     if(log.length > maxLog){ log.splice(0, log.length - maxLog) }
     const first = next

@@ -92,3 +92,28 @@ func TestOriginChecker(t *testing.T) {
 		t.Error("a malformed pattern was accepted")
 	}
 }
+
+// A ref, join_ref, topic or event over MaxFieldBytes refuses the batch whole,
+// naming the field; nothing of it is applied and the session goes on.
+func TestLongFieldRefusesTheWholeBatch(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("1", "2.0.0")
+	long := strings.Repeat("x", 300)
+	for field, frame := range map[string]string{
+		"ref":      `["1","` + long + `","room:a","ping",{}]`,
+		"join_ref": `["` + long + `","2","room:a","ping",{}]`,
+		"topic":    `["1","2","` + long + `","ping",{}]`,
+		"event":    `["1","2","room:a","` + long + `",{}]`,
+	} {
+		err := h.gw.Handle(context.Background(), a.tok.SessionID, [][]byte{[]byte(`["1","1","room:a","phx_join",{}]`), []byte(frame)})
+		var be *BatchError
+		if !errors.Is(err, ErrFieldTooLong) || !errors.As(err, &be) || be.Index != 1 || !strings.Contains(err.Error(), field+" is 300 bytes, the limit is 255") {
+			t.Fatalf("a 300-byte %s: Handle = %v, want a BatchError at frame 2 wrapping ErrFieldTooLong that names the field", field, err)
+		}
+	}
+	expectFrames(t, a.poll()) // the joins were not applied either
+	a.send(`["1","1","room:a","phx_join",{}]`)
+	if got := a.poll(); len(got) == 0 || !strings.Contains(got[0], `"joined":"room:a"`) {
+		t.Fatalf("session unusable after refused batches: %v", got)
+	}
+}

@@ -221,12 +221,18 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // *BatchError says which. Replies and pushes go to the session's mailbox, to
 // be delivered by its next poll or stream.
 func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte) error {
-	if !g.limiter.allow(sessionID, time.Now()) {
-		return ErrRateLimited
+	// A malformed id names no session: it costs no store round trip, and no
+	// limiter state is ever kept for it.
+	if !validSessionID(sessionID) {
+		return ErrNoSession
 	}
 	s, err := g.cfg.Sessions.Load(ctx, sessionID)
 	if err != nil {
 		return err
+	}
+	// After the Load: only sessions that exist get a rate limiter.
+	if !g.limiter.allow(sessionID, time.Now()) {
+		return ErrRateLimited
 	}
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
@@ -521,6 +527,7 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 	if err := fx.flush(ctx, g); err != nil {
 		return false, err
 	}
+	g.limiter.forget(id)
 	if _, err := g.cfg.Sessions.Remove(ctx, id); errors.Is(err, ErrNoSession) {
 		return false, nil
 	} else if err != nil {

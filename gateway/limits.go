@@ -56,6 +56,26 @@ func (p *postLimiter) allow(sessionID string, now time.Time) bool {
 	return e.lim.AllowN(now, 1)
 }
 
+// forget drops the state of a session that ended.
+func (p *postLimiter) forget(sessionID string) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	delete(p.byID, sessionID)
+	p.mu.Unlock()
+}
+
+// size returns the number of sessions the limiter keeps state for.
+func (p *postLimiter) size() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.byID)
+}
+
 // sweep forgets sessions idle for longer than a full bucket takes to refill.
 func (p *postLimiter) sweep(now time.Time) {
 	if p == nil {

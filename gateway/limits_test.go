@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,43 @@ func TestLongFieldRefusesTheWholeBatch(t *testing.T) {
 	a.send(`["1","1","room:a","phx_join",{}]`)
 	if got := a.poll(); len(got) == 0 || !strings.Contains(got[0], `"joined":"room:a"`) {
 		t.Fatalf("session unusable after refused batches: %v", got)
+	}
+}
+
+// With --post-rate, limiter state exists only for live sessions: before,
+// Handle made a bucket for any session id it was given, before looking the
+// session up, so unauthenticated POSTs with made-up (or 1 MiB) ids pinned
+// memory.
+func TestRateLimiterKeepsNoStateForUnknownSessions(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 20, 3 })
+	ping := [][]byte{[]byte(`[null,"1","phoenix","heartbeat",{}]`)}
+	huge := strings.Repeat("a", 1<<20)
+	for i := range 300 {
+		var id string
+		switch i % 3 {
+		case 0:
+			id = newSessionID() // the right shape, no such session
+		case 1:
+			id = huge[:len(huge)-i]
+		default:
+			id = fmt.Sprintf("not a session %d", i)
+		}
+		if err := h.gw.Handle(context.Background(), id, ping); !errors.Is(err, ErrNoSession) {
+			t.Fatalf("Handle with a made-up session id: %v, want ErrNoSession", err)
+		}
+	}
+	if n := h.gw.limiter.size(); n != 0 {
+		t.Fatalf("the limiter keeps state for %d sessions after POSTs to none, want 0", n)
+	}
+	a := h.connect("1", "2.0.0")
+	a.send(`[null,"1","phoenix","heartbeat",{}]`)
+	if n := h.gw.limiter.size(); n != 1 {
+		t.Fatalf("the limiter keeps state for %d sessions, want 1 (the live one)", n)
+	}
+	if _, err := h.gw.endSession(context.Background(), a.tok.SessionID, "disconnected"); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.gw.limiter.size(); n != 0 {
+		t.Fatalf("the limiter keeps state for %d sessions after the only one ended, want 0", n)
 	}
 }

@@ -220,6 +220,23 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // frame is decoded first: if one is malformed, nothing is applied and a
 // *BatchError says which. Replies and pushes go to the session's mailbox, to
 // be delivered by its next poll or stream.
+//
+// A batch is applied exactly once, even when its request fails and is
+// retried: its messages' refs are recorded as handled in the same Save as
+// the state its handlers changed and the records it sends (Session.Outbox);
+// the records are then published and the outbox cleared. If publishing
+// fails, Handle returns the error (a transport answers 503, retry) and the
+// records stay in the outbox: the retry finds its messages already handled
+// and publishes the outbox instead, so its replies come after all; any other
+// request of the session (and its end) publishes them first too, so records
+// keep their order. A record is published twice only if the broker failed
+// after taking it and before saying so (a timeout), or if the session could
+// not be saved between a partial publish and the retry: phoenix.js ignores a
+// reply to a ref it has already settled, a repeated broadcast is seen again.
+// Refusing that would take an idempotent publish in the broker. What the
+// handlers do outside the session (a presence, an application's database)
+// is not part of the Save: if the Save itself fails, the retry runs them
+// again.
 func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte) error {
 	// A malformed id names no session: it costs no store round trip, and no
 	// limiter state is ever kept for it.
@@ -263,6 +280,11 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if s, err = g.cfg.Sessions.Load(ctx, sessionID); err != nil {
 		return err
 	}
+	// An earlier batch was applied but not all it sent was published (its
+	// request failed): publish that first, before anything this batch sends.
+	if err := g.publishOutbox(ctx, s); err != nil {
+		return err
+	}
 	fx := &effects{}
 	for _, m := range msgs {
 		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
@@ -277,6 +299,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		// interceptor would see the old assigns.
 		fx.mailbox(s.ID, &Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject})
 	}
+	s.Outbox = fx.items
 	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
 		if errors.Is(err, ErrNoSession) {
 			// The session ended while we worked (its lock expired): take
@@ -290,7 +313,38 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		}
 		return err
 	}
-	return fx.flush(ctx, g)
+	return g.publishOutbox(ctx, s)
+}
+
+// publishOutbox publishes the session's saved Outbox, in order, and saves
+// the session with it cleared. If publishing fails part way, it saves what is
+// left (best effort: the store may be failing too) so that the next attempt
+// does not publish again the records known published, and returns the error.
+// The caller holds the session's lock.
+func (g *Gateway) publishOutbox(ctx context.Context, s *Session) error {
+	if len(s.Outbox) == 0 {
+		return nil
+	}
+	n, err := publishRecords(ctx, g.cfg.Broker, s.Outbox)
+	pending := len(s.Outbox) - n
+	s.Outbox = slices.Clip(s.Outbox[n:])
+	if len(s.Outbox) == 0 {
+		s.Outbox = nil
+	}
+	if err != nil {
+		if n > 0 {
+			if serr := g.cfg.Sessions.Save(ctx, s); serr != nil {
+				g.log.Warn("outbox: record a partial publish", "session", s.ID, "published", n, "pending", pending, "err", serr)
+			}
+		}
+		return fmt.Errorf("publish what the session sent: %w", err)
+	}
+	if err := g.cfg.Sessions.Save(ctx, s); err != nil && !errors.Is(err, ErrNoSession) {
+		// Everything is published, so the batch succeeded; only its
+		// outbox is still listed, and will be published again.
+		g.log.Warn("outbox: published but not cleared", "session", s.ID, "records", n, "err", err)
+	}
+	return nil
 }
 
 // dispatch routes one client message as Phoenix's socket does (PROTOCOL.md §3.1).
@@ -515,16 +569,20 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 		g.endChannel(g.context(ctx, s, s.Channels[t], fx), reason, false)
 	}
 	// Store the session without its channels before announcing the leaves,
-	// so that its own waiting poll does not deliver them to it.
+	// so that its own waiting poll does not deliver them to it; tell its
+	// subscriptions first, so that they reload it and do not deliver the
+	// leaves either. The announcements go through the outbox, after what the
+	// session's last batch left there: if publishing fails, the next attempt
+	// to end the session publishes them (it could not make them again: the
+	// presences are gone from the store).
+	wake := PendingRecord{mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject}, "")}
+	s.Outbox = slices.Concat(s.Outbox, []PendingRecord{wake}, fx.items)
 	if err := g.cfg.Sessions.Save(ctx, s); errors.Is(err, ErrNoSession) {
 		return false, nil
 	} else if err != nil {
 		return false, err
 	}
-	// Tell the session's subscriptions first, so that they reload it and do
-	// not deliver the leaves either.
-	fx.items = slices.Insert(fx.items, 0, effect{mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject}, "")})
-	if err := fx.flush(ctx, g); err != nil {
+	if err := g.publishOutbox(ctx, s); err != nil {
 		return false, err
 	}
 	g.limiter.forget(id)

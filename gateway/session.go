@@ -36,10 +36,24 @@ type Session struct {
 	// replayed POST is not applied twice.
 	RecentRefs []string  `json:"refs,omitempty"`
 	CreatedAt  time.Time `json:"at"`
+	// Outbox holds what the last handled batch sent (replies, pushes,
+	// broadcasts) while it is not known to be published: it is saved with
+	// the batch's refs and state, then published and cleared. See
+	// Gateway.Handle.
+	Outbox []PendingRecord `json:"out,omitempty"`
 
 	// assigned is set when a handler assigned something while handling a
 	// batch: subscriptions holding the session must reload it.
 	assigned bool
+}
+
+// PendingRecord is a broker record that a handled batch made and that is
+// not known to be published yet.
+type PendingRecord struct {
+	// Topic is the broker topic: a session's mailbox or a client topic's log.
+	Topic string `json:"t"`
+	// Data is the record as the gateway stores it in the broker (JSON).
+	Data json.RawMessage `json:"d"`
 }
 
 // decodeSession decodes a session stored as JSON (by the Redis store).
@@ -58,6 +72,12 @@ func (s *Session) clone() *Session {
 	c := *s
 	c.UserID = slices.Clone(s.UserID)
 	c.RecentRefs = slices.Clone(s.RecentRefs)
+	if s.Outbox != nil {
+		c.Outbox = make([]PendingRecord, len(s.Outbox))
+		for i, r := range s.Outbox {
+			c.Outbox[i] = PendingRecord{Topic: r.Topic, Data: slices.Clone(r.Data)}
+		}
+	}
 	if s.Channels != nil {
 		c.Channels = make(map[string]*ChannelState, len(s.Channels))
 		for t, ch := range s.Channels {

@@ -132,6 +132,10 @@ func fullSession(id string, uid string) *gateway.Session {
 		NextSlot:   5,
 		RecentRefs: []string{"sala:lobby\x003", "phoenix\x004", "sala:lobby\x005"},
 		CreatedAt:  time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.UTC),
+		Outbox: []gateway.PendingRecord{
+			{Topic: "m:" + id, Data: json.RawMessage(`{"ts":1795700000000000001,"r":"5","t":"sala:lobby","e":"phx_reply","p":{"response":{"ñ":"🌵"},"status":"ok"}}`)},
+			{Topic: "t:sala:lobby", Data: json.RawMessage(`{"ts":1795700000000000002,"t":"sala:lobby","e":"nuevo","p":{}}`)},
+		},
 	}
 }
 
@@ -239,6 +243,9 @@ func diffSession(want, got *gateway.Session) string {
 	}
 	if len(got.RecentRefs) != len(want.RecentRefs) || (len(want.RecentRefs) > 0 && !slices.Equal(got.RecentRefs, want.RecentRefs)) {
 		add("RecentRefs %q, want %q", got.RecentRefs, want.RecentRefs)
+	}
+	if !slices.EqualFunc(got.Outbox, want.Outbox, func(a, b gateway.PendingRecord) bool { return a.Topic == b.Topic && jsonEqual(a.Data, b.Data) }) {
+		add("Outbox %v, want %v", got.Outbox, want.Outbox)
 	}
 	if len(got.Channels) != len(want.Channels) {
 		add("%d channels, want %d", len(got.Channels), len(want.Channels))
@@ -384,13 +391,13 @@ func testSaveReplaces(t *testing.T, st Store) {
 
 	// Saving everything away: the channels and refs go.
 	s3 := load(t, st, sid(1))
-	s3.Channels, s3.RecentRefs = nil, nil
+	s3.Channels, s3.RecentRefs, s3.Outbox = nil, nil, nil
 	if err := st.Save(t.Context(), s3); err != nil {
 		t.Fatalf("Save: %v", err)
 	}
 	got := load(t, st, sid(1))
-	if len(got.Channels) != 0 || len(got.RecentRefs) != 0 {
-		t.Errorf("after saving no channels and refs, Load has %d channels and refs %q", len(got.Channels), got.RecentRefs)
+	if len(got.Channels) != 0 || len(got.RecentRefs) != 0 || len(got.Outbox) != 0 {
+		t.Errorf("after saving no channels, refs and outbox, Load has %d channels, refs %q and outbox %v", len(got.Channels), got.RecentRefs, got.Outbox)
 	}
 
 	// Save neither moves the deadline nor unregisters the socket.
@@ -978,6 +985,7 @@ func testValuesAreCopies(t *testing.T, st Store) {
 	got.Channels["sala:lobby"].Since = 1
 	delete(got.Channels, "notificaciones:42")
 	got.RecentRefs[0] = "changed"
+	got.Outbox[0].Data[2] = 'X'
 	wantSession(t, "Load after the caller changed a loaded value", orig, load(t, st, sid(1)))
 
 	// The caller keeps using its value after Save.

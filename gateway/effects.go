@@ -37,6 +37,14 @@ type effects struct {
 	items []PendingRecord
 }
 
+// mailbox queues m for the session's own client.
+//
+// The mailbox is a broker log like a topic's, bounded in count (--history
+// records, the oldest dropped). Its records are bounded in bytes by what
+// makes them: the gateway's own replies (heartbeat, unmatched topic, leave,
+// errors) carry at most a topic and two refs of MaxFieldBytes each, so under
+// 1 KiB; a handler's replies and pushes are as large as the handler makes
+// them (an echo of a client payload is within MaxPayloadBytes).
 func (fx *effects) mailbox(sessionID string, m *Message) {
 	fx.items = append(fx.items, PendingRecord{mailboxTopic(sessionID), encodeRecord(m, "")})
 }

@@ -288,7 +288,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	fx := &effects{}
 	for _, m := range msgs {
 		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
-			g.log.Debug("duplicate message ignored", "session", s.ID, "topic", m.Topic, "event", m.Event, "ref", *m.Ref)
+			g.log.Debug("duplicate message ignored", "session", s.ID, "topic", clip(m.Topic), "event", clip(m.Event), "ref", clip(*m.Ref))
 			continue
 		}
 		g.dispatch(ctx, s, m, fx)
@@ -367,7 +367,7 @@ func (g *Gateway) dispatch(ctx context.Context, s *Session, m *Message, fx *effe
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 	case m.JoinRef != nil && !sameRef(m.JoinRef, ch.JoinRef):
 		// A message for an earlier join of this topic: dropped, as Phoenix does.
-		g.log.Debug("stale join_ref dropped", "session", s.ID, "topic", m.Topic, "event", m.Event, "join_ref", refString(m.JoinRef))
+		g.log.Debug("stale join_ref dropped", "session", s.ID, "topic", clip(m.Topic), "event", clip(m.Event), "join_ref", clip(refString(m.JoinRef)))
 	case m.Event == EventLeave:
 		reply(ch.JoinRef, "ok", nil)
 		g.endChannel(g.context(ctx, s, ch, fx), "left", true)
@@ -384,14 +384,14 @@ func (g *Gateway) context(ctx context.Context, s *Session, ch *ChannelState, fx 
 func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects, reply func(*string, string, any)) {
 	h, pattern, ok := g.cfg.Router.Match(m.Topic)
 	if !ok {
-		g.log.Warn("join of unmatched topic", "session", s.ID, "topic", m.Topic)
+		g.log.Warn("join of unmatched topic", "session", s.ID, "topic", clip(m.Topic))
 		g.cfg.Observer.Joined("", "unmatched")
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 		return
 	}
 	old := s.Channels[m.Topic]
 	if old == nil && len(s.Channels) >= g.cfg.MaxChannels {
-		g.log.Error("too many channels joined", "session", s.ID, "topic", m.Topic, "limit", g.cfg.MaxChannels)
+		g.log.Error("too many channels joined", "session", s.ID, "topic", clip(m.Topic), "limit", g.cfg.MaxChannels)
 		g.cfg.Observer.Joined(pattern, "limit")
 		reply(m.JoinRef, "error", map[string]string{"reason": "too many channels joined"})
 		return

@@ -33,7 +33,8 @@ type Session struct {
 	// reused, so a cursor for a left channel never applies to a later join.
 	NextSlot int `json:"slot"`
 	// RecentRefs remembers the refs of the latest handled messages, so that a
-	// replayed POST is not applied twice.
+	// replayed POST is not applied twice. It is bounded in count and in bytes
+	// (see rememberRef).
 	RecentRefs []string  `json:"refs,omitempty"`
 	CreatedAt  time.Time `json:"at"`
 	// Outbox holds what the last handled batch sent (replies, pushes,
@@ -45,6 +46,9 @@ type Session struct {
 	// assigned is set when a handler assigned something while handling a
 	// batch: subscriptions holding the session must reload it.
 	assigned bool
+	// refsSize is the JSON size of RecentRefs, once refsSized.
+	refsSize  int
+	refsSized bool
 }
 
 // PendingRecord is a broker record that a handled batch made and that is
@@ -96,6 +100,7 @@ func (s *Session) clone() *Session {
 		}
 	}
 	c.assigned = false
+	c.refsSize, c.refsSized = 0, false
 	return &c
 }
 
@@ -154,16 +159,29 @@ func validSessionID(id string) bool {
 	return err == nil
 }
 
-// rememberRef records ref as handled and reports whether it already was.
+// rememberRef records key (topic+"\x00"+ref) as handled and reports whether
+// it already was. It keeps the latest keys, at most limit of them and at most
+// maxRecentRefsBytes of JSON.
 func (s *Session) rememberRef(key string, limit int) (seen bool) {
-	for _, r := range s.RecentRefs {
-		if r == key {
-			return true
+	if slices.Contains(s.RecentRefs, key) {
+		return true
+	}
+	if !s.refsSized {
+		s.refsSize = 0
+		for _, r := range s.RecentRefs {
+			s.refsSize += jsonStringSize(r) + 1
 		}
+		s.refsSized = true
 	}
 	s.RecentRefs = append(s.RecentRefs, key)
-	if over := len(s.RecentRefs) - limit; over > 0 {
-		s.RecentRefs = append([]string(nil), s.RecentRefs[over:]...)
+	s.refsSize += jsonStringSize(key) + 1
+	drop := 0
+	for len(s.RecentRefs)-drop > limit || s.refsSize > maxRecentRefsBytes {
+		s.refsSize -= jsonStringSize(s.RecentRefs[drop]) + 1
+		drop++
+	}
+	if drop > 0 {
+		s.RecentRefs = append([]string(nil), s.RecentRefs[drop:]...)
 	}
 	return false
 }

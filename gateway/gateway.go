@@ -99,8 +99,13 @@ var ErrUnauthorized = errors.New("unauthorized")
 var ErrPayloadTooLarge = errors.New("payload too large")
 
 // ErrTooManySessions is returned by Connect for a user who already has
-// Config.MaxSessionsPerUser live sessions.
+// Config.MaxSessionsPerUser live sessions (and by SessionStore.Create).
 var ErrTooManySessions = errors.New("too many sessions for this user")
+
+// tooManySessions is a SessionStore's refusal of a Create over its limit.
+func tooManySessions(socketID string, live, limit int) error {
+	return fmt.Errorf("%w: %s has %d live sessions, the limit is %d", ErrTooManySessions, socketID, live, limit)
+}
 
 // ErrDraining is returned by Connect once the instance is draining: the
 // client should connect to another instance.
@@ -185,20 +190,16 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 		return SessionToken{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
-	if max := g.cfg.MaxSessionsPerUser; max > 0 {
-		live, err := g.cfg.Sessions.BySocket(ctx, s.SocketID())
-		if err != nil {
-			return SessionToken{}, fmt.Errorf("create session: %w", err)
-		}
-		if len(live) >= max {
-			return SessionToken{}, fmt.Errorf("%w: %s has %d live sessions, the limit is %d", ErrTooManySessions, s.SocketID(), len(live), max)
-		}
-	}
 	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
 	if err != nil {
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
-	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
+	// The store checks the per-user limit atomically with the insertion:
+	// a count read before creating would let parallel connects all pass.
+	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout), g.cfg.MaxSessionsPerUser); err != nil {
+		if errors.Is(err, ErrTooManySessions) {
+			return SessionToken{}, err
+		}
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
 	g.log.Debug("session created", "session", s.ID, "socket_id", s.SocketID(), "vsn", s.Vsn)

@@ -190,7 +190,12 @@ func (s *Session) rememberRef(key string, limit int) (seen bool) {
 // store. Both pass the conformance suite in gateway/storetest.
 type SessionStore interface {
 	// Create stores a new session that expires at deadline unless touched.
-	Create(ctx context.Context, s *Session, deadline time.Time) error
+	// With maxPerSocket > 0 it stores it only if the session's socket id has
+	// fewer than maxPerSocket live sessions (created, not removed, deadline
+	// not passed), checked atomically with the insertion so that concurrent
+	// Creates cannot exceed the limit together; otherwise it stores nothing
+	// and returns an error wrapping ErrTooManySessions.
+	Create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int) error
 	// Load returns the session or ErrNoSession.
 	Load(ctx context.Context, id string) (*Session, error)
 	// Save replaces a session that still exists; it returns ErrNoSession if the

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/sluicegw/sluice/topics"
 )
 
 // record is what the gateway stores in a broker log: a message, when it was
@@ -32,16 +34,19 @@ func decodeRecord(data []byte) (*record, error) {
 // effects collects what handling a batch of messages sends, in order, so that
 // it is published after the session is saved and in the order it was made.
 type effects struct {
-	items []effect
+	items []PendingRecord
 }
 
-type effect struct {
-	topic string // broker topic
-	data  []byte
-}
-
+// mailbox queues m for the session's own client.
+//
+// The mailbox is a broker log like a topic's, bounded in count (--history
+// records, the oldest dropped). Its records are bounded in bytes by what
+// makes them: the gateway's own replies (heartbeat, unmatched topic, leave,
+// errors) carry at most a topic and two refs of MaxFieldBytes each, so under
+// 1 KiB; a handler's replies and pushes are as large as the handler makes
+// them (an echo of a client payload is within MaxPayloadBytes).
 func (fx *effects) mailbox(sessionID string, m *Message) {
-	fx.items = append(fx.items, effect{mailboxTopic(sessionID), encodeRecord(m, "")})
+	fx.items = append(fx.items, PendingRecord{mailboxTopic(sessionID), encodeRecord(m, "")})
 }
 
 // mailboxed reports whether the effects hold a record for the session's
@@ -49,7 +54,7 @@ func (fx *effects) mailbox(sessionID string, m *Message) {
 func (fx *effects) mailboxed(sessionID string) bool {
 	mb := mailboxTopic(sessionID)
 	for _, e := range fx.items {
-		if e.topic == mb {
+		if e.Topic == mb {
 			return true
 		}
 	}
@@ -62,27 +67,36 @@ const eventSessionChanged = "sluice_session_changed"
 
 func (fx *effects) topic(topic, event string, payload json.RawMessage, from string) {
 	m := &Message{Topic: topic, Event: event, Payload: payload}
-	fx.items = append(fx.items, effect{channelTopic(topic), encodeRecord(m, from)})
+	fx.items = append(fx.items, PendingRecord{channelTopic(topic), encodeRecord(m, from)})
 }
 
-// flush publishes the effects in order, one broker call per run of records
-// bound for the same topic.
+// flush publishes the effects in order; see publishRecords.
 func (fx *effects) flush(ctx context.Context, g *Gateway) error {
 	items := fx.items
 	fx.items = nil
-	for len(items) > 0 {
+	_, err := publishRecords(ctx, g.cfg.Broker, items)
+	return err
+}
+
+// publishRecords publishes records in order, one broker call per run of
+// records bound for the same topic. It returns how many records are known
+// published: on an error, the records of the failed call may have been
+// published too (a timeout says nothing either way), those after it were not.
+func publishRecords(ctx context.Context, b topics.Broker, records []PendingRecord) (published int, err error) {
+	for published < len(records) {
+		run := records[published:]
 		n := 1
-		for n < len(items) && items[n].topic == items[0].topic {
+		for n < len(run) && run[n].Topic == run[0].Topic {
 			n++
 		}
 		data := make([][]byte, n)
 		for i := range n {
-			data[i] = items[i].data
+			data[i] = run[i].Data
 		}
-		if _, err := g.cfg.Broker.Publish(ctx, items[0].topic, data...); err != nil {
-			return fmt.Errorf("publish to %s: %w", items[0].topic, err)
+		if _, err := b.Publish(ctx, run[0].Topic, data...); err != nil {
+			return published, fmt.Errorf("publish to %s: %w", run[0].Topic, err)
 		}
-		items = items[n:]
+		published += n
 	}
-	return nil
+	return published, nil
 }

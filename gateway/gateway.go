@@ -104,8 +104,13 @@ var ErrUnauthorized = errors.New("unauthorized")
 var ErrPayloadTooLarge = errors.New("payload too large")
 
 // ErrTooManySessions is returned by Connect for a user who already has
-// Config.MaxSessionsPerUser live sessions.
+// Config.MaxSessionsPerUser live sessions (and by SessionStore.Create).
 var ErrTooManySessions = errors.New("too many sessions for this user")
+
+// tooManySessions is a SessionStore's refusal of a Create over its limit.
+func tooManySessions(socketID string, live, limit int) error {
+	return fmt.Errorf("%w: %s has %d live sessions, the limit is %d", ErrTooManySessions, socketID, live, limit)
+}
 
 // ErrDraining is returned by Connect once the instance is draining: the
 // client should connect to another instance.
@@ -190,20 +195,16 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 		return SessionToken{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
-	if max := g.cfg.MaxSessionsPerUser; max > 0 {
-		live, err := g.cfg.Sessions.BySocket(ctx, s.SocketID())
-		if err != nil {
-			return SessionToken{}, fmt.Errorf("create session: %w", err)
-		}
-		if len(live) >= max {
-			return SessionToken{}, fmt.Errorf("%w: %s has %d live sessions, the limit is %d", ErrTooManySessions, s.SocketID(), len(live), max)
-		}
-	}
 	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
 	if err != nil {
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
-	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout)); err != nil {
+	// The store checks the per-user limit atomically with the insertion:
+	// a count read before creating would let parallel connects all pass.
+	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout), g.cfg.MaxSessionsPerUser); err != nil {
+		if errors.Is(err, ErrTooManySessions) {
+			return SessionToken{}, err
+		}
 		return SessionToken{}, fmt.Errorf("create session: %w", err)
 	}
 	g.log.Debug("session created", "session", LogSession(s.ID), "socket_id", s.SocketID(), "vsn", s.Vsn)
@@ -225,9 +226,28 @@ func (e *BatchError) Unwrap() error { return e.Err }
 // frame is decoded first: if one is malformed, nothing is applied and a
 // *BatchError says which. Replies and pushes go to the session's mailbox, to
 // be delivered by its next poll or stream.
+//
+// A batch is applied exactly once, even when its request fails and is
+// retried: its messages' refs are recorded as handled in the same Save as
+// the state its handlers changed and the records it sends (Session.Outbox);
+// the records are then published and the outbox cleared. If publishing
+// fails, Handle returns the error (a transport answers 503, retry) and the
+// records stay in the outbox: the retry finds its messages already handled
+// and publishes the outbox instead, so its replies come after all; any other
+// request of the session (and its end) publishes them first too, so records
+// keep their order. A record is published twice only if the broker failed
+// after taking it and before saying so (a timeout), or if the session could
+// not be saved between a partial publish and the retry: phoenix.js ignores a
+// reply to a ref it has already settled, a repeated broadcast is seen again.
+// Refusing that would take an idempotent publish in the broker. What the
+// handlers do outside the session (a presence, an application's database)
+// is not part of the Save: if the Save itself fails, the retry runs them
+// again.
 func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte) error {
-	if !g.limiter.allow(sessionID, time.Now()) {
-		return ErrRateLimited
+	// A malformed id names no session: it costs no store round trip, and no
+	// limiter state is ever kept for it.
+	if !validSessionID(sessionID) {
+		return ErrNoSession
 	}
 	s, err := g.cfg.Sessions.Load(ctx, sessionID)
 	if err != nil {
@@ -235,6 +255,10 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	}
 	if err := checkUser(ctx, s); err != nil {
 		return err
+	}
+	// After the Load: only sessions that exist get a rate limiter.
+	if !g.limiter.allow(sessionID, time.Now()) {
+		return ErrRateLimited
 	}
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
@@ -265,10 +289,15 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if s, err = g.cfg.Sessions.Load(ctx, sessionID); err != nil {
 		return err
 	}
+	// An earlier batch was applied but not all it sent was published (its
+	// request failed): publish that first, before anything this batch sends.
+	if err := g.publishOutbox(ctx, s); err != nil {
+		return err
+	}
 	fx := &effects{}
 	for _, m := range msgs {
 		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
-			g.log.Debug("duplicate message ignored", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "ref", *m.Ref)
+			g.log.Debug("duplicate message ignored", "session", LogSession(s.ID), "topic", clip(m.Topic), "event", clip(m.Event), "ref", clip(*m.Ref))
 			continue
 		}
 		g.dispatch(ctx, s, m, fx)
@@ -279,6 +308,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		// interceptor would see the old assigns.
 		fx.mailbox(s.ID, &Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject})
 	}
+	s.Outbox = fx.items
 	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
 		if errors.Is(err, ErrNoSession) {
 			// The session ended while we worked (its lock expired): take
@@ -292,7 +322,38 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		}
 		return err
 	}
-	return fx.flush(ctx, g)
+	return g.publishOutbox(ctx, s)
+}
+
+// publishOutbox publishes the session's saved Outbox, in order, and saves
+// the session with it cleared. If publishing fails part way, it saves what is
+// left (best effort: the store may be failing too) so that the next attempt
+// does not publish again the records known published, and returns the error.
+// The caller holds the session's lock.
+func (g *Gateway) publishOutbox(ctx context.Context, s *Session) error {
+	if len(s.Outbox) == 0 {
+		return nil
+	}
+	n, err := publishRecords(ctx, g.cfg.Broker, s.Outbox)
+	pending := len(s.Outbox) - n
+	s.Outbox = slices.Clip(s.Outbox[n:])
+	if len(s.Outbox) == 0 {
+		s.Outbox = nil
+	}
+	if err != nil {
+		if n > 0 {
+			if serr := g.cfg.Sessions.Save(ctx, s); serr != nil {
+				g.log.Warn("outbox: record a partial publish", "session", LogSession(s.ID), "published", n, "pending", pending, "err", serr)
+			}
+		}
+		return fmt.Errorf("publish what the session sent: %w", err)
+	}
+	if err := g.cfg.Sessions.Save(ctx, s); err != nil && !errors.Is(err, ErrNoSession) {
+		// Everything is published, so the batch succeeded; only its
+		// outbox is still listed, and will be published again.
+		g.log.Warn("outbox: published but not cleared", "session", LogSession(s.ID), "records", n, "err", err)
+	}
+	return nil
 }
 
 // dispatch routes one client message as Phoenix's socket does (PROTOCOL.md §3.1).
@@ -315,7 +376,7 @@ func (g *Gateway) dispatch(ctx context.Context, s *Session, m *Message, fx *effe
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 	case m.JoinRef != nil && !sameRef(m.JoinRef, ch.JoinRef):
 		// A message for an earlier join of this topic: dropped, as Phoenix does.
-		g.log.Debug("stale join_ref dropped", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "join_ref", refString(m.JoinRef))
+		g.log.Debug("stale join_ref dropped", "session", LogSession(s.ID), "topic", clip(m.Topic), "event", clip(m.Event), "join_ref", clip(refString(m.JoinRef)))
 	case m.Event == EventLeave:
 		reply(ch.JoinRef, "ok", nil)
 		g.endChannel(g.context(ctx, s, ch, fx), "left", true)
@@ -332,14 +393,14 @@ func (g *Gateway) context(ctx context.Context, s *Session, ch *ChannelState, fx 
 func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects, reply func(*string, string, any)) {
 	h, pattern, ok := g.cfg.Router.Match(m.Topic)
 	if !ok {
-		g.log.Warn("join of unmatched topic", "session", LogSession(s.ID), "topic", m.Topic)
+		g.log.Warn("join of unmatched topic", "session", LogSession(s.ID), "topic", clip(m.Topic))
 		g.cfg.Observer.Joined("", "unmatched")
 		reply(nil, "error", map[string]string{"reason": "unmatched topic"})
 		return
 	}
 	old := s.Channels[m.Topic]
 	if old == nil && len(s.Channels) >= g.cfg.MaxChannels {
-		g.log.Error("too many channels joined", "session", LogSession(s.ID), "topic", m.Topic, "limit", g.cfg.MaxChannels)
+		g.log.Error("too many channels joined", "session", LogSession(s.ID), "topic", clip(m.Topic), "limit", g.cfg.MaxChannels)
 		g.cfg.Observer.Joined(pattern, "limit")
 		reply(m.JoinRef, "error", map[string]string{"reason": "too many channels joined"})
 		return
@@ -517,18 +578,23 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 		g.endChannel(g.context(ctx, s, s.Channels[t], fx), reason, false)
 	}
 	// Store the session without its channels before announcing the leaves,
-	// so that its own waiting poll does not deliver them to it.
+	// so that its own waiting poll does not deliver them to it; tell its
+	// subscriptions first, so that they reload it and do not deliver the
+	// leaves either. The announcements go through the outbox, after what the
+	// session's last batch left there: if publishing fails, the next attempt
+	// to end the session publishes them (it could not make them again: the
+	// presences are gone from the store).
+	wake := PendingRecord{mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject}, "")}
+	s.Outbox = slices.Concat(s.Outbox, []PendingRecord{wake}, fx.items)
 	if err := g.cfg.Sessions.Save(ctx, s); errors.Is(err, ErrNoSession) {
 		return false, nil
 	} else if err != nil {
 		return false, err
 	}
-	// Tell the session's subscriptions first, so that they reload it and do
-	// not deliver the leaves either.
-	fx.items = slices.Insert(fx.items, 0, effect{mailboxTopic(id), encodeRecord(&Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject}, "")})
-	if err := fx.flush(ctx, g); err != nil {
+	if err := g.publishOutbox(ctx, s); err != nil {
 		return false, err
 	}
+	g.limiter.forget(id)
 	if _, err := g.cfg.Sessions.Remove(ctx, id); errors.Is(err, ErrNoSession) {
 		return false, nil
 	} else if err != nil {

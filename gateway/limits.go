@@ -3,9 +3,11 @@ package gateway
 import (
 	"errors"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/time/rate"
 )
@@ -54,6 +56,26 @@ func (p *postLimiter) allow(sessionID string, now time.Time) bool {
 	}
 	e.used = now
 	return e.lim.AllowN(now, 1)
+}
+
+// forget drops the state of a session that ended.
+func (p *postLimiter) forget(sessionID string) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	delete(p.byID, sessionID)
+	p.mu.Unlock()
+}
+
+// size returns the number of sessions the limiter keeps state for.
+func (p *postLimiter) size() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.byID)
 }
 
 // sweep forgets sessions idle for longer than a full bucket takes to refill.
@@ -148,4 +170,61 @@ func (c *OriginChecker) Allowed(origin string) bool {
 		}
 	}
 	return false
+}
+
+// maxRecentRefsBytes bounds the JSON size of a session's RecentRefs, the
+// de-duplication keys (topic+"\x00"+ref) of its latest messages, besides their
+// count (2×MaxChannels+100, 300 by default).
+//
+// With MaxFieldBytes, a key is at most 255+1+255 = 511 bytes, whose JSON is
+// at most 2+6×511 = 3,068 bytes (every byte escaped as \u00XX), so the count
+// alone would allow 300 × 3,069 ≈ 900 KiB; this budget keeps it at 64 KiB,
+// stored and read with the session on every request. Phoenix's clients send
+// keys of 10-30 bytes: their 300 keys take under 10 KiB and never reach the
+// budget, and one full batch (100 frames) of plain-text keys of the maximum
+// size still fits, so that its retry is recognized whole.
+const maxRecentRefsBytes = 64 << 10
+
+// jsonStringSize returns the length of s encoded by encoding/json (quotes
+// included): HTML characters and control characters escaped, invalid UTF-8
+// replaced by \ufffd.
+func jsonStringSize(s string) int {
+	n := 2
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			switch {
+			case b == '"' || b == '\\' || b == '\n' || b == '\r' || b == '\t' || b == '\b' || b == '\f':
+				n += 2
+			case b < 0x20 || b == '<' || b == '>' || b == '&':
+				n += 6
+			default:
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1, r == '\u2028', r == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
+	}
+	return n
+}
+
+// clip shortens a client-chosen string (a topic, an event, a ref) for a log
+// line: a log must not grow with what a client sends.
+func clip(s string) string {
+	const keep = 64
+	if len(s) <= keep {
+		return s
+	}
+	cut := keep
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }

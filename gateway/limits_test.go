@@ -1,9 +1,14 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -90,5 +95,192 @@ func TestOriginChecker(t *testing.T) {
 	}
 	if _, err := NewOriginChecker([]string{"not a url"}); err == nil {
 		t.Error("a malformed pattern was accepted")
+	}
+}
+
+// A ref, join_ref, topic or event over MaxFieldBytes refuses the batch whole,
+// naming the field; nothing of it is applied and the session goes on.
+func TestLongFieldRefusesTheWholeBatch(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.connect("1", "2.0.0")
+	long := strings.Repeat("x", 300)
+	for field, frame := range map[string]string{
+		"ref":      `["1","` + long + `","room:a","ping",{}]`,
+		"join_ref": `["` + long + `","2","room:a","ping",{}]`,
+		"topic":    `["1","2","` + long + `","ping",{}]`,
+		"event":    `["1","2","room:a","` + long + `",{}]`,
+	} {
+		err := h.gw.Handle(context.Background(), a.tok.SessionID, [][]byte{[]byte(`["1","1","room:a","phx_join",{}]`), []byte(frame)})
+		var be *BatchError
+		if !errors.Is(err, ErrFieldTooLong) || !errors.As(err, &be) || be.Index != 1 || !strings.Contains(err.Error(), field+" is 300 bytes, the limit is 255") {
+			t.Fatalf("a 300-byte %s: Handle = %v, want a BatchError at frame 2 wrapping ErrFieldTooLong that names the field", field, err)
+		}
+	}
+	expectFrames(t, a.poll()) // the joins were not applied either
+	a.send(`["1","1","room:a","phx_join",{}]`)
+	if got := a.poll(); len(got) == 0 || !strings.Contains(got[0], `"joined":"room:a"`) {
+		t.Fatalf("session unusable after refused batches: %v", got)
+	}
+}
+
+// With --post-rate, limiter state exists only for live sessions: before,
+// Handle made a bucket for any session id it was given, before looking the
+// session up, so unauthenticated POSTs with made-up (or 1 MiB) ids pinned
+// memory.
+func TestRateLimiterKeepsNoStateForUnknownSessions(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 20, 3 })
+	ping := [][]byte{[]byte(`[null,"1","phoenix","heartbeat",{}]`)}
+	huge := strings.Repeat("a", 1<<20)
+	for i := range 300 {
+		var id string
+		switch i % 3 {
+		case 0:
+			id = newSessionID() // the right shape, no such session
+		case 1:
+			id = huge[:len(huge)-i]
+		default:
+			id = fmt.Sprintf("not a session %d", i)
+		}
+		if err := h.gw.Handle(context.Background(), id, ping); !errors.Is(err, ErrNoSession) {
+			t.Fatalf("Handle with a made-up session id: %v, want ErrNoSession", err)
+		}
+	}
+	if n := h.gw.limiter.size(); n != 0 {
+		t.Fatalf("the limiter keeps state for %d sessions after POSTs to none, want 0", n)
+	}
+	a := h.connect("1", "2.0.0")
+	a.send(`[null,"1","phoenix","heartbeat",{}]`)
+	if n := h.gw.limiter.size(); n != 1 {
+		t.Fatalf("the limiter keeps state for %d sessions, want 1 (the live one)", n)
+	}
+	if _, err := h.gw.endSession(context.Background(), a.tok.SessionID, "disconnected"); err != nil {
+		t.Fatal(err)
+	}
+	if n := h.gw.limiter.size(); n != 0 {
+		t.Fatalf("the limiter keeps state for %d sessions after the only one ended, want 0", n)
+	}
+}
+
+// lockedBuffer is a log destination safe for concurrent writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// What a session keeps is bounded in bytes whatever its client sends: its
+// JSON (what Redis stores and reads on every request) stays under
+// sessionBound after a flood of the largest batches allowed, and oversized
+// fields are refused. Before, refs of any size were kept (300 of them) and
+// echoed, and unmatched topics were logged whole.
+func TestHostileBatchesKeepTheSessionSmall(t *testing.T) {
+	logs := &lockedBuffer{}
+	h := newHarness(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
+	a := h.connect("1", "2.0.0")
+	ctx := context.Background()
+	max := func(prefix string, n int) string {
+		return fmt.Sprintf("%s%0*d", prefix, MaxFieldBytes-len(prefix), n)
+	}
+	// Every channel the session may join, with the longest topic and join_ref.
+	for i := range h.gw.cfg.MaxChannels {
+		a.send(fmt.Sprintf(`[%q,%q,%q,"phx_join",{}]`, max("j", i), max("r", i), max("room:", i)))
+	}
+	// Then batches of 100 of the largest frames: unmatched topics (replied
+	// to, and joins of them logged), heartbeats, each with its own ref.
+	unmatched := max("nowhere:", 0)
+	var last [][]byte
+	for b := range 20 {
+		frames := make([][]byte, 100)
+		last = frames
+		for i := range frames {
+			ref := max("ref", b*100+i)
+			switch i % 3 {
+			case 0:
+				frames[i] = fmt.Appendf(nil, `[%q,%q,%q,%q,{}]`, max("j", i), ref, unmatched, max("event", i))
+			case 1:
+				frames[i] = fmt.Appendf(nil, `[%q,%q,%q,"phx_join",{}]`, max("j", i), ref, unmatched)
+			default:
+				frames[i] = fmt.Appendf(nil, `[null,%q,"phoenix","heartbeat",{}]`, ref)
+			}
+		}
+		if err := h.gw.Handle(ctx, a.tok.SessionID, frames); err != nil {
+			t.Fatalf("batch %d: %v", b, err)
+		}
+	}
+	// And larger fields, which must be refused.
+	for b := range 5 {
+		frames := make([][]byte, 100)
+		for i := range frames {
+			frames[i] = fmt.Appendf(nil, `[null,%q,"phoenix","heartbeat",{}]`, strings.Repeat("R", 10<<10)+fmt.Sprint(b*100+i))
+		}
+		if err := h.gw.Handle(ctx, a.tok.SessionID, frames); !errors.Is(err, ErrFieldTooLong) {
+			t.Errorf("batch of 10 KiB refs: Handle = %v, want ErrFieldTooLong", err)
+		}
+	}
+
+	s, err := h.store.Load(ctx, a.tok.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := json.Marshal(s)
+	refs, _ := json.Marshal(s.RecentRefs)
+	// The bound, for plain-text fields: the refs' budget, each channel's
+	// topic (twice: key and field) and join_ref with its other fields, and
+	// the rest of the session.
+	sessionBound := maxRecentRefsBytes + h.gw.cfg.MaxChannels*(3*MaxFieldBytes+128) + 1024
+	if len(refs) > maxRecentRefsBytes {
+		t.Errorf("the session's refs take %d bytes of JSON, over the budget of %d", len(refs), maxRecentRefsBytes)
+	}
+	if len(stored) > sessionBound {
+		t.Errorf("the session takes %d bytes of JSON, over the bound of %d", len(stored), sessionBound)
+	}
+	if len(s.Outbox) != 0 {
+		t.Errorf("the session still holds %d records to publish", len(s.Outbox))
+	}
+	// The most recent batch's refs are all still known: its retry is
+	// recognized whole.
+	a.poll()
+	if err := h.gw.Handle(ctx, a.tok.SessionID, last); err != nil {
+		t.Fatal(err)
+	}
+	expectFrames(t, a.poll()) // all duplicates: nothing is replied
+	a.send(`[null,"ok","phoenix","heartbeat",{}]`)
+	expectFrames(t, a.poll(), `[null,"ok","phoenix","phx_reply",{"response":{},"status":"ok"}]`)
+
+	out := logs.String()
+	if !strings.Contains(out, "join of unmatched topic") {
+		t.Fatal("no log of the joins of an unmatched topic")
+	}
+	if strings.Contains(out, unmatched) {
+		t.Error("an unmatched topic was logged whole")
+	}
+	for line := range strings.Lines(out) {
+		if len(line) > 1024 {
+			t.Fatalf("a log line of %d bytes: %.300s...", len(line), line)
+		}
+	}
+}
+
+// jsonStringSize is what the refs' budget is counted in: it must agree with
+// encoding/json, escapes included.
+func TestJSONStringSize(t *testing.T) {
+	for _, s := range []string{"", "sala:lobby\x00123", `"\`, "<a&b>", "\n\r\t\b\f\x01\x1f\x7f", "ñandú 🌵", "\xff\xfe", "a\u2028b\u2029", strings.Repeat("é", 300), "\xe2\x82"} {
+		b, _ := json.Marshal(s)
+		if got := jsonStringSize(s); got != len(b) {
+			t.Errorf("jsonStringSize(%q) = %d, json.Marshal makes %d bytes (%s)", s, got, len(b), b)
+		}
 	}
 }

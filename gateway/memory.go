@@ -46,14 +46,26 @@ func (m *MemoryStore) Count() int {
 	return len(m.sessions)
 }
 
-// Create implements SessionStore.
-func (m *MemoryStore) Create(_ context.Context, s *Session, deadline time.Time) error {
+// Create implements SessionStore. The per-socket limit is checked and the
+// session inserted under one hold of the store's mutex.
+func (m *MemoryStore) Create(_ context.Context, s *Session, deadline time.Time, maxPerSocket int) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if _, ok := m.sessions[s.ID]; ok {
 		return fmt.Errorf("create session %s: already exists", SessionHandle(s.ID))
 	}
 	sock := s.SocketID()
+	if maxPerSocket > 0 {
+		now, live := time.Now(), 0
+		for id := range m.bySocket[sock] {
+			if m.sessions[id].deadline.After(now) {
+				live++
+			}
+		}
+		if live >= maxPerSocket {
+			return tooManySessions(sock, live, maxPerSocket)
+		}
+	}
 	m.sessions[s.ID] = memSession{s: s.clone(), socketID: sock, deadline: deadline}
 	if m.bySocket[sock] == nil {
 		m.bySocket[sock] = make(map[string]struct{})

@@ -141,14 +141,26 @@ func sessionTTL(deadline time.Time) time.Duration {
 }
 
 // Create implements SessionStore. Two round trips: the deadline and the data
-// (SET NX) together, then the socket index.
+// (SET NX) together, then the socket index (reserveScript). Over the
+// per-socket limit, two more: the liveness of the listed sessions, and
+// reserveScript again without the dead ones; then, if still refused, one to
+// take the data back.
 //
 // The deadline goes in with ZADD NX in the same round trip as the data, not
 // after it: a crash between the two would otherwise leave a session that no
 // Claim ever finds (its presences never leaving). An id in {expiry} without
 // data is harmless: Claim drops it. NX keeps a refused Create from moving
 // the existing session's deadline.
-func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time) error {
+//
+// The limit is checked and the id indexed by one script on the socket's
+// index, so that concurrent Creates of one socket are serialized there. The
+// session's data and deadline live in other hash tags (Cluster slots), so
+// the script cannot read them: the liveness of listed ids is read outside it
+// and passed in, and the script counts every id it is not told is dead,
+// including ids indexed meanwhile by racing Creates. The data is written
+// before the id is indexed, so a listed id without data is gone for good
+// (sessions never come back), never a Create in progress.
+func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int) error {
 	data, err := json.Marshal(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
@@ -177,21 +189,144 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time)
 		}
 		return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
 	}
-	sock := r.socketKey(s.SocketID())
-	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		if zadd.Val() == 0 {
-			// An id left in {expiry} by a session of the same id that
-			// ended uncleanly: the new session's deadline replaces it.
-			p.ZAdd(ctx, r.expiryKey(), redis.Z{Score: score, Member: s.ID})
+	if zadd.Val() == 0 {
+		// An id left in {expiry} by a session of the same id that ended
+		// uncleanly: the new session's deadline replaces it.
+		if err := r.rdb.ZAdd(ctx, r.expiryKey(), redis.Z{Score: score, Member: s.ID}).Err(); err != nil {
+			r.undoCreate(ctx, s)
+			return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
 		}
-		p.SAdd(ctx, sock, s.ID)
-		p.PExpire(ctx, sock, socketTTL)
+	}
+	sock := s.SocketID()
+	listed, err := r.reserve(ctx, sock, s.ID, maxPerSocket, nil, nil)
+	if err == nil && listed != nil {
+		// Over the limit counting every listed id: count only the live ones.
+		var gone, expired []string
+		if gone, expired, err = r.deadSessions(ctx, listed, time.Now()); err == nil {
+			listed, err = r.reserve(ctx, sock, s.ID, maxPerSocket, gone, expired)
+		}
+	}
+	if err != nil {
+		r.undoCreate(ctx, s)
+		return fmt.Errorf("redis: create session %s: index socket: %w", s.ID, err)
+	}
+	if listed != nil {
+		r.undoCreate(ctx, s)
+		return tooManySessions(sock, len(listed), maxPerSocket)
+	}
+	return nil
+}
+
+// reserveScript indexes a new session under its socket if the socket has
+// fewer than a limit of live sessions, and refreshes the index's TTL. It
+// first drops the ids it is told are gone, then counts the listed ids but
+// the dead ones it is told of (gone, or past their deadline). It returns 1,
+// or, refusing, the ids it counted as live.
+//
+// KEYS: the socket index. ARGV: id, limit (0: none), ttl ms, number of gone
+// ids, the gone ids, then the expired ids.
+var reserveScript = redis.NewScript(`
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local ngone = tonumber(ARGV[4])
+  local dead = {}
+  for i = 5, #ARGV do dead[ARGV[i]] = true end
+  for i = 5, 4 + ngone do redis.call('SREM', KEYS[1], ARGV[i]) end
+  local live = {}
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    if not dead[m] and m ~= ARGV[1] then live[#live + 1] = m end
+  end
+  if #live >= limit then return live end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+`)
+
+// reserve runs reserveScript: it returns nil if id is indexed, else the ids
+// counted as live sessions of the socket.
+func (r *RedisStore) reserve(ctx context.Context, socketID, id string, limit int, gone, expired []string) ([]string, error) {
+	args := make([]any, 0, 4+len(gone)+len(expired))
+	args = append(args, id, max(limit, 0), socketTTL.Milliseconds(), len(gone))
+	for _, g := range gone {
+		args = append(args, g)
+	}
+	for _, e := range expired {
+		args = append(args, e)
+	}
+	res, err := reserveScript.Run(ctx, r.rdb, []string{r.socketKey(socketID)}, args...).Result()
+	if err != nil {
+		return nil, err
+	}
+	switch v := res.(type) {
+	case int64:
+		return nil, nil
+	case []any:
+		live := make([]string, 0, len(v))
+		for _, m := range v {
+			str, ok := m.(string)
+			if !ok {
+				return nil, fmt.Errorf("reserve: unexpected member %T", m)
+			}
+			live = append(live, str)
+		}
+		return live, nil
+	default:
+		return nil, fmt.Errorf("reserve: unexpected reply %T", res)
+	}
+}
+
+// deadSessions sorts out the ids of ended sessions: gone (no data: removed,
+// or ended by their TTL; for good) and expired (deadline passed, not yet
+// removed). One round trip.
+func (r *RedisStore) deadSessions(ctx context.Context, ids []string, now time.Time) (gone, expired []string, err error) {
+	exists := make([]*redis.IntCmd, len(ids))
+	scores := make([]*redis.FloatCmd, len(ids))
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			exists[i] = p.Exists(ctx, r.sessionKey(id))
+			scores[i] = p.ZScore(ctx, r.expiryKey(), id)
+		}
+		return nil
+	})
+	nowMs := float64(nowScore(now))
+	for i, id := range ids {
+		n, err := exists[i].Result()
+		if err != nil {
+			return nil, nil, fmt.Errorf("liveness of %s: %w", id, err)
+		}
+		if n == 0 {
+			gone = append(gone, id)
+			continue
+		}
+		d, err := scores[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			// Data without a deadline: count it, to be safe.
+		case err != nil:
+			return nil, nil, fmt.Errorf("deadline of %s: %w", id, err)
+		case d <= nowMs:
+			expired = append(expired, id)
+		}
+	}
+	return gone, expired, nil
+}
+
+// undoCreate takes back a session whose Create failed after its data was
+// written. Best effort: if it fails, the session is ended at its deadline,
+// unknown to any client, and it is in no socket index, so counts for no
+// limit.
+func (r *RedisStore) undoCreate(ctx context.Context, s *Session) {
+	ctx = context.WithoutCancel(ctx)
+	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, r.sessionKey(s.ID))
+		p.ZRem(ctx, r.expiryKey(), s.ID)
+		p.SRem(ctx, r.socketKey(s.SocketID()), s.ID)
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("redis: create session %s: index socket: %w", s.ID, err)
+		r.log.Error("redis: create session: undo", "session", LogSession(s.ID), "err", err)
 	}
-	return nil
 }
 
 // Load implements SessionStore. One round trip.

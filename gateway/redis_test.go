@@ -149,7 +149,7 @@ func TestRedisStoreTwoInstances(t *testing.T) {
 		d := time.Now().Add(time.Hour)
 
 		s := redisTestSession(redisTestID(1), `"ana"`)
-		if err := a.Create(ctx, s, d); err != nil {
+		if err := a.Create(ctx, s, d, 0); err != nil {
 			t.Fatalf("Create on A: %v", err)
 		}
 		got, err := other.Load(ctx, s.ID)
@@ -346,7 +346,7 @@ func TestRedisStoreTouchDoesNotReAdd(t *testing.T) {
 		ctx := t.Context()
 		st := newTestRedisStore(t, c, prefix)
 		d := time.Now().Add(time.Hour)
-		if err := st.Create(ctx, redisTestSession(redisTestID(1), `1`), d); err != nil {
+		if err := st.Create(ctx, redisTestSession(redisTestID(1), `1`), d, 0); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := st.Remove(ctx, redisTestID(1)); err != nil {
@@ -365,7 +365,7 @@ func TestRedisStoreTouchDoesNotReAdd(t *testing.T) {
 		// Racing: Touches keep coming while the sessions are removed.
 		const n = 30
 		for i := range n {
-			if err := st.Create(ctx, redisTestSession(redisTestID(100+i), `2`), d); err != nil {
+			if err := st.Create(ctx, redisTestSession(redisTestID(100+i), `2`), d, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -404,7 +404,7 @@ func TestRedisStoreDropsLeftovers(t *testing.T) {
 		st := newTestRedisStore(t, c, prefix)
 		d := time.Now().Add(time.Hour)
 		for i := range 3 {
-			if err := st.Create(ctx, redisTestSession(redisTestID(i), `7`), d); err != nil {
+			if err := st.Create(ctx, redisTestSession(redisTestID(i), `7`), d, 0); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -437,7 +437,7 @@ func TestRedisStoreKeysHaveTTLs(t *testing.T) {
 		ctx := t.Context()
 		st := newTestRedisStore(t, c, prefix)
 		s := redisTestSession(redisTestID(1), `"ana"`)
-		if err := st.Create(ctx, s, time.Now().Add(time.Minute)); err != nil {
+		if err := st.Create(ctx, s, time.Now().Add(time.Minute), 0); err != nil {
 			t.Fatal(err)
 		}
 		unlock, err := st.Lock(ctx, s.ID)
@@ -481,7 +481,7 @@ func TestRedisStoreClaimNeverEarly(t *testing.T) {
 		ctx := t.Context()
 		st := newTestRedisStore(t, c, prefix)
 		d := time.Now().Add(time.Hour).Truncate(time.Millisecond).Add(500 * time.Microsecond)
-		if err := st.Create(ctx, redisTestSession(redisTestID(1), `1`), d); err != nil {
+		if err := st.Create(ctx, redisTestSession(redisTestID(1), `1`), d, 0); err != nil {
 			t.Fatal(err)
 		}
 		for _, early := range []time.Duration{time.Millisecond, 300 * time.Microsecond, time.Nanosecond} {

@@ -54,12 +54,38 @@ func patchOf(vsn, prefix string) bool {
 // FrameError describes a frame that could not be decoded.
 type FrameError struct {
 	Reason string
+	// err is the sentinel the refusal is an instance of (ErrFieldTooLong),
+	// if any, for errors.Is.
+	err error
 }
 
 func (e *FrameError) Error() string { return "invalid frame: " + e.Reason }
 
+// Unwrap returns the sentinel the refusal is an instance of, or nil.
+func (e *FrameError) Unwrap() error { return e.err }
+
 func frameErr(format string, args ...any) error {
 	return &FrameError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// MaxFieldBytes bounds a client frame's ref, join_ref, topic and event, in
+// bytes: they are echoed into replies, kept in the session (refs for
+// de-duplication, topics of joined channels) and logged, so a client must
+// not choose their size. Phoenix's own clients send refs of a few digits and
+// topics of a few dozen bytes. /api/broadcast has the same limit.
+const MaxFieldBytes = 255
+
+// ErrFieldTooLong is wrapped by the error of a frame whose ref, join_ref,
+// topic or event is longer than MaxFieldBytes; Gateway.Handle refuses its
+// batch whole with a *BatchError.
+var ErrFieldTooLong = errors.New("field too long")
+
+// checkFieldLen refuses a field longer than MaxFieldBytes.
+func checkFieldLen(what, v string) error {
+	if len(v) > MaxFieldBytes {
+		return &FrameError{Reason: fmt.Sprintf("%s is %d bytes, the limit is %d", what, len(v), MaxFieldBytes), err: ErrFieldTooLong}
+	}
+	return nil
 }
 
 // V2 is Phoenix's "2.0.0" JSON serializer: frames are arrays
@@ -186,22 +212,24 @@ func decodeRef(raw json.RawMessage, what string) (*string, error) {
 		return nil, nil
 	}
 	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
-		return &s, nil
-	}
-	var n json.Number
-	if err := json.Unmarshal(raw, &n); err == nil {
+	if err := json.Unmarshal(raw, &s); err != nil {
+		var n json.Number
+		if err := json.Unmarshal(raw, &n); err != nil {
+			return nil, frameErr("%s must be a string or null", what)
+		}
 		s = n.String()
-		return &s, nil
 	}
-	return nil, frameErr("%s must be a string or null", what)
+	if err := checkFieldLen(what, s); err != nil {
+		return nil, err
+	}
+	return &s, nil
 }
 
 func decodeName(raw json.RawMessage, what string, dst *string) error {
 	if err := json.Unmarshal(raw, dst); err != nil || *dst == "" {
 		return frameErr("%s must be a non-empty string", what)
 	}
-	return nil
+	return checkFieldLen(what, *dst)
 }
 
 func writeNullable(buf *bytes.Buffer, s *string) {

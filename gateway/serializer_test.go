@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -116,4 +118,43 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Refs, join_refs, topics and events are echoed, stored and logged: both
+// serializers refuse them over MaxFieldBytes, naming the field and the limit.
+func TestDecodeRefusesLongFields(t *testing.T) {
+	ok := strings.Repeat("a", MaxFieldBytes)
+	long := strings.Repeat("a", MaxFieldBytes+1)
+	digits := strings.Repeat("7", MaxFieldBytes+1)
+	v2 := func(jr, ref, topic, event string) string {
+		return `[` + jr + `,` + ref + `,` + topic + `,` + event + `,{}]`
+	}
+	v1 := func(jr, ref, topic, event string) string {
+		return `{"join_ref":` + jr + `,"ref":` + ref + `,"topic":` + topic + `,"event":` + event + `,"payload":{}}`
+	}
+	q := func(s string) string { return `"` + s + `"` }
+	for _, ser := range []struct {
+		s     Serializer
+		frame func(jr, ref, topic, event string) string
+	}{{V2{}, v2}, {V1{}, v1}} {
+		if _, err := ser.s.Decode([]byte(ser.frame(q(ok), q(ok), q(ok), q(ok)))); err != nil {
+			t.Errorf("%s: fields of exactly %d bytes refused: %v", ser.s.Vsn(), MaxFieldBytes, err)
+		}
+		for field, frame := range map[string]string{
+			"join_ref": ser.frame(q(long), `"1"`, `"t"`, `"e"`),
+			"ref":      ser.frame(`"1"`, q(long), `"t"`, `"e"`),
+			"topic":    ser.frame(`"1"`, `"1"`, q(long), `"e"`),
+			"event":    ser.frame(`"1"`, `"1"`, `"t"`, q(long)),
+		} {
+			_, err := ser.s.Decode([]byte(frame))
+			want := fmt.Sprintf("%s is %d bytes, the limit is %d", field, MaxFieldBytes+1, MaxFieldBytes)
+			if !errors.Is(err, ErrFieldTooLong) || !strings.Contains(fmt.Sprint(err), want) {
+				t.Errorf("%s: a %d-byte %s: error %v, want ErrFieldTooLong saying %q", ser.s.Vsn(), MaxFieldBytes+1, field, err, want)
+			}
+		}
+		// A numeric ref is kept as its text, which is what is bounded.
+		if _, err := ser.s.Decode([]byte(ser.frame(`null`, digits, `"t"`, `"e"`))); !errors.Is(err, ErrFieldTooLong) {
+			t.Errorf("%s: a %d-digit numeric ref: error %v, want ErrFieldTooLong", ser.s.Vsn(), len(digits), err)
+		}
+	}
 }

@@ -33,13 +33,31 @@ type Session struct {
 	// reused, so a cursor for a left channel never applies to a later join.
 	NextSlot int `json:"slot"`
 	// RecentRefs remembers the refs of the latest handled messages, so that a
-	// replayed POST is not applied twice.
+	// replayed POST is not applied twice. It is bounded in count and in bytes
+	// (see rememberRef).
 	RecentRefs []string  `json:"refs,omitempty"`
 	CreatedAt  time.Time `json:"at"`
+	// Outbox holds what the last handled batch sent (replies, pushes,
+	// broadcasts) while it is not known to be published: it is saved with
+	// the batch's refs and state, then published and cleared. See
+	// Gateway.Handle.
+	Outbox []PendingRecord `json:"out,omitempty"`
 
 	// assigned is set when a handler assigned something while handling a
 	// batch: subscriptions holding the session must reload it.
 	assigned bool
+	// refsSize is the JSON size of RecentRefs, once refsSized.
+	refsSize  int
+	refsSized bool
+}
+
+// PendingRecord is a broker record that a handled batch made and that is
+// not known to be published yet.
+type PendingRecord struct {
+	// Topic is the broker topic: a session's mailbox or a client topic's log.
+	Topic string `json:"t"`
+	// Data is the record as the gateway stores it in the broker (JSON).
+	Data json.RawMessage `json:"d"`
 }
 
 // decodeSession decodes a session stored as JSON (by the Redis store).
@@ -58,6 +76,12 @@ func (s *Session) clone() *Session {
 	c := *s
 	c.UserID = slices.Clone(s.UserID)
 	c.RecentRefs = slices.Clone(s.RecentRefs)
+	if s.Outbox != nil {
+		c.Outbox = make([]PendingRecord, len(s.Outbox))
+		for i, r := range s.Outbox {
+			c.Outbox[i] = PendingRecord{Topic: r.Topic, Data: slices.Clone(r.Data)}
+		}
+	}
 	if s.Channels != nil {
 		c.Channels = make(map[string]*ChannelState, len(s.Channels))
 		for t, ch := range s.Channels {
@@ -76,6 +100,7 @@ func (s *Session) clone() *Session {
 		}
 	}
 	c.assigned = false
+	c.refsSize, c.refsSized = 0, false
 	return &c
 }
 
@@ -130,16 +155,29 @@ func validSessionID(id string) bool {
 	return len(id) == 32 && isLowerHex(id)
 }
 
-// rememberRef records ref as handled and reports whether it already was.
+// rememberRef records key (topic+"\x00"+ref) as handled and reports whether
+// it already was. It keeps the latest keys, at most limit of them and at most
+// maxRecentRefsBytes of JSON.
 func (s *Session) rememberRef(key string, limit int) (seen bool) {
-	for _, r := range s.RecentRefs {
-		if r == key {
-			return true
+	if slices.Contains(s.RecentRefs, key) {
+		return true
+	}
+	if !s.refsSized {
+		s.refsSize = 0
+		for _, r := range s.RecentRefs {
+			s.refsSize += jsonStringSize(r) + 1
 		}
+		s.refsSized = true
 	}
 	s.RecentRefs = append(s.RecentRefs, key)
-	if over := len(s.RecentRefs) - limit; over > 0 {
-		s.RecentRefs = append([]string(nil), s.RecentRefs[over:]...)
+	s.refsSize += jsonStringSize(key) + 1
+	drop := 0
+	for len(s.RecentRefs)-drop > limit || s.refsSize > maxRecentRefsBytes {
+		s.refsSize -= jsonStringSize(s.RecentRefs[drop]) + 1
+		drop++
+	}
+	if drop > 0 {
+		s.RecentRefs = append([]string(nil), s.RecentRefs[drop:]...)
 	}
 	return false
 }
@@ -148,7 +186,12 @@ func (s *Session) rememberRef(key string, limit int) (seen bool) {
 // store. Both pass the conformance suite in gateway/storetest.
 type SessionStore interface {
 	// Create stores a new session that expires at deadline unless touched.
-	Create(ctx context.Context, s *Session, deadline time.Time) error
+	// With maxPerSocket > 0 it stores it only if the session's socket id has
+	// fewer than maxPerSocket live sessions (created, not removed, deadline
+	// not passed), checked atomically with the insertion so that concurrent
+	// Creates cannot exceed the limit together; otherwise it stores nothing
+	// and returns an error wrapping ErrTooManySessions.
+	Create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int) error
 	// Load returns the session or ErrNoSession.
 	Load(ctx context.Context, id string) (*Session, error)
 	// Save replaces a session that still exists; it returns ErrNoSession if the

@@ -18,10 +18,11 @@ func TestSessionCloneIsDeep(t *testing.T) {
 			Assigns: map[string]json.RawMessage{"meta": json.RawMessage(`{"estado":"activo"}`)},
 		}},
 		NextSlot: 2, RecentRefs: []string{"sala:lobby\x001"}, CreatedAt: time.Unix(1700000000, 0).UTC(),
+		Outbox: []PendingRecord{{Topic: "m:abc", Data: json.RawMessage(`{"ts":1,"t":"sala:lobby","e":"phx_reply","p":{}}`)}},
 	}
 	// Every exported field is set, so that a field added later and
 	// forgotten by clone shows up here.
-	for _, v := range []any{*s, *s.Channels["sala:lobby"]} {
+	for _, v := range []any{*s, *s.Channels["sala:lobby"], s.Outbox[0]} {
 		rv := reflect.ValueOf(v)
 		for i := range rv.NumField() {
 			if f := rv.Type().Field(i); f.IsExported() && rv.Field(i).IsZero() {
@@ -38,6 +39,8 @@ func TestSessionCloneIsDeep(t *testing.T) {
 	// Change everything mutable in the clone: the original must not move.
 	c.UserID[0] = '7'
 	c.RecentRefs[0] = "x"
+	c.Outbox[0].Data[2] = 'X'
+	c.Outbox[0].Topic = "m:other"
 	ch := c.Channels["sala:lobby"]
 	*ch.JoinRef = "9"
 	ch.Since = 1

@@ -61,6 +61,30 @@ func TestLimits(t *testing.T) {
 		c.send(t, `[null,"3","phoenix","heartbeat",{}]`)
 		requireFrames(t, c.recv(t), `[null,"3","phoenix","phx_reply",{"response":{},"status":"ok"}]`) // the refused batch's heartbeat never ran
 	})
+	t.Run("field too long", func(t *testing.T) {
+		// Refs, join_refs, topics and events are echoed into replies and
+		// kept in the session: over 255 bytes the batch is refused whole.
+		e, obs := newLimitedEnv(t, nil, nil)
+		c := e.connect(t, "42", "2.0.0")
+		long := strings.Repeat("x", 300)
+		for field, frame := range map[string]string{
+			"ref":      `[null,"` + long + `","phoenix","heartbeat",{}]`,
+			"join_ref": `["` + long + `","2","room:a","phx_join",{}]`,
+			"topic":    `["1","2","` + long + `","phx_join",{}]`,
+			"event":    `["1","2","room:a","` + long + `",{}]`,
+		} {
+			r := c.post(t, "application/x-ndjson", `[null,"1","phoenix","heartbeat",{}]`+"\n"+frame)
+			want := field + " is 300 bytes, the limit is 255"
+			if r.HTTPStatus != http.StatusBadRequest || r.Status != 400 || !strings.Contains(r.Error, want) || !strings.Contains(r.Error, "nothing was applied") {
+				t.Fatalf("a 300-byte %s: want HTTP 400 {status:400, error: %s; nothing was applied}, got HTTP %d %s", field, want, r.HTTPStatus, r.Body)
+			}
+		}
+		if n := obs.count("longpoll/malformed"); n != 4 {
+			t.Errorf("metric: %d refusals counted, want 4: %v", n, obs.counts)
+		}
+		c.send(t, `[null,"3","phoenix","heartbeat",{}]`)
+		requireFrames(t, c.recv(t), `[null,"3","phoenix","phx_reply",{"response":{},"status":"ok"}]`) // the refused batches' heartbeats never ran
+	})
 	t.Run("rate", func(t *testing.T) {
 		e, obs := newLimitedEnv(t, nil, func(c *gateway.Config) { c.PostRate, c.PostBurst = 5, 2 })
 		c := e.connect(t, "42", "2.0.0")

@@ -2,6 +2,7 @@ package sse_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -62,4 +63,28 @@ func TestOpenStreamKeepsItsSession(t *testing.T) {
 	}
 	e.broadcast(t, "room:k", 1)
 	s.expect(t, news("room:k", 1))
+}
+
+// Refs, join_refs, topics and events are echoed into replies and kept in
+// the session: a POST with one over 255 bytes is refused whole (400, with
+// an error naming the field), and the session goes on.
+func TestLongFieldsAreRefused(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	s, h := e.connect(t, "42", "2.0.0", "join=room:a")
+	requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")
+	long := strings.Repeat("x", 300)
+	for field, frame := range map[string]string{
+		"ref":      `["join:1","` + long + `","room:a","ping",{}]`,
+		"join_ref": `["` + long + `","1","room:a","ping",{}]`,
+		"topic":    `["join:1","1","` + long + `","ping",{}]`,
+		"event":    `["join:1","1","room:a","` + long + `",{}]`,
+	} {
+		r := e.post(t, h, "application/x-ndjson", ping("join:1", "a1", "room:a")+"\n"+frame)
+		requireJSONError(t, "POST with a 300-byte "+field, r, http.StatusBadRequest)
+		if want := field + " is 300 bytes, the limit is 255"; !strings.Contains(r.Error, want) || !strings.Contains(r.Error, "nothing was applied") {
+			t.Fatalf("a 300-byte %s: want an error saying %q and that nothing was applied, got %s", field, want, r.Body)
+		}
+	}
+	e.send(t, h, ping("join:1", "b1", "room:a"))
+	s.expect(t, pingReply("join:1", "b1", "room:a")) // not the refused batches' pings
 }

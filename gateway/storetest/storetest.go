@@ -6,8 +6,10 @@
 // It checks what the gateway relies on: sessions round-trip every field; a
 // removed session is gone for good and never revived by a late Save; an
 // expired session is claimed by one caller at a time, for a lease, and
-// removed by exactly one; locks exclude; presence updates keep their place, and an owner's entries are
-// removed (and so announced as leaving) exactly once, whoever races.
+// removed by exactly one; the per-socket limit of Create holds however many
+// Creates race; locks exclude; presence updates keep their place, and an
+// owner's entries are removed (and so announced as leaving) exactly once,
+// whoever races.
 package storetest
 
 import (
@@ -38,7 +40,10 @@ type Store interface {
 // The suite's deadlines lie an hour or more in the future of the wall clock,
 // and Claim is called with explicit times later than them: a store may
 // therefore also let its keys expire by wall-clock TTLs, as long as those are
-// not shorter than the deadlines.
+// not shorter than the deadlines. The exception is the per-socket limit of
+// Create, which compares deadlines with the wall clock: one subtest creates
+// a session whose deadline has just passed, which must stay stored (as one
+// not yet claimed) but not count.
 type NewStore func(t *testing.T) Store
 
 // waitTimeout bounds waits for things that must happen; only a broken store
@@ -68,6 +73,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"ConcurrentRemoveExactlyOnce", testConcurrentRemove},
 		{"RemoveRacesClaimExactlyOnce", testRemoveRacesClaim},
 		{"BySocket", testBySocket},
+		{"CreateLimitPerSocket", testCreateLimit},
+		{"ConcurrentCreatesRespectLimit", testConcurrentCreatesLimit},
 		{"LockExcludes", testLockExcludes},
 		{"LockDeadline", testLockDeadline},
 		{"LocksOfDifferentIDsAreIndependent", testLocksIndependent},
@@ -132,6 +139,10 @@ func fullSession(id string, uid string) *gateway.Session {
 		NextSlot:   5,
 		RecentRefs: []string{"sala:lobby\x003", "phoenix\x004", "sala:lobby\x005"},
 		CreatedAt:  time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.UTC),
+		Outbox: []gateway.PendingRecord{
+			{Topic: "m:" + id, Data: json.RawMessage(`{"ts":1795700000000000001,"r":"5","t":"sala:lobby","e":"phx_reply","p":{"response":{"ñ":"🌵"},"status":"ok"}}`)},
+			{Topic: "t:sala:lobby", Data: json.RawMessage(`{"ts":1795700000000000002,"t":"sala:lobby","e":"nuevo","p":{}}`)},
+		},
 	}
 }
 
@@ -142,7 +153,7 @@ func minimalSession(id string, uid string) *gateway.Session {
 
 func create(t *testing.T, st Store, s *gateway.Session, deadline time.Time) {
 	t.Helper()
-	if err := st.Create(t.Context(), s, deadline); err != nil {
+	if err := st.Create(t.Context(), s, deadline, 0); err != nil {
 		t.Fatalf("Create(%s): %v", s.ID, err)
 	}
 }
@@ -240,6 +251,9 @@ func diffSession(want, got *gateway.Session) string {
 	if len(got.RecentRefs) != len(want.RecentRefs) || (len(want.RecentRefs) > 0 && !slices.Equal(got.RecentRefs, want.RecentRefs)) {
 		add("RecentRefs %q, want %q", got.RecentRefs, want.RecentRefs)
 	}
+	if !slices.EqualFunc(got.Outbox, want.Outbox, func(a, b gateway.PendingRecord) bool { return a.Topic == b.Topic && jsonEqual(a.Data, b.Data) }) {
+		add("Outbox %v, want %v", got.Outbox, want.Outbox)
+	}
 	if len(got.Channels) != len(want.Channels) {
 		add("%d channels, want %d", len(got.Channels), len(want.Channels))
 	}
@@ -332,7 +346,7 @@ func testCreateExistingFails(t *testing.T, st Store) {
 	orig := fullSession(sid(1), `42`)
 	create(t, st, orig, d)
 	dup := minimalSession(sid(1), `"mallory"`)
-	if err := st.Create(t.Context(), dup, d.Add(time.Hour)); err == nil {
+	if err := st.Create(t.Context(), dup, d.Add(time.Hour), 0); err == nil {
 		t.Fatal("Create of an existing id succeeded")
 	}
 	wantSession(t, "Load after a refused Create", orig, load(t, st, sid(1)))
@@ -384,13 +398,13 @@ func testSaveReplaces(t *testing.T, st Store) {
 
 	// Saving everything away: the channels and refs go.
 	s3 := load(t, st, sid(1))
-	s3.Channels, s3.RecentRefs = nil, nil
+	s3.Channels, s3.RecentRefs, s3.Outbox = nil, nil, nil
 	if err := st.Save(t.Context(), s3); err != nil {
 		t.Fatalf("Save: %v", err)
 	}
 	got := load(t, st, sid(1))
-	if len(got.Channels) != 0 || len(got.RecentRefs) != 0 {
-		t.Errorf("after saving no channels and refs, Load has %d channels and refs %q", len(got.Channels), got.RecentRefs)
+	if len(got.Channels) != 0 || len(got.RecentRefs) != 0 || len(got.Outbox) != 0 {
+		t.Errorf("after saving no channels, refs and outbox, Load has %d channels, refs %q and outbox %v", len(got.Channels), got.RecentRefs, got.Outbox)
 	}
 
 	// Save neither moves the deadline nor unregisters the socket.
@@ -956,6 +970,120 @@ func testLockContention(t *testing.T, st Store) {
 	}
 }
 
+// --- per-socket limit ---
+
+func createLimited(st Store, id, uid string, deadline time.Time, limit int) error {
+	return st.Create(context.Background(), minimalSession(id, uid), deadline, limit)
+}
+
+func wantTooMany(t *testing.T, what string, err error) {
+	t.Helper()
+	if !errors.Is(err, gateway.ErrTooManySessions) {
+		t.Errorf("%s: Create = %v, want an error wrapping ErrTooManySessions", what, err)
+	}
+}
+
+func testCreateLimit(t *testing.T, st Store) {
+	d := base()
+	for _, i := range []int{1, 2} {
+		if err := createLimited(st, sid(i), `7`, d, 2); err != nil {
+			t.Fatalf("Create %d of 2 under a limit of 2: %v", i, err)
+		}
+	}
+	wantTooMany(t, "a third session under a limit of 2", createLimited(st, sid(3), `7`, d, 2))
+	wantGone(t, st, sid(3), "user_socket:7", "after a refused Create")
+	if err := createLimited(st, sid(4), `70`, d, 2); err != nil {
+		t.Errorf("another socket (whose key extends the first's) was limited: %v", err)
+	}
+	if err := createLimited(st, sid(5), `7`, d, 0); err != nil {
+		t.Errorf("Create with limit 0 (none): %v", err)
+	}
+	wantTooMany(t, "three live sessions, limit 3", createLimited(st, sid(6), `7`, d, 3))
+	if err := createLimited(st, sid(6), `7`, d, 4); err != nil {
+		t.Errorf("Create with a limit above the count: %v", err)
+	}
+	// A removed session frees its place.
+	for _, i := range []int{1, 5, 6} {
+		if _, err := st.Remove(t.Context(), sid(i)); err != nil {
+			t.Fatalf("Remove: %v", err)
+		}
+	}
+	if err := createLimited(st, sid(7), `7`, d, 2); err != nil {
+		t.Errorf("Create after Removes freed places: %v", err)
+	}
+	wantTooMany(t, "full again", createLimited(st, sid(8), `7`, d, 2))
+	if got := bySocket(t, st, "user_socket:7"); !slices.Equal(got, []string{sid(2), sid(7)}) {
+		t.Errorf("BySocket = %v, want [%s %s]", got, sid(2), sid(7))
+	}
+	// A session whose deadline passed does not count, though it is still
+	// stored until it is claimed and removed; touched again, it counts.
+	if err := createLimited(st, sid(10), `"exp"`, time.Now().Add(-time.Second), 1); err != nil {
+		t.Fatalf("Create with a passed deadline: %v", err)
+	}
+	if err := createLimited(st, sid(11), `"exp"`, d, 1); err != nil {
+		t.Errorf("an expired session counted for the limit: %v", err)
+	}
+	wantTooMany(t, "one live session, limit 1", createLimited(st, sid(12), `"exp"`, d, 1))
+	if _, err := st.Touch(t.Context(), sid(10), d); err != nil {
+		t.Fatalf("Touch of the expired, not removed session: %v", err)
+	}
+	wantTooMany(t, "the touched session counts again", createLimited(st, sid(13), `"exp"`, d, 2))
+	// Refused Creates left nothing to claim.
+	got := ids(claim(t, st, d.Add(time.Minute), 100))
+	slices.Sort(got)
+	if want := []string{sid(2), sid(4), sid(7), sid(10), sid(11)}; !slices.Equal(got, want) {
+		t.Errorf("Claim of everything = %v, want %v (no refused session)", got, want)
+	}
+}
+
+func testConcurrentCreatesLimit(t *testing.T, st Store) {
+	d := base()
+	const rounds, racers, limit = 3, 50, 2
+	for r := range rounds {
+		uid := fmt.Sprintf(`"racer%d"`, r)
+		sock := "user_socket:racer" + fmt.Sprint(r)
+		var mu sync.Mutex
+		var won []string
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := range racers {
+			id := sid(1000*r + i)
+			wg.Go(func() {
+				<-start
+				err := createLimited(st, id, uid, d, limit)
+				switch {
+				case err == nil:
+					mu.Lock()
+					won = append(won, id)
+					mu.Unlock()
+				case errors.Is(err, gateway.ErrTooManySessions):
+				default:
+					t.Errorf("Create(%s): %v", id, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		slices.Sort(won)
+		if len(won) != limit {
+			t.Fatalf("round %d: %d of %d racing Creates under a limit of %d succeeded, want exactly %d", r, len(won), racers, limit, limit)
+		}
+		if got := bySocket(t, st, sock); !slices.Equal(got, won) {
+			t.Errorf("round %d: BySocket = %v, want the winners %v", r, got, won)
+		}
+		for i := range racers {
+			if id := sid(1000*r + i); !slices.Contains(won, id) {
+				if _, err := st.Load(t.Context(), id); !errors.Is(err, gateway.ErrNoSession) {
+					t.Errorf("round %d: refused session %s: Load = %v, want ErrNoSession", r, id, err)
+				}
+			}
+		}
+	}
+	if got := claim(t, st, d.Add(time.Minute), 1000); len(got) != rounds*limit {
+		t.Errorf("Claim of everything = %d sessions, want %d: refused Creates left sessions behind", len(got), rounds*limit)
+	}
+}
+
 // --- copies ---
 
 func testValuesAreCopies(t *testing.T, st Store) {
@@ -978,6 +1106,7 @@ func testValuesAreCopies(t *testing.T, st Store) {
 	got.Channels["sala:lobby"].Since = 1
 	delete(got.Channels, "notificaciones:42")
 	got.RecentRefs[0] = "changed"
+	got.Outbox[0].Data[2] = 'X'
 	wantSession(t, "Load after the caller changed a loaded value", orig, load(t, st, sid(1)))
 
 	// The caller keeps using its value after Save.

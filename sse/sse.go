@@ -291,6 +291,12 @@ func (t *Transport) stream(c echo.Context) error {
 
 	w := c.Response()
 	setStreamHeaders(w.Header(), r)
+	if !t.cfg.NoPark && r.ProtoMajor == 1 {
+		// A parked stream's connection is closed when the stream ends
+		// (net/http cannot take it back): say so, or the client reuses
+		// it for its next request and that request fails.
+		w.Header().Set("Connection", "close")
+	}
 	w.WriteHeader(http.StatusOK)
 	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
 	buf := &sw.buf

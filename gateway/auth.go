@@ -15,17 +15,26 @@ import (
 // Phoenix.Token.sign(conn, "user socket", user.id).
 const UserSocketSalt = "user socket"
 
-// TokenAuthenticator verifies the client's user token as the seed's
+// TokenAuthenticator verifies the client's user token as the default app's
 // UserSocket.connect/3 does: Phoenix.Token.verify(socket, "user socket",
-// token, max_age: maxAge). The token's data is the user id (integer or
-// string) or a map with "id" and an optional "nombre".
+// token, max_age: maxAge), except that a token signed with a shorter max
+// age than maxAge expires at its own (the smaller wins; Phoenix lets the
+// verifier's max_age replace the token's). The token's data is the user id
+// (integer or string) or a map with "id" and an optional "nombre". A maxAge
+// of 0 applies the token's own max age alone.
 func TokenAuthenticator(secretKeyBase string, maxAge time.Duration) Authenticator {
 	signer := token.NewSigner(secretKeyBase, UserSocketSalt)
 	return func(_ context.Context, info ConnectInfo) (Identity, error) {
 		if info.Token == "" {
 			return Identity{}, errors.New("missing token")
 		}
-		data, err := signer.Verify(info.Token, maxAge, time.Now())
+		var data any
+		var err error
+		if maxAge > 0 {
+			data, err = signer.VerifyAtMost(info.Token, maxAge, time.Now())
+		} else {
+			data, err = signer.Verify(info.Token, 0, time.Now()) // the token's own max age
+		}
 		if err != nil {
 			return Identity{}, err
 		}

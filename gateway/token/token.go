@@ -114,6 +114,25 @@ func (s *Signer) Sign(data any, signedAt time.Time, maxAge time.Duration) (strin
 // The error is ErrMissing for an empty token, wraps ErrExpired for a token
 // past its age, and wraps ErrInvalid for anything else wrong with the token.
 func (s *Signer) Verify(tok string, maxAge time.Duration, now time.Time) (any, error) {
+	return s.verify(tok, maxAge, false, now)
+}
+
+// VerifyAtMost is Verify where maxAge (> 0) caps the token's embedded max
+// age instead of replacing it: the smaller of the two applies. A token
+// signed to live one minute is refused after that minute even by a verifier
+// that allows a day, and a token signed to live a year is refused after the
+// verifier's maxAge. Phoenix.Token.verify's max_age option replaces the
+// embedded age (as Verify does); this is the stricter reading, for a
+// gateway whose operator and token issuer may each want the shorter limit.
+func (s *Signer) VerifyAtMost(tok string, maxAge time.Duration, now time.Time) (any, error) {
+	if maxAge <= 0 {
+		return nil, fmt.Errorf("token: VerifyAtMost needs a positive max age, got %v", maxAge)
+	}
+	return s.verify(tok, maxAge, true, now)
+}
+
+// verify is Verify, or with capped VerifyAtMost.
+func (s *Signer) verify(tok string, maxAge time.Duration, capped bool, now time.Time) (any, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
@@ -161,8 +180,16 @@ func (s *Signer) Verify(tok string, maxAge time.Duration, now time.Time) (any, e
 	if signedMs > nowMs && uint64(signedMs-nowMs) > uint64(maxClockSkew.Milliseconds()) {
 		return nil, fmt.Errorf("%w: signed %v in the future", ErrInvalid, time.Duration(signedMs-nowMs)*time.Millisecond)
 	}
-	ageMs, err := effectiveMaxAge(maxAge, embedded)
-	if err != nil {
+	var ageMs int64
+	if capped {
+		// The embedded age alone, then the cap (-1 is :infinity).
+		if ageMs, err = effectiveMaxAge(0, embedded); err != nil {
+			return nil, err
+		}
+		if limit := maxAge.Milliseconds(); ageMs < 0 || ageMs > limit {
+			ageMs = limit
+		}
+	} else if ageMs, err = effectiveMaxAge(maxAge, embedded); err != nil {
 		return nil, err
 	}
 	if ageMs >= 0 && signedMs < nowMs && uint64(nowMs-signedMs) > uint64(ageMs) {

@@ -183,6 +183,47 @@ func TestExpiry(t *testing.T) {
 	}
 }
 
+// TestVerifyAtMost: the smaller of the embedded max age and the verifier's
+// applies, where Verify lets the verifier's replace the embedded one.
+func TestVerifyAtMost(t *testing.T) {
+	hour, err := signer.Sign("x", signedAt, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	infinite := signRaw(signer, headerHS256, etf(t, Tuple{"x", signedAt.UnixMilli(), Atom("infinity")}))
+	tests := []struct {
+		name   string
+		tok    string
+		maxAge time.Duration
+		now    time.Time
+		want   error
+	}{
+		{"embedded shorter: valid before it", hour, 24 * time.Hour, signedAt.Add(time.Hour), nil},
+		{"embedded shorter: expired after it", hour, 24 * time.Hour, signedAt.Add(time.Hour + time.Millisecond), ErrExpired},
+		{"verifier shorter: valid before it", hour, time.Minute, signedAt.Add(time.Minute), nil},
+		{"verifier shorter: expired after it", hour, time.Minute, signedAt.Add(2 * time.Minute), ErrExpired},
+		{"infinity is capped", infinite, time.Minute, signedAt.Add(2 * time.Minute), ErrExpired},
+		{"no cap given", hour, 0, signedAt, nil},
+	}
+	for _, tt := range tests {
+		_, err := signer.VerifyAtMost(tt.tok, tt.maxAge, tt.now)
+		if tt.maxAge <= 0 {
+			if err == nil {
+				t.Errorf("%s: VerifyAtMost with max age %v accepted the token", tt.name, tt.maxAge)
+			}
+			continue
+		}
+		if !errors.Is(err, tt.want) {
+			t.Errorf("%s: err = %v, want %v", tt.name, err, tt.want)
+		}
+	}
+	// Verify keeps Phoenix's reading: the verifier's max age replaces the
+	// embedded one.
+	if _, err := signer.Verify(hour, 24*time.Hour, signedAt.Add(2*time.Hour)); err != nil {
+		t.Errorf("Verify with a longer override: %v", err)
+	}
+}
+
 func TestLegacyAndEmbeddedForms(t *testing.T) {
 	ms := signedAt.UnixMilli()
 	// %{data: "d", signed: ms} with atom keys, as old Phoenix wrote it.

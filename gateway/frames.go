@@ -39,6 +39,11 @@ func SplitFrames(contentType string, body []byte, jsonList bool) ([][]byte, erro
 				return frames, nil
 			}
 		}
+		if i := bytes.IndexByte(body, '\n'); i > 0 && json.Valid(bytes.TrimSpace(body[:i])) && !json.Valid(body) {
+			// Lines of JSON sent as one frame (curl's default content
+			// type): say which content type takes them.
+			return nil, errors.New("the body holds several lines of JSON: send one frame per line with Content-Type: application/x-ndjson (curl -H 'content-type: application/x-ndjson'); nothing was applied")
+		}
 		return [][]byte{body}, nil
 	}
 	var frames [][]byte

@@ -11,6 +11,7 @@
 package longpoll
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -113,24 +114,31 @@ type pollReply struct {
 }
 
 func send(c echo.Context, httpStatus int, body any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
+	// Error strings are for people reading them in a terminal: no \u003c
+	// for "<". The body is JSON and says so; it is never HTML.
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(body); err != nil {
 		return fmt.Errorf("encode longpoll reply: %w", err)
 	}
-	return c.Blob(httpStatus, "application/json; charset=utf-8", b)
+	return c.Blob(httpStatus, "application/json; charset=utf-8", bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }
 
 // transportName labels this transport's metrics.
 const transportName = "longpoll"
 
 // unavailable answers a request the gateway could not serve, almost always
-// because the shared store did not answer. The body's status 500 makes
-// phoenix.js reconnect with backoff (it understands no 503 there); the real
-// HTTP 503 and Retry-After tell proxies and curl users that it is transient.
+// because the shared store did not answer: HTTP 500 with {"status":500}.
+// phoenix.js reads only the body's status, and of the error statuses it
+// knows only 403 (give up) and 500 (reconnect with backoff); any other, 503
+// included, makes its poll loop throw. The HTTP status is the body's, so
+// that curl, logs and proxies see the same number; Retry-After and the
+// error string say it is transient.
 func (t *Transport) unavailable(c echo.Context) error {
 	t.gw.Observer().Refused(transportName, "unavailable")
 	c.Response().Header().Set("Retry-After", "1")
-	return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"})
+	return send(c, http.StatusInternalServerError, reply{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"})
 }
 
 // sessionToken finds the session token: the X-Phoenix-LongPoll-Token header
@@ -189,10 +197,11 @@ func (t *Transport) poll(c echo.Context) error {
 		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: t.gw.WithKey(tok).String()})
 	case errors.Is(err, gateway.ErrDraining):
 		// Shutting down: phoenix.js reconnects at once (10 ms), and the load
-		// balancer sends it elsewhere.
+		// balancer sends it elsewhere. HTTP and body status agree, as in
+		// unavailable.
 		obs.Refused(transportName, "draining")
 		c.Response().Header().Set("Connection", "close")
-		return send(c, http.StatusServiceUnavailable, reply{Status: http.StatusInternalServerError, Error: err.Error()})
+		return send(c, http.StatusInternalServerError, reply{Status: http.StatusInternalServerError, Error: err.Error()})
 	case errors.Is(err, gateway.ErrTooManySessions):
 		obs.Refused(transportName, "too_many_sessions")
 		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})

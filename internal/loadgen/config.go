@@ -87,6 +87,10 @@ type Config struct {
 	// Duration is the measurement window: how long publishers publish (or,
 	// idle, how long connections are held).
 	Duration time.Duration
+	// Messages, when > 0, ends the window once this many messages were
+	// sent (attempted) in all, if Duration has not ended it first: a run of
+	// a fixed amount of work, whatever the machine's speed.
+	Messages int64
 	// Drain is how long to wait after the window for deliveries in flight
 	// (the wait ends early once everything expected arrived).
 	Drain time.Duration
@@ -192,6 +196,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--payload-bytes must be at most 1900 in the chat scenario (the app refuses contenido over 2000 characters), got %d", c.PayloadBytes)
 	case c.Duration <= 0:
 		return fmt.Errorf("--duration must be positive, got %s", c.Duration)
+	case c.Messages < 0:
+		return fmt.Errorf("--messages must not be negative (0: no count), got %d", c.Messages)
 	case c.Ramp < 0 || c.Settle < 0 || c.Drain < 0:
 		return errors.New("--ramp, --settle and --drain must not be negative")
 	case c.ConnectTimeout <= 0 || c.PollTimeout <= 0:

@@ -86,7 +86,7 @@ func (e *engine) runPublisher(ctx context.Context, w int, start, end time.Time) 
 	pc := newPacer(cfg.Rate/float64(cfg.Publishers), start, end, float64(w)/float64(cfg.Publishers))
 	defer pc.stop()
 	var body []byte
-	for pc.wait(ctx) {
+	for pc.wait(ctx) && e.claim() {
 		n := e.pubN.Add(1) - 1
 		ti := int(n % int64(cfg.Topics))
 		seq[ti]++
@@ -155,7 +155,7 @@ func (e *engine) runPusher(ctx context.Context, c *client, push pushFunc, k, m i
 	seq := make([]int64, len(c.topics))
 	var body []byte
 	j, n := 0, 0
-	for pc.wait(ctx) {
+	for pc.wait(ctx) && e.claim() {
 		seq[j]++
 		n++
 		body = e.pushFrame(body[:0], c.names[j], n, c.idx, seq[j], time.Now().UnixNano())

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicegw/sluice/internal/redisurl"
 )
 
 // redisProbe reads Redis's command counters, to report what a broadcast and
@@ -34,9 +36,13 @@ type redisSample struct {
 const probeReads = 2
 
 func newRedisProbe(rawURL string) (*redisProbe, error) {
-	opts, err := redis.ParseURL(rawURL)
+	u, err := redisurl.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("--redis-url: %w", err)
+		return nil, fmt.Errorf("--redis: %w", err)
+	}
+	opts, err := redis.ParseURL(u.String())
+	if err != nil {
+		return nil, fmt.Errorf("--redis: %w", err)
 	}
 	opts.PoolSize = 1
 	opts.DisableIdentity = true

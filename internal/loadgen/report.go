@@ -13,10 +13,12 @@ import (
 // Report is the result of a run. Rates are per second of the measurement
 // window; latencies are in milliseconds.
 type Report struct {
-	Scenario    string   `json:"scenario"`
-	Transport   string   `json:"transport"`
-	URLs        []string `json:"urls"`
-	Interrupted bool     `json:"interrupted,omitempty"`
+	Scenario  string `json:"scenario"`
+	Transport string `json:"transport"`
+	// TopicPattern names the topics (Config.TopicPattern).
+	TopicPattern string   `json:"topic_pattern"`
+	URLs         []string `json:"urls"`
+	Interrupted  bool     `json:"interrupted,omitempty"`
 
 	// Clients.
 	Clients          int                   `json:"clients"`

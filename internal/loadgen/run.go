@@ -32,6 +32,7 @@ type engine struct {
 	delivered, dups, reconnects, rejoins, roundTrips atomic.Int64
 	emptyPolls                                       atomic.Int64 // round trips answered 204
 	sendFailed, pubN                                 atomic.Int64
+	claimed                                          atomic.Int64 // sends begun, against Config.Messages
 	started, connected, failed, ready                atomic.Int64
 	sent                                             []atomic.Int64 // successful publishes per topic
 }
@@ -162,7 +163,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}()
 
 	rep := &Report{
-		Scenario: cfg.Scenario, Transport: cfg.Transport, URLs: cfg.URLs, Clients: cfg.Clients,
+		Scenario: cfg.Scenario, Transport: cfg.Transport, TopicPattern: cfg.TopicPattern, URLs: cfg.URLs, Clients: cfg.Clients,
 		Topics: cfg.Topics, Joins: cfg.Joins, RateTarget: cfg.Rate, FileLimit: limit, SourceAddrs: addrs,
 	}
 	interrupted := !e.waitConnected(ctx, launched, logf)
@@ -223,7 +224,15 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 			rep.Publishers = k
 		}
-		logf("window: %s for %s", cfg.Scenario, cfg.Duration)
+		if cfg.Messages > 0 {
+			logf("window: %s, %d messages or %s, whichever ends first", cfg.Scenario, cfg.Messages, cfg.Duration)
+		} else {
+			logf("window: %s for %s", cfg.Scenario, cfg.Duration)
+		}
+		if cfg.Messages > 0 && cfg.Scenario != ScenarioIdle {
+			// Publishers return early once Messages were sent: the window ends.
+			go func() { pubWG.Wait(); cancel() }()
+		}
 		e.watchWindow(wctx, windowStart, logf)
 		pubWG.Wait()
 		cancel()
@@ -470,6 +479,12 @@ func (e *engine) fillMessages(rep *Report) {
 	rep.Errors = e.errs.snapshot()
 }
 
+// claim reserves one send against Config.Messages and reports whether the
+// publisher may send it.
+func (e *engine) claim() bool {
+	return e.cfg.Messages <= 0 || e.claimed.Add(1) <= e.cfg.Messages
+}
+
 // judge decides OK and lists the problems.
 func (r *Report) judge(maxFailed int) {
 	if r.Interrupted {
@@ -490,5 +505,23 @@ func (r *Report) judge(maxFailed int) {
 	if r.Connected == 0 {
 		r.Problems = append(r.Problems, "no client connected")
 	}
+	if fk, ok := r.FailedByKind["join_refused"]; ok && strings.Contains(fk.Example, "unmatched topic") {
+		// The server has no channel for the topics: for the broadcast and
+		// idle scenarios, its open topics are missing.
+		hint := "joins refused with \"unmatched topic\": the server has no channel for " + r.TopicPattern
+		if r.Scenario != ScenarioChat {
+			hint += "; start it with --open-topics '" + openPattern(r.TopicPattern) + "'"
+		}
+		r.Problems = append(r.Problems, hint)
+	}
 	r.OK = len(r.Problems) == 0
+}
+
+// openPattern is the --open-topics pattern that matches the topics of a
+// topic name pattern: "bench:%d" → "bench:*".
+func openPattern(topicPattern string) string {
+	if i := strings.Index(topicPattern, "%d"); i >= 0 {
+		return topicPattern[:i] + "*"
+	}
+	return topicPattern
 }

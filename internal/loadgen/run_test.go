@@ -123,6 +123,10 @@ func TestRunBroadcastMix(t *testing.T) {
 	cfg.Transport = TransportMix
 	cfg.Clients, cfg.Topics, cfg.Joins = 40, 3, 2
 	cfg.Rate, cfg.Publishers, cfg.PayloadBytes = 60, 3, 200
+	// A fixed amount of work, not what fits in a window on a loaded
+	// machine: 90 messages at 60/s take at least 1.45 s, longer than the
+	// streams' 700 ms lifetime, so streams are resumed mid-run.
+	cfg.Messages, cfg.Duration = 90, time.Minute
 	cfg.PIDs = []int{os.Getpid()}
 	rep, err := Run(context.Background(), cfg)
 	if err != nil {
@@ -132,9 +136,15 @@ func TestRunBroadcastMix(t *testing.T) {
 	if rep.Connected != 40 || rep.ConnectedSSE != 20 || rep.ConnectedLP != 20 || rep.Failed != 0 {
 		t.Errorf("connected %d (sse %d, longpoll %d), failed %d", rep.Connected, rep.ConnectedSSE, rep.ConnectedLP, rep.Failed)
 	}
-	// 60/s for 0.7 s; topics 0 and 1 are joined by 27 clients, topic 2 by 26.
-	if rep.Sent < 30 || rep.Expected < rep.Sent*26 || rep.Expected > rep.Sent*27 {
-		t.Errorf("sent %d, expected %d", rep.Sent, rep.Expected)
+	// Round robin over 3 topics: 30 messages each; topics 0 and 1 are
+	// joined by 27 clients, topic 2 by 26.
+	if rep.Sent != 90 || rep.Expected != 30*27+30*27+30*26 {
+		var b strings.Builder
+		_ = rep.WriteText(&b)
+		t.Errorf("sent %d, expected %d; want 90 sent and %d expected\n%s\n%+v", rep.Sent, rep.Expected, 30*27+30*27+30*26, b.String(), rep.Errors)
+	}
+	if rep.WindowSeconds >= 50 {
+		t.Errorf("the window lasted %.1fs: it must end once --messages were sent, not at --duration", rep.WindowSeconds)
 	}
 	if rep.Reconnects == 0 {
 		t.Error("no SSE stream was resumed, though the server ends them every 700 ms")
@@ -158,13 +168,14 @@ func TestRunChat(t *testing.T) {
 	cfg.Transport = TransportMix
 	cfg.Clients, cfg.Topics = 20, 4
 	cfg.Rate, cfg.PushShare = 40, 0.5
+	cfg.Messages, cfg.Duration = 24, time.Minute
 	rep, err := Run(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
 	checkClean(t, rep)
-	if rep.Publishers != 10 || rep.Sent < 20 {
-		t.Errorf("%d pushers sent %d", rep.Publishers, rep.Sent)
+	if rep.Publishers != 10 || rep.Sent != 24 {
+		t.Errorf("%d pushers sent %d; want 10 pushers and 24 messages", rep.Publishers, rep.Sent)
 	}
 	// 5 clients per room, each message to every member, the pusher too.
 	if rep.Expected != rep.Sent*5 {
@@ -189,6 +200,12 @@ func TestRunIdleWithRefusedClients(t *testing.T) {
 	}
 	if !strings.Contains(rep.FailedByKind["join_refused"].Example, "unmatched topic") {
 		t.Errorf("example %q", rep.FailedByKind["join_refused"].Example)
+	}
+	// The report names the server flag that is missing.
+	var b strings.Builder
+	_ = rep.WriteText(&b)
+	if !strings.Contains(b.String(), "start it with --open-topics 'nope:*'") {
+		t.Errorf("the report does not say which server flag is missing:\n%s", b.String())
 	}
 }
 

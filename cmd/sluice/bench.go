@@ -21,7 +21,7 @@ joining K topics, connected over --ramp; once all are joined (and --settle later
 waits up to --drain for deliveries in flight. It reports clients connected and failed, messages sent and
 delivered, end-to-end latency percentiles (from a timestamp in each payload), errors by kind, and checks
 that every client got every message of its topics once and in order (each carries a sequence number per
-publisher and topic). With --pid it reports the server's RSS and CPU, with --redis-url Redis's commands
+publisher and topic). With --pid it reports the server's RSS and CPU, with --redis Redis's commands
 per broadcast and per poll. It exits 1 if a message was missed, duplicated or out of order, or more than
 --max-failed clients failed. It stops by itself; Ctrl-C stops early and still reports (twice: at once).
 
@@ -37,8 +37,8 @@ Scenarios (S is the server's secret, K its API key, P its process id):
         --rate 200 --pid P --secret S --api-key K
   (d) (b) or (c) against three instances sharing Redis (or one proxy URL in front of them):
       sluice bench --url http://127.0.0.1:4001,http://127.0.0.1:4002,http://127.0.0.1:4003 \
-        --pid P1,P2,P3 --redis-url redis://127.0.0.1:6379/0 ...
-  (e) Redis commands per broadcast and per poll: add --redis-url (Sluice must be Redis's only user).`
+        --pid P1,P2,P3 --redis redis://127.0.0.1:6379/0 ...
+  (e) Redis commands per broadcast and per poll: add --redis (Sluice must be Redis's only user).`
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
 type listFlag []string
@@ -59,7 +59,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var urls, pids listFlag
 	var jsonOut, idle, quiet bool
 	var publish string
-	var userBase int
+	var userBase, messages int
 	fs := newFlagSet("bench", benchSummary, stderr)
 	fs.Var(&urls, "url", "base URL of a target (repeatable, or comma-separated); clients and publishers spread over them round-robin (default http://127.0.0.1:4000)")
 	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, or mix (even clients SSE, odd LongPoll)")
@@ -79,6 +79,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.duration(&cfg.ConnectTimeout, "connect-timeout", "", cfg.ConnectTimeout, "a client not connected and joined this long after it started counts as failed")
 	fs.duration(&cfg.Settle, "settle", "", cfg.Settle, "pause between the last join and the measurement window")
 	fs.duration(&cfg.Duration, "duration", "", cfg.Duration, "the measurement window: how long publishers publish (idle: how long connections are held)")
+	fs.int(&messages, "messages", "", 0, "end the window once this many messages were sent in all, if --duration has not ended it first (0: no count, the window lasts --duration)")
 	fs.duration(&cfg.Drain, "drain", "", cfg.Drain, "after the window, wait up to this long for deliveries in flight")
 	fs.duration(&cfg.PollTimeout, "poll-timeout", "", cfg.PollTimeout, "timeout of one long-poll request (keep it above the server's --longpoll-window)")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "the server's token secret: the tool signs one user token per client (required)")
@@ -86,16 +87,12 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.int(&userBase, "user-base", "", int(cfg.UserBase), "user id of the first client; client i is user-base+i")
 	fs.int(&cfg.SourceAddrs, "source-addrs", "", cfg.SourceAddrs, "spread client sockets over 127.0.0.1..127.0.0.N when the targets are loopback addresses (1: no spreading)")
 	fs.Var(&pids, "pid", "process id of a server to read RSS and CPU of (repeatable, or comma-separated; summed)")
-	fs.string(&cfg.RedisURL, "redis-url", "", "", "Redis the servers use: report its commands per broadcast and per poll (INFO before and after the window)")
+	fs.string(&cfg.RedisURL, "redis", "SLUICE_REDIS", "", "Redis the servers use (their --redis): report its commands per broadcast and per poll (INFO before and after the window)")
 	fs.int(&cfg.MaxFailed, "max-failed", "", 0, "clients that may fail to connect before the run counts as failed")
 	fs.boolean(&jsonOut, "json", "", false, "print the report as one JSON object")
 	fs.boolean(&quiet, "quiet", "", false, "no progress lines on stderr")
 	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		fmt.Fprintln(stderr, err)
-		return errUsage
+		return err
 	}
 	if len(urls) > 0 {
 		cfg.URLs = urls
@@ -109,6 +106,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		cfg.PIDs = append(cfg.PIDs, n)
 	}
 	cfg.UserBase = int64(userBase)
+	cfg.Messages = int64(messages)
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	if err := applyScenarioFlags(&cfg, publish, idle, given); err != nil {

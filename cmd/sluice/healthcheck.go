@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -18,11 +16,7 @@ func healthcheckCommand(args []string, stdout, stderr io.Writer) error {
 	fs.string(&url, "url", "", "http://127.0.0.1:4000/healthz", "the URL to check")
 	fs.duration(&timeout, "timeout", "", 3*time.Second, "how long to wait")
 	if err := fs.parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		fmt.Fprintln(stderr, err)
-		return errUsage
+		return err
 	}
 	client := &http.Client{Timeout: timeout}
 	resp, err := client.Get(url)

@@ -3,10 +3,11 @@
 // phoenix.js clients connect, with its state in shared stores so that any
 // instance answers any request.
 //
-//	sluice serve   run the gateway (the default)
-//	sluice token   print a user token signed like Phoenix.Token
+//	sluice serve        run the gateway (the default)
+//	sluice token        print a user token signed like Phoenix.Token
 //	sluice healthcheck  check /healthz (the Docker HEALTHCHECK)
-//	sluice bench   a load generator speaking the real protocols
+//	sluice bench        a load generator speaking the real protocols
+//	sluice version      print the version and the commit it was built from
 package main
 
 import (
@@ -29,11 +30,12 @@ func main() {
 const usage = `Usage: sluice <command> [flags]
 
 Commands:
-  serve   run the gateway (default when no command is given)
-  token   print a user token signed like Phoenix.Token.sign(secret, "user socket", data)
+  serve        run the gateway (the default when the first argument is a flag)
+  token        print a user token signed like Phoenix.Token.sign(secret, "user socket", data)
   healthcheck  exit 0 if a URL (default /healthz on 127.0.0.1:4000) answers 2xx
-  bench   a load generator: SSE and LongPoll clients, publishers, delivery checks, latency, server RSS/CPU
-  help    show this help
+  bench        a load generator: SSE and LongPoll clients, publishers, delivery checks, latency, server RSS/CPU
+  version      print the version and the commit it was built from (also --version)
+  help         show this help (also --help)
 
 Run "sluice <command> --help" for a command's flags.
 `
@@ -41,8 +43,15 @@ Run "sluice <command> --help" for a command's flags.
 // run executes a command line and returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
-		cmd, args = args[0], args[1:]
+	if len(args) > 0 {
+		switch first := args[0]; {
+		case first == "-h" || first == "-help" || first == "--help":
+			cmd, args = "help", args[1:]
+		case first == "-version" || first == "--version":
+			cmd, args = "version", args[1:]
+		case first != "" && first[0] != '-':
+			cmd, args = first, args[1:]
+		}
 	}
 	var err error
 	switch cmd {
@@ -54,11 +63,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = healthcheckCommand(args, stdout, stderr)
 	case "bench":
 		err = benchCommand(ctx, args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, versionString())
+		return 0
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", cmd, usage)
+		hint := ""
+		if near := closestCommand(cmd); near != "" {
+			hint = fmt.Sprintf(" (did you mean %q?)", near)
+		}
+		fmt.Fprintf(stderr, "sluice: unknown command %q%s\nRun \"sluice --help\" to list the commands.\n", cmd, hint)
 		return 2
 	}
 	switch {
@@ -72,6 +88,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sluice %s: %v\n", cmd, err)
 		return 1
 	}
+}
+
+// commands are the command names, for suggestions.
+var commands = []string{"serve", "token", "healthcheck", "bench", "version", "help"}
+
+// closestCommand returns the command nearest to name, or "" if none is
+// near enough to be what was meant.
+func closestCommand(name string) string {
+	best, bestDist := "", 3
+	for _, c := range commands {
+		if d := editDistance(name, c); d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	return best
 }
 
 // errUsage reports a command line error already explained to the user.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,10 +16,26 @@ import (
 
 const testSecret = "0123456789abcdefghijklmnopqrstuv"
 
+// TestMain makes the commands read an empty environment: no SLUICE_*
+// variable of the person running the tests changes what they test (tests
+// that read variables set them with withEnv).
+func TestMain(m *testing.M) {
+	lookupEnv = func(string) (string, bool) { return "", false }
+	os.Exit(m.Run())
+}
+
+// withEnv makes the commands see exactly env until the test ends.
+func withEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	prev := lookupEnv
+	lookupEnv = func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	t.Cleanup(func() { lookupEnv = prev })
+}
+
 func runCmd(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	for k, v := range env {
-		t.Setenv(k, v)
+	if env != nil {
+		withEnv(t, env)
 	}
 	var out, errw bytes.Buffer
 	code = run(context.Background(), args, &out, &errw)
@@ -43,7 +60,7 @@ func TestTokenCommandPrintsOnlyAVerifiableToken(t *testing.T) {
 	}
 
 	// From SLUICE_SECRET, with a name and a string id.
-	code, out, _ = runCmd(t, map[string]string{"SLUICE_SECRET": testSecret}, "token", "--user", "ana", "--name", "Ana", "--max-age", "60")
+	code, out, _ = runCmd(t, map[string]string{"SLUICE_SECRET": testSecret}, "token", "--user", "ana", "--name", "Ana", "--max-age", "60s")
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
@@ -60,12 +77,12 @@ func TestTokenCommandPrintsOnlyAVerifiableToken(t *testing.T) {
 }
 
 func TestTokenCommandRefusesBadInput(t *testing.T) {
-	t.Setenv("SLUICE_SECRET", "")
 	for _, args := range [][]string{
 		{"token", "--user", "42"},                             // no secret
 		{"token", "--secret", testSecret},                     // no user
 		{"token", "--secret", testSecret, "--user", "1", "x"}, // stray argument
-		{"token", "--secret", testSecret, "--user", "1", "--max-age", "0"},
+		{"token", "--secret", testSecret, "--user", "1", "--max-age", "0s"},
+		{"token", "--secret", testSecret, "--user", "1", "--max-age", "86400"}, // a duration needs a unit
 		{"token", "--secret", "short", "--user", "1"},
 		{"nonsense"},
 	} {
@@ -77,8 +94,7 @@ func TestTokenCommandRefusesBadInput(t *testing.T) {
 }
 
 func TestServeFlagsAndEnvironment(t *testing.T) {
-	t.Setenv("SLUICE_ADDR", "127.0.0.1:9999")
-	t.Setenv("SLUICE_LONGPOLL_WINDOW", "3s")
+	withEnv(t, map[string]string{"SLUICE_ADDR": "127.0.0.1:9999", "SLUICE_LONGPOLL_WINDOW": "3s"})
 	var errw bytes.Buffer
 	cfg, err := parseServeFlags([]string{"--longpoll-window", "4s"}, &errw)
 	if err != nil {
@@ -105,7 +121,7 @@ func TestServeFlagsAndEnvironment(t *testing.T) {
 	// Help lists every flag with its variable.
 	errw.Reset()
 	code, _, errOut := runCmd(t, nil, "serve", "--help")
-	if code != 0 || !strings.Contains(errOut, "--redis (env REDIS_URL)") || !strings.Contains(errOut, "--longpoll-window (env SLUICE_LONGPOLL_WINDOW)") {
+	if code != 0 || !strings.Contains(errOut, "--redis (env SLUICE_REDIS)") || !strings.Contains(errOut, "--longpoll-window (env SLUICE_LONGPOLL_WINDOW) (default 10s)") {
 		t.Errorf("serve --help: exit %d\n%s", code, errOut)
 	}
 }

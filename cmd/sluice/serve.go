@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,11 +72,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for every /api/* route; unset (and no --api-keys): /api/* answers 403")
 	fs.string(&cfg.APIKeys, "api-keys", "SLUICE_API_KEYS", "", "per-route bearer keys, comma-separated route=key (routes: broadcast, disconnect, salas); a key opens only its route")
 	fs.string(&cfg.OpenTopics, "open-topics", "SLUICE_OPEN_TOPICS", "", "comma-separated topic patterns (bench:*, news:sports) any authenticated user may join to receive what /api/broadcast sends there: no presence, pushes refused")
-	fs.string(&cfg.RedisURL, "redis", "REDIS_URL", "", "Redis URL for shared state (redis://host:port/db; ?master_name=M for Sentinel; ?cluster=true for Cluster); empty: the embedded in-memory store (one instance)")
+	fs.string(&cfg.RedisURL, "redis", "SLUICE_REDIS", "", "Redis URL for shared state (redis://[user:pass@]host:port/db, rediss:// for TLS; ?master_name=M for Sentinel; ?cluster=true for Cluster); empty: the embedded in-memory store (one instance). REDIS_URL is not read")
 	fs.string(&cfg.RedisPrefix, "redis-prefix", "SLUICE_REDIS_PREFIX", "sluice:", "prefix of every Redis key, to share a Redis between deployments")
 	fs.duration(&cfg.LongpollWindow, "longpoll-window", "SLUICE_LONGPOLL_WINDOW", 10*time.Second, "how long a long-poll waits for messages before answering 204 (keep under phoenix.js's 20s timeout)")
-	fs.duration(&cfg.SessionTimeout, "session-timeout", "SLUICE_SESSION_TIMEOUT", 15*time.Second, "how long a session lives after its client's last poll ended; then its presence leaves")
-	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens, whatever the token embeds (the seed's max_age: 86400)")
+	fs.duration(&cfg.SessionTimeout, "session-timeout", "SLUICE_SESSION_TIMEOUT", 15*time.Second, "how long a session lives after its client's last poll ended; then its presence leaves (typing requests by hand: 5m)")
+	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens; a token signed with a shorter max age expires at its own (the smaller wins)")
 	fs.int(&cfg.History, "history", "SLUICE_HISTORY", 1000, "messages kept per topic for clients that fall behind or resume")
 	fs.duration(&cfg.HistoryTTL, "history-ttl", "SLUICE_HISTORY_TTL", time.Hour, "how long a topic's history is kept after its last message")
 	fs.duration(&cfg.SSERetry, "sse-retry", "SLUICE_SSE_RETRY", 2*time.Second, "SSE reconnection delay sent as retry: (jittered ±25% per stream)")
@@ -100,10 +99,6 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.string(&cfg.LogLevel, "log-level", "SLUICE_LOG_LEVEL", "info", "debug, info, warn or error")
 	fs.string(&cfg.LogFormat, "log-format", "SLUICE_LOG_FORMAT", "text", "text or json")
 	if err := fs.parse(args); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, err)
-			return nil, errUsage
-		}
 		return nil, err
 	}
 	switch {
@@ -152,6 +147,11 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	log, err := newLogger(cfg, stderr)
 	if err != nil {
 		return err
+	}
+	if _, set := lookupEnv("REDIS_URL"); set && cfg.RedisURL == "" {
+		// REDIS_URL is every app's variable: one exported for something
+		// else must not silently become this gateway's store.
+		log.Warn("REDIS_URL is set but sluice does not read it: set --redis or SLUICE_REDIS to use Redis; serving from the in-memory store")
 	}
 	if cfg.Secret == "" {
 		var b [32]byte

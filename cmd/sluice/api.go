@@ -10,6 +10,8 @@ import (
 
 	"github.com/go-playground/validator/v10"
 	"github.com/labstack/echo/v4"
+
+	"github.com/sluicegw/sluice/internal/httpjson"
 )
 
 var validate = validator.New(validator.WithRequiredStructEnabled())
@@ -114,22 +116,36 @@ func (s *server) registerAPI(g *echo.Group) {
 	g.POST("/disconnect", s.apiDisconnect)
 }
 
-// bindJSON decodes a request body strictly and validates it.
+// bindJSON decodes a request body strictly and validates it, with errors
+// that name the field and what it needs.
 func bindJSON(c echo.Context, dst any, shape string) error {
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, "body must be JSON "+shape+": "+err.Error())
-	}
-	if err := validate.Struct(dst); err != nil {
+	if err := httpjson.Decode(c.Request().Body, dst, shape); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	if err := httpjson.Validate(validate, dst); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error()+": expected "+shape)
 	}
 	return nil
 }
 
+// jsonSerializer is echo's JSON serializer without HTML escaping: answers
+// are application/json (never HTML), and error strings are read in
+// terminals, where "Bearer \u003capi key\u003e" helps nobody.
+type jsonSerializer struct{ echo.DefaultJSONSerializer }
+
+// Serialize implements echo.JSONSerializer.
+func (jsonSerializer) Serialize(c echo.Context, i any, indent string) error {
+	enc := json.NewEncoder(c.Response())
+	enc.SetEscapeHTML(false)
+	if indent != "" {
+		enc.SetIndent("", indent)
+	}
+	return enc.Encode(i)
+}
+
 func (s *server) apiBroadcast(c echo.Context) error {
 	var req broadcastRequest
-	if err := bindJSON(c, &req, `{"topic": string, "event": string, "payload": object}`); err != nil {
+	if err := bindJSON(c, &req, `{"topic": string, "event": string, "payload"?: object}`); err != nil {
 		return err
 	}
 	if len(req.Payload) == 0 || string(req.Payload) == "null" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/redisurl"
 	"github.com/sluicegw/sluice/longpoll"
 	"github.com/sluicegw/sluice/metrics"
 	"github.com/sluicegw/sluice/sse"
@@ -120,6 +121,11 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBodyBytes)
 	case cfg.Secret != "" && len(cfg.Secret) < 20:
 		return nil, errors.New("--secret must be at least 20 bytes long (as Phoenix requires of secret_key_base)")
+	}
+	if cfg.RedisURL != "" {
+		if _, err := redisurl.Parse(cfg.RedisURL); err != nil {
+			return nil, fmt.Errorf("--redis: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -276,6 +282,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e := s.echo
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = s.httpError
+	e.JSONSerializer = jsonSerializer{}
 	e.Use(accessLog(log))
 	origins, err := gateway.NewOriginChecker(strings.Split(cfg.AllowedOrigins, ","))
 	if err != nil {
@@ -353,21 +360,32 @@ func (s *server) httpError(err error, c echo.Context) {
 	if code == http.StatusRequestEntityTooLarge {
 		msg = fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes)
 	}
+	// The message may quote input and is not HTML-escaped: forbid sniffing.
+	c.Response().Header().Set("X-Content-Type-Options", "nosniff")
 	_ = c.JSON(code, map[string]string{"error": msg})
 }
 
 // serve runs until ctx is done, then shuts down gracefully.
 func (s *server) serve(ctx context.Context, ln net.Listener) error {
+	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+	err := s.ready(pctx)
+	pcancel()
+	switch {
+	case err != nil && permanentRedisError(err):
+		// Redis answered and refused (a database it does not have, a wrong
+		// password): waiting will not fix it. A Redis that is down is
+		// waited for (below).
+		_ = ln.Close()
+		_ = s.close()
+		return fmt.Errorf("%s refused the connection (%w); check --redis (its database number, user and password) and start again", s.storeKind, err)
+	case err != nil:
+		s.log.Error("store unreachable at startup; serving anyway, /readyz says 503 until it answers", "store", s.storeKind, "err", err)
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	for _, run := range s.background {
 		go run(runCtx)
 	}
-	pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
-	if err := s.ready(pctx); err != nil {
-		s.log.Error("store unreachable at startup; serving anyway, /readyz says 503 until it answers", "store", s.storeKind, "err", err)
-	}
-	pcancel()
 	hs := &http.Server{
 		Handler:           s.echo,
 		ReadHeaderTimeout: 10 * time.Second,

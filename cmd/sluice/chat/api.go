@@ -6,6 +6,8 @@ import (
 	"regexp"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/sluicegw/sluice/internal/httpjson"
 )
 
 // roomID is what a room id may look like: it becomes part of a topic.
@@ -29,13 +31,12 @@ func (a *App) putRoom(c echo.Context) error {
 		return echo.NewHTTPError(http.StatusBadRequest, "room id must be 1-64 letters, digits, '-' or '_'")
 	}
 	var req putRoomRequest
-	dec := json.NewDecoder(c.Request().Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		return echo.NewHTTPError(http.StatusBadRequest, `body must be JSON {"password"?: string, "miembros"?: [user ids]}: `+err.Error())
-	}
-	if err := a.validate.Struct(req); err != nil {
+	const shape = `{"password"?: string, "miembros"?: [user ids]}`
+	if err := httpjson.Decode(c.Request().Body, &req, shape); err != nil {
 		return echo.NewHTTPError(http.StatusBadRequest, err.Error())
+	}
+	if err := httpjson.Validate(a.validate, req); err != nil {
+		return echo.NewHTTPError(http.StatusBadRequest, err.Error()+": expected "+shape)
 	}
 	room := Room{ID: id, Members: []string{}}
 	if req.Password != nil {

@@ -23,12 +23,12 @@ func (echoRoom) HandleIn(*gateway.Context, string, json.RawMessage) gateway.Repl
 	return gateway.NoReply
 }
 
-// benchGateway is a gateway on Redis (REDIS_URL, else miniredis) whose
+// benchGateway is a gateway on Redis (SLUICE_TEST_REDIS, else miniredis) whose
 // client counts round trips.
 func benchGateway(b *testing.B) (*gateway.Gateway, *redistest.Counter) {
 	b.Helper()
 	opts := &redis.Options{Addr: miniredis.RunT(b).Addr()}
-	if u := os.Getenv("REDIS_URL"); u != "" {
+	if u := os.Getenv("SLUICE_TEST_REDIS"); u != "" {
 		var err error
 		if opts, err = redis.ParseURL(u); err != nil {
 			b.Fatal(err)
@@ -36,7 +36,7 @@ func benchGateway(b *testing.B) (*gateway.Gateway, *redistest.Counter) {
 	}
 	client := redis.NewClient(opts)
 	b.Cleanup(func() { _ = client.Close() })
-	prefix := fmt.Sprintf("sluicebench:%d:", time.Now().UnixNano())
+	prefix := fmt.Sprintf("sluicetest:bench:%d:", time.Now().UnixNano())
 	b.Cleanup(func() {
 		ctx := context.Background()
 		iter := client.Scan(ctx, 0, prefix+"*", 1000).Iterator()

@@ -31,7 +31,7 @@ type redisBackend struct {
 	connect func(t *testing.T) redis.UniversalClient
 }
 
-// redisBackends returns miniredis always, the Redis at REDIS_URL if set, and the
+// redisBackends returns miniredis always, the Redis at SLUICE_TEST_REDIS if set, and the
 // Cluster at REDIS_CLUSTER_ADDRS (comma-separated host:port) if set.
 func redisBackends(t *testing.T) []redisBackend {
 	t.Helper()
@@ -39,10 +39,10 @@ func redisBackends(t *testing.T) []redisBackend {
 	bs := []redisBackend{{"miniredis", func(t *testing.T) redis.UniversalClient {
 		return redisCloseLater(t, redis.NewClient(&redis.Options{Addr: mr.Addr()}))
 	}}}
-	if u := os.Getenv("REDIS_URL"); u != "" {
+	if u := os.Getenv("SLUICE_TEST_REDIS"); u != "" {
 		opts, err := redis.ParseURL(u)
 		if err != nil {
-			t.Fatalf("REDIS_URL: %v", err)
+			t.Fatalf("SLUICE_TEST_REDIS: %v", err)
 		}
 		bs = append(bs, redisBackend{"redis", func(t *testing.T) redis.UniversalClient {
 			return redisCloseLater(t, redis.NewClient(opts))

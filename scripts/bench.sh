@@ -5,7 +5,7 @@
 #   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] [c] [d] [e]   (default: all)
 #
 # Every run starts fresh servers and stops them; nothing is left running.
-# (d) and (e) need Redis at $REDIS_URL (default redis://127.0.0.1:6379/0);
+# (d) and (e) need Redis at $BENCH_REDIS (default redis://127.0.0.1:6379/0);
 # their keys use a prefix of their own and are deleted afterwards.
 # Environment: SLUICE_BIN (default bin/sluice), BENCH_OUT (default
 # bench-results/<date>), BENCH_DURATION (default 15s), BENCH_RATES (the
@@ -18,7 +18,10 @@ BIN=${SLUICE_BIN:-bin/sluice}
 OUT=${BENCH_OUT:-bench-results/$(date -u +%Y%m%d-%H%M%S)}
 DURATION=${BENCH_DURATION:-15s}
 RATES=${BENCH_RATES:-10 25 50 100 200 400 0}
-REDIS=${REDIS_URL:-redis://127.0.0.1:6379/0}
+REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379/0}
+# The servers and the tool get their settings from flags only: no SLUICE_*
+# variable of the person running this changes a run.
+for v in $(compgen -e | grep '^SLUICE_' || true); do unset "$v"; done
 SECRET=bench-secret-bench-secret-bench-secret
 KEY=bench-key
 mkdir -p "$OUT"
@@ -114,37 +117,37 @@ scenario_d(){
   for rate in 10 25 50 100 200; do
     local prefix="sluicebench:$RANDOM$RANDOM:"
     three "$prefix"
-    run "d-sse-2000-rate-$rate-direct" --url "$DIRECT" --clients 2000 --ramp 8s --duration "$DURATION" --rate "$rate" --publishers 8 --redis-url "$REDIS"
+    run "d-sse-2000-rate-$rate-direct" --url "$DIRECT" --clients 2000 --ramp 8s --duration "$DURATION" --rate "$rate" --publishers 8 --redis "$REDIS"
     cleanup; redis_clean "$prefix"
   done
   for rate in 10 40; do
     local prefix="sluicebench:$RANDOM$RANDOM:"
     three "$prefix"
-    run "d-sse-5000-rate-$rate-direct" --url "$DIRECT" --clients 5000 --ramp 20s --duration "$DURATION" --rate "$rate" --publishers 8 --redis-url "$REDIS"
+    run "d-sse-5000-rate-$rate-direct" --url "$DIRECT" --clients 5000 --ramp 20s --duration "$DURATION" --rate "$rate" --publishers 8 --redis "$REDIS"
     cleanup; redis_clean "$prefix"
   done
   local prefix="sluicebench:$RANDOM$RANDOM:"
   three "$prefix"; proxy
-  run d-sse-2000-rate-25-proxy --url "$PROXY" --clients 2000 --ramp 8s --duration "$DURATION" --rate 25 --publishers 8 --redis-url "$REDIS"
+  run d-sse-2000-rate-25-proxy --url "$PROXY" --clients 2000 --ramp 8s --duration "$DURATION" --rate 25 --publishers 8 --redis "$REDIS"
   cleanup; redis_clean "$prefix"
   for rate in 200 1000; do
     prefix="sluicebench:$RANDOM$RANDOM:"
     three "$prefix"
     run "d-lp-2000-chat-$rate-direct" --scenario chat --transport longpoll --url "$DIRECT" --clients 2000 --topics 100 \
-      --push-share 0.1 --rate "$rate" --ramp 8s --duration "$DURATION" --redis-url "$REDIS"
+      --push-share 0.1 --rate "$rate" --ramp 8s --duration "$DURATION" --redis "$REDIS"
     cleanup; redis_clean "$prefix"
   done
   prefix="sluicebench:$RANDOM$RANDOM:"
   three "$prefix"; proxy
   run d-lp-2000-chat-200-proxy --scenario chat --transport longpoll --url "$PROXY" --clients 2000 --topics 100 \
-    --push-share 0.1 --rate 200 --ramp 8s --duration "$DURATION" --redis-url "$REDIS"
+    --push-share 0.1 --rate 200 --ramp 8s --duration "$DURATION" --redis "$REDIS"
   cleanup; redis_clean "$prefix"
 }
 
 scenario_e(){
   # Round trips and commands per operation, counted by the client (go-redis
   # hooks): see BenchmarkRedis* in gateway/redis_bench_test.go.
-  REDIS_URL=$REDIS go test -run X -bench 'Redis' -benchtime 500x ./gateway/ | tee "$OUT/e-redis-go-bench.txt" | grep Benchmark | tee -a "$OUT/summary.txt"
+  SLUICE_TEST_REDIS=$REDIS go test -run X -bench 'Redis' -benchtime 500x ./gateway/ | tee "$OUT/e-redis-go-bench.txt" | grep Benchmark | tee -a "$OUT/summary.txt"
 }
 
 want=("$@")

@@ -72,7 +72,7 @@ func (be *backend) clientWith(t testing.TB, change func(*redis.Options), hooks .
 }
 
 // forEachBackend runs fn as a subtest against a fresh miniredis, against the
-// real Redis at REDIS_URL when that is set, and against the Redis Cluster at
+// real Redis at SLUICE_TEST_REDIS when that is set, and against the Redis Cluster at
 // REDIS_CLUSTER_ADDRS (comma-separated seed addresses) when that is set.
 func forEachBackend(t *testing.T, fn func(t *testing.T, be *backend)) {
 	t.Helper()
@@ -81,12 +81,12 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, be *backend)) {
 		fn(t, &backend{name: "miniredis", mini: m, opts: func() *redis.Options { return &redis.Options{Addr: m.Addr()} }})
 	})
 	t.Run("redis", func(t *testing.T) {
-		url := os.Getenv("REDIS_URL")
+		url := os.Getenv("SLUICE_TEST_REDIS")
 		if url == "" {
-			t.Skip("REDIS_URL is not set (CI sets it, e.g. redis://127.0.0.1:6379/0)")
+			t.Skip("SLUICE_TEST_REDIS is not set (CI sets it, e.g. redis://127.0.0.1:6379/0)")
 		}
 		if _, err := redis.ParseURL(url); err != nil {
-			t.Fatalf("REDIS_URL: %v", err)
+			t.Fatalf("SLUICE_TEST_REDIS: %v", err)
 		}
 		fn(t, &backend{name: "redis", opts: func() *redis.Options { o, _ := redis.ParseURL(url); return o }})
 	})
@@ -1016,11 +1016,11 @@ func checkErr(t *testing.T, err error, prefix string) {
 
 // --- benchmarks ---
 
-// benchBackend returns a client of the Redis at REDIS_URL, or of a miniredis.
+// benchBackend returns a client of the Redis at SLUICE_TEST_REDIS, or of a miniredis.
 func benchBackend(b *testing.B, c *redistest.Counter) redis.UniversalClient {
 	b.Helper()
 	var o *redis.Options
-	if url := os.Getenv("REDIS_URL"); url != "" {
+	if url := os.Getenv("SLUICE_TEST_REDIS"); url != "" {
 		var err error
 		if o, err = redis.ParseURL(url); err != nil {
 			b.Fatal(err)

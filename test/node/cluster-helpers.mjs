@@ -7,8 +7,9 @@
 // cluster's `server` object has the fields those helpers use (socketUrl, longpollUrl, token(),
 // api(), createRoom(), broadcast()), all pointing at the proxy.
 //
-// Environment: SLUICE_BIN, SLUICE_TEST_LOG=1 (as helpers.mjs), REDIS_URL (the shared Redis for the
-// main scenarios; default redis://127.0.0.1:6379/0), SLUICE_LOG_LEVEL (passed to the servers).
+// Environment: SLUICE_BIN, SLUICE_TEST_LOG=1 (as helpers.mjs), SLUICE_TEST_REDIS (the shared Redis
+// for the main scenarios; default redis://127.0.0.1:6379/0), SLUICE_LOG_LEVEL (passed to the
+// servers). No other SLUICE_* variable, nor REDIS_URL, reaches the servers (serverEnv).
 
 import {spawn, execFileSync} from "node:child_process"
 import {randomBytes} from "node:crypto"
@@ -16,12 +17,12 @@ import fs from "node:fs"
 import net from "node:net"
 import os from "node:os"
 import path from "node:path"
-import {SLUICE_BIN, SHORT, sleep} from "./helpers.mjs"
+import {SLUICE_BIN, SHORT, serverEnv, sleep} from "./helpers.mjs"
 import {startProxy} from "./rrproxy.mjs"
 
 export const CLUSTER_WINDOW_MS = 2000
 export const CLUSTER_SESSION_TIMEOUT_MS = 3000
-export const MAIN_REDIS_URL = process.env.REDIS_URL || "redis://127.0.0.1:6379/0"
+export const MAIN_REDIS_URL = process.env.SLUICE_TEST_REDIS || "redis://127.0.0.1:6379/0"
 const verbose = process.env.SLUICE_TEST_LOG === "1"
 
 // ---------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ export async function startInstance({name, redisUrl, prefix, secret, apiKey, ext
       "--redis", redisUrl, "--longpoll-window", `${CLUSTER_WINDOW_MS / 1000}s`,
       "--session-timeout", `${CLUSTER_SESSION_TIMEOUT_MS / 1000}s`, "--shutdown-timeout", "2s",
       ...extraArgs] // later flags win: extraArgs may override the defaults above
-    const env = {...process.env, SLUICE_REDIS_PREFIX: prefix}
+    const env = serverEnv({SLUICE_REDIS_PREFIX: prefix})
     const child = spawn(SLUICE_BIN, args, {stdio: ["ignore", "pipe", "pipe"], env})
     const exited = track(child)
     const out = lineCollector(name)

@@ -17,7 +17,7 @@
 // reported.
 //
 // The instances are started with cluster-helpers' startInstance plus --session-timeout 10s (far longer than any recovery here), --sse-heartbeat 1s and
-// --sse-retry 500ms; each test uses a fresh SLUICE_REDIS_PREFIX on REDIS_URL (default
+// --sse-retry 500ms; each test uses a fresh SLUICE_REDIS_PREFIX on SLUICE_TEST_REDIS (default
 // redis://127.0.0.1:6379/0) and deletes its keys at the end.
 
 import {test} from "node:test"

@@ -5,6 +5,10 @@
 // Environment:
 //   SLUICE_BIN        path of the sluice binary (default <repo>/bin/sluice)
 //   SLUICE_TEST_LOG=1 copy the server's stdout/stderr to this process's stderr
+//   SLUICE_TEST_REDIS a Redis URL: the servers use it (--redis) under a random sluicetest: prefix;
+//                     unset, they use the embedded in-memory store
+//   SLUICE_LOG_LEVEL  passed to the servers
+// No other SLUICE_* variable (nor REDIS_URL) of the person running the tests reaches the servers.
 
 import {spawn, execFileSync} from "node:child_process"
 import {randomBytes, randomInt} from "node:crypto"
@@ -26,6 +30,23 @@ export const SESSION_TIMEOUT_MS = 2000
 export const SHORT = 4000
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** The Redis the servers of the single-instance suites use ("": the in-memory store). */
+export const TEST_REDIS = process.env.SLUICE_TEST_REDIS || ""
+
+/**
+ * The environment of a `sluice` child: this process's, without any SLUICE_* variable (but
+ * SLUICE_LOG_LEVEL) or REDIS_URL, so that what the person running the tests exported does not
+ * change the servers under test; plus `extra`.
+ */
+export function serverEnv(extra = {}){
+  const env = {}
+  for(const [k, v] of Object.entries(process.env)){
+    if((k.startsWith("SLUICE_") && k !== "SLUICE_LOG_LEVEL") || k === "REDIS_URL"){ continue }
+    env[k] = v
+  }
+  return {...env, ...extra}
+}
 
 // ---------------------------------------------------------------------------------------------
 // Unique ids. Every test uses fresh user ids and room ids, so tests in one file (and files run
@@ -79,9 +100,10 @@ export async function startServer(){
     const port = await freePort()
     const args = ["serve", "--addr", `127.0.0.1:${port}`, "--secret", secret, "--api-key", apiKey,
       "--longpoll-window", `${WINDOW_MS / 1000}s`, "--session-timeout", `${SESSION_TIMEOUT_MS / 1000}s`]
+    if(TEST_REDIS){ args.push("--redis", TEST_REDIS) }
     // With Redis, every server gets its own key prefix: test files never see
     // each other's rooms, history or sessions, and runs never pile up.
-    const env = {...process.env, SLUICE_REDIS_PREFIX: `sluicetest:${randomBytes(6).toString("hex")}:`}
+    const env = serverEnv({SLUICE_REDIS_PREFIX: `sluicetest:${randomBytes(6).toString("hex")}:`})
     const child = spawn(SLUICE_BIN, args, {stdio: ["ignore", "pipe", "pipe"], env})
     running.add(child)
     let output = ""

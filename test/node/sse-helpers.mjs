@@ -8,7 +8,7 @@ import {randomBytes} from "node:crypto"
 import fs from "node:fs"
 import http from "node:http"
 import net from "node:net"
-import {SLUICE_BIN, WINDOW_MS, SESSION_TIMEOUT_MS, SHORT, sleep} from "./helpers.mjs"
+import {SLUICE_BIN, WINDOW_MS, SESSION_TIMEOUT_MS, SHORT, TEST_REDIS, serverEnv, sleep} from "./helpers.mjs"
 
 const running = new Set()
 process.on("exit", () => {
@@ -43,8 +43,9 @@ export async function startSluice(extraArgs = []){
   for(let attempt = 0; attempt < 3; attempt++){
     const port = await freePort()
     const args = ["serve", "--addr", `127.0.0.1:${port}`, "--secret", secret, "--api-key", apiKey,
-      "--longpoll-window", `${WINDOW_MS / 1000}s`, "--session-timeout", `${SESSION_TIMEOUT_MS / 1000}s`, ...extraArgs]
-    const env = {...process.env, SLUICE_REDIS_PREFIX: `sluicetest:${randomBytes(6).toString("hex")}:`}
+      "--longpoll-window", `${WINDOW_MS / 1000}s`, "--session-timeout", `${SESSION_TIMEOUT_MS / 1000}s`,
+      ...(TEST_REDIS ? ["--redis", TEST_REDIS] : []), ...extraArgs]
+    const env = serverEnv({SLUICE_REDIS_PREFIX: `sluicetest:${randomBytes(6).toString("hex")}:`})
     const child = spawn(SLUICE_BIN, args, {stdio: ["ignore", "pipe", "pipe"], env})
     running.add(child)
     let output = ""

@@ -22,7 +22,7 @@ import (
 const keepLast = 5
 
 // TestStores runs the same checks on every Store: the memory store, Redis on
-// miniredis, and the Redis at REDIS_URL if set.
+// miniredis, and the Redis at SLUICE_TEST_REDIS if set.
 func TestStores(t *testing.T) {
 	t.Run("memory", func(t *testing.T) { testStore(t, chat.NewMemoryStore(keepLast)) })
 	t.Run("miniredis", func(t *testing.T) {
@@ -30,13 +30,13 @@ func TestStores(t *testing.T) {
 		testStore(t, newRedisStore(t, redis.NewClient(&redis.Options{Addr: mr.Addr()})))
 	})
 	t.Run("redis", func(t *testing.T) {
-		u := os.Getenv("REDIS_URL")
+		u := os.Getenv("SLUICE_TEST_REDIS")
 		if u == "" {
-			t.Skip("REDIS_URL not set")
+			t.Skip("SLUICE_TEST_REDIS not set")
 		}
 		opts, err := redis.ParseURL(u)
 		if err != nil {
-			t.Fatalf("REDIS_URL: %v", err)
+			t.Fatalf("SLUICE_TEST_REDIS: %v", err)
 		}
 		testStore(t, newRedisStore(t, redis.NewClient(opts)))
 	})

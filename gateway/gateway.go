@@ -356,7 +356,8 @@ func (g *Gateway) publishOutbox(ctx context.Context, s *Session) error {
 	return nil
 }
 
-// dispatch routes one client message as Phoenix's socket does (PROTOCOL.md §3.1).
+// dispatch routes one client message as Phoenix's socket does (see
+// docs/protocol.md, "Channels").
 func (g *Gateway) dispatch(ctx context.Context, s *Session, m *Message, fx *effects) {
 	reply := func(joinRef *string, status string, response any) {
 		p, _ := marshalPayload(response)

@@ -12,10 +12,12 @@ import (
 	"gopkg.in/cenkalti/backoff.v1"
 )
 
-// r3sub is one r3labs/sse Client subscription, run the way
-// shared/DEPENDENCY-NOTES.md §2 says is safe: SubscribeRawWithContext (not
-// SubscribeChan/Unsubscribe, which leak a read loop), and a reconnect
-// strategy bound to the context, so that cancelling it stops the client.
+// r3sub is one r3labs/sse (v2.10.0) Client subscription, run the one way
+// that was measured safe: SubscribeRawWithContext (SubscribeChan with
+// Unsubscribe leaks a read loop each time), and a reconnect strategy bound
+// to the context (the default backoff keeps retrying after the context is
+// cancelled), so that cancelling it stops the client. Why the server side
+// is not used: docs/proxies.md.
 type r3sub struct {
 	c      *r3.Client
 	events chan *r3.Event

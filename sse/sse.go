@@ -12,7 +12,7 @@
 // session's delivery cursor from the gateway, and the resume point is the
 // event id itself, so nothing is kept per connection.
 //
-// Countermeasures for proxies (shared/PROXY-PITFALLS.md): `retry:` with
+// Countermeasures for proxies (docs/proxies.md): `retry:` with
 // jitter, heartbeat events well under the usual 60–100 s idle cuts, an
 // optional padding comment for buffering proxies, headers that forbid
 // caching, transformation and buffering, and a maximum stream lifetime after
@@ -155,7 +155,7 @@ func fail(c echo.Context, status int, msg string) error {
 // unavailable answers a stream this instance cannot serve now (the store
 // does not answer, it is draining, it holds its maximum of streams), saying
 // why. An EventSource
-// never retries after a non-200 answer (PROXY-PITFALLS #8), so this is a 200
+// never retries after a non-200 answer (docs/proxies.md), so this is a 200
 // stream that says why and ends at once with a short retry: the browser
 // comes back, with its Last-Event-ID, and resumes exactly once the store
 // answers again.

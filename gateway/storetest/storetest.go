@@ -1,5 +1,5 @@
 // Package storetest is the conformance suite that every session and presence
-// store must pass (DESIGN.md, invariant 7): the memory store and the Redis
+// store must pass (docs/architecture.md, invariant 7): the memory store and the Redis
 // store run the same subtests, so that the gateway relies on one behaviour
 // whichever store serves it.
 //

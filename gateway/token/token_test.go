@@ -15,7 +15,8 @@ import (
 	"time"
 )
 
-// Vectors from PROTOCOL.md §8.4, produced by Plug.Crypto 2.1.1.
+// Vectors produced by Plug.Crypto 2.1.1 (Phoenix.Token.sign with a fixed
+// signed_at), and checked independently in Python.
 const (
 	secret  = "abcdefghabcdefghabcdefghabcdefghabcdefghabcdefghabcdefghabcdefgh"
 	salt    = "user auth"

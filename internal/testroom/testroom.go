@@ -1,5 +1,6 @@
 // Package testroom is the channel the transports' tests run against, shaped
-// like the reference Phoenix app of shared/PHOENIX-TRANSCRIPTS.md: "room:*",
+// like the minimal Phoenix app whose answers the transports were checked
+// against (Phoenix 1.7.24, one RoomChannel with Presence): "room:*",
 // where a join tracks presence and pushes presence_state; "ping" echoes its
 // payload, "shout" broadcasts it, "quiet" answers nothing, "boom" crashes.
 package testroom

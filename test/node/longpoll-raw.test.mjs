@@ -1,5 +1,6 @@
-// The LongPoll envelope with plain fetch (no phoenix.js), against the facts recorded from a real
-// Phoenix server (/work/shared/PHOENIX-TRANSCRIPTS.md "Summary of observed behaviour", PROTOCOL.md §5, §12).
+// The LongPoll envelope with plain fetch (no phoenix.js), against what a real Phoenix server
+// (1.7.24 on Bandit) was recorded answering, and Sluice's documented differences
+// (docs/protocol.md, "LongPoll").
 
 import {test, before, after} from "node:test"
 import assert from "node:assert/strict"
@@ -217,7 +218,7 @@ test("a session nobody polls expires: POST then answers 410, GET gets a new sess
 })
 
 // ---------------------------------------------------------------------------------------------
-// Phoenix.Token (PROTOCOL.md §8): used only to make an expired user token.
+// Phoenix.Token (docs/protocol.md, "User tokens"): used only to make an expired user token.
 
 function b64url(buf){ return Buffer.from(buf).toString("base64url") }
 

@@ -1,5 +1,5 @@
 // Package brokertest is the conformance suite that every topics.Broker
-// implementation must pass (DESIGN.md, invariant 7): the memory broker and the
+// implementation must pass (docs/architecture.md, invariant 7): the memory broker and the
 // Redis broker run the same subtests, so that the gateway can rely on one
 // behaviour whichever store serves it.
 //

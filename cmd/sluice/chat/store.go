@@ -1,7 +1,8 @@
-// Package chat is the seed's chat app (shared/seed/channels-y-presencia.md),
-// Sluice's default app: rooms "sala:*" with history and presence, and
-// per-user notifications "notificaciones:*" filtered by level. Its topics,
-// events and replies (in Spanish) are the seed's contract.
+// Package chat is Sluice's default app (docs/chat-app.md): rooms "sala:*"
+// with history and presence, and per-user notifications "notificaciones:*"
+// filtered by level. It reimplements a Phoenix chat app, called "the seed"
+// in these comments; its topics, events and replies (in Spanish) are that
+// app's contract.
 package chat
 
 import (

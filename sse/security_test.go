@@ -102,3 +102,21 @@ func TestRefusedJoinAtConnectMakesNoSession(t *testing.T) {
 	requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")
 	s.close()
 }
+
+// An event id is public (clients that cannot set headers send it back in
+// ?lastEventId=): the stream never writes a key in one, even when a resume
+// presented its credential (or a LongPoll token) as Last-Event-ID.
+func TestResumeNeverEchoesAKeyInAnEventID(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	s, h := e.connect(t, "42", "2.0.0", "")
+	s.close()
+	r := e.open(t, streamQuery(t, "42", "2.0.0"), map[string]string{"Last-Event-ID": h.Credential + ".0"})
+	defer r.close()
+	got := r.session(t)
+	if !got.Resumed || got.Session != h.Session {
+		t.Fatalf("resume with the credential as Last-Event-ID: got %+v, want session %s resumed", got, h.Session)
+	}
+	if strings.Contains(got.EventID, h.Credential[32:]) {
+		t.Fatalf("the session event's id %q holds the session's key", got.EventID)
+	}
+}

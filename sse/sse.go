@@ -249,7 +249,9 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 		switch err := t.gw.Resume(ctx, info, prev); {
 		case err == nil:
+			// Event ids are public: never echo a key a client sent in one.
 			tok, resumed = prev, true
+			tok.Key = ""
 			obs.Resumed(transportName)
 		case errors.Is(err, gateway.ErrForeignSession):
 			obs.Refused(transportName, "foreign_session")

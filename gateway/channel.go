@@ -116,7 +116,7 @@ func (c *Context) Logger() *slog.Logger {
 
 // Assign stores v (encoded as JSON) under key in the channel's assigns.
 func (c *Context) Assign(key string, v any) error {
-	b, err := json.Marshal(v)
+	b, err := marshalJSON(v)
 	if err != nil {
 		return fmt.Errorf("assign %q: %w", key, err)
 	}

@@ -19,7 +19,7 @@ type record struct {
 }
 
 func encodeRecord(m *Message, from string) []byte {
-	b, _ := json.Marshal(record{Time: time.Now().UnixNano(), From: from, Message: *m})
+	b, _ := marshalJSON(record{Time: time.Now().UnixNano(), From: from, Message: *m})
 	return b
 }
 

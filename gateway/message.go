@@ -9,7 +9,10 @@
 // PresenceStore, so that any instance can serve any request of any session.
 package gateway
 
-import "encoding/json"
+import (
+	"bytes"
+	"encoding/json"
+)
 
 // Reserved events of the Phoenix Channels protocol.
 const (
@@ -59,7 +62,7 @@ func replyPayload(status string, response json.RawMessage) json.RawMessage {
 	if len(response) == 0 {
 		response = emptyObject
 	}
-	b, _ := json.Marshal(struct {
+	b, _ := marshalJSON(struct {
 		Response json.RawMessage `json:"response"`
 		Status   string          `json:"status"`
 	}{response, status})
@@ -80,5 +83,20 @@ func marshalPayload(v any) (json.RawMessage, error) {
 		}
 		return raw, nil
 	}
-	return json.Marshal(v)
+	return marshalJSON(v)
+}
+
+// marshalJSON is json.Marshal without its HTML escaping. What the gateway
+// keeps and sends is JSON for its clients, never HTML (Phoenix does not
+// escape it either), and escaping would keep each '<', '>' and '&' of a
+// client's payload at six times its size in every broker log, mailbox and
+// stored session it reaches.
+func marshalJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte{'\n'}), nil
 }

@@ -161,7 +161,7 @@ func sessionTTL(deadline time.Time) time.Duration {
 // before the id is indexed, so a listed id without data is gone for good
 // (sessions never come back), never a Create in progress.
 func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int) error {
-	data, err := json.Marshal(s)
+	data, err := marshalJSON(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
 	}
@@ -343,7 +343,7 @@ func (r *RedisStore) Load(ctx context.Context, id string) (*Session, error) {
 // Save implements SessionStore. One round trip: SET XX KEEPTTL (never
 // revives; the deadline and its TTL stay), and the socket index's TTL.
 func (r *RedisStore) Save(ctx context.Context, s *Session) error {
-	data, err := json.Marshal(s)
+	data, err := marshalJSON(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
 	}

@@ -53,6 +53,7 @@ type envConfig struct {
 	MaxFrames        int   // default: the transport's (100)
 	MaxBodyBytes     int64 // default 4096
 	MaxStreams       int
+	MaxSessions      int       // per user; default none
 	Log              io.Writer // where the server logs, at debug level; default nowhere
 }
 
@@ -86,13 +87,14 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
 	gw, err := gateway.New(gateway.Config{
-		Router:         router,
-		Authenticate:   gateway.TokenAuthenticator(testSecret, 24*time.Hour),
-		Sessions:       store,
-		Presence:       store,
-		Broker:         topics.NewMemoryBroker(100, time.Hour),
-		SessionTimeout: cfg.SessionTimeout,
-		Logger:         log,
+		Router:             router,
+		Authenticate:       gateway.TokenAuthenticator(testSecret, 24*time.Hour),
+		Sessions:           store,
+		Presence:           store,
+		Broker:             topics.NewMemoryBroker(100, time.Hour),
+		SessionTimeout:     cfg.SessionTimeout,
+		MaxSessionsPerUser: cfg.MaxSessions,
+		Logger:             log,
 	})
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)

@@ -85,3 +85,38 @@ func TestSessionTakeoverRefused(t *testing.T) {
 		}
 	}
 }
+
+// A stream refused for its ?join= (a topic over the field limit, too many
+// topics) is refused before a session is made: a session nobody can use
+// would count against --max-sessions-per-user until it expires, so two bad
+// URLs locked a user with a limit of 2 out for the session timeout.
+func TestRefusedJoinAtConnectMakesNoSession(t *testing.T) {
+	e := newEnv(t, envConfig{MaxSessions: 1, MaxFrames: 3})
+	long := "room:" + strings.Repeat("x", gateway.MaxFieldBytes)
+	for _, join := range []string{long, "room:a,room:b,room:c,room:d", "room:a," + long} {
+		r := e.refused(t, ssePath+"?"+streamQuery(t, "42", "2.0.0")+"&join="+qe(join), nil)
+		requireJSONError(t, "GET ?join="+join[:min(len(join), 20)], r, http.StatusBadRequest)
+	}
+	// The user's one session is still free.
+	s, _ := e.connect(t, "42", "2.0.0", "join=room:a")
+	requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")
+	s.close()
+}
+
+// An event id is public (clients that cannot set headers send it back in
+// ?lastEventId=): the stream never writes a key in one, even when a resume
+// presented its credential (or a LongPoll token) as Last-Event-ID.
+func TestResumeNeverEchoesAKeyInAnEventID(t *testing.T) {
+	e := newEnv(t, envConfig{})
+	s, h := e.connect(t, "42", "2.0.0", "")
+	s.close()
+	r := e.open(t, streamQuery(t, "42", "2.0.0"), map[string]string{"Last-Event-ID": h.Credential + ".0"})
+	defer r.close()
+	got := r.session(t)
+	if !got.Resumed || got.Session != h.Session {
+		t.Fatalf("resume with the credential as Last-Event-ID: got %+v, want session %s resumed", got, h.Session)
+	}
+	if strings.Contains(got.EventID, h.Credential[32:]) {
+		t.Fatalf("the session event's id %q holds the session's key", got.EventID)
+	}
+}

@@ -22,7 +22,6 @@ package sse
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,7 +249,9 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 		switch err := t.gw.Resume(ctx, info, prev); {
 		case err == nil:
+			// Event ids are public: never echo a key a client sent in one.
 			tok, resumed = prev, true
+			tok.Key = ""
 			obs.Resumed(transportName)
 		case errors.Is(err, gateway.ErrForeignSession):
 			obs.Refused(transportName, "foreign_session")
@@ -269,7 +270,14 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 	}
 	if !resumed {
-		var err error
+		// ?join= is checked before the session is made: a session refused
+		// its joins would count against --max-sessions-per-user, unused,
+		// until it expired.
+		joins, err := joinFrames(info.Vsn, q["join"], t.cfg.MaxFrames)
+		if err != nil {
+			obs.Refused(transportName, "malformed")
+			return fail(c, http.StatusBadRequest, err.Error())
+		}
 		tok, err = t.gw.Connect(ctx, info)
 		switch {
 		case errors.Is(err, gateway.ErrTooManySessions):
@@ -284,8 +292,13 @@ func (t *Transport) stream(c echo.Context) error {
 			obs.Refused(transportName, "unavailable")
 			return t.unavailable(c, reasonStore)
 		}
-		if err := t.joinAtConnect(ctx, tok.SessionID, info.Vsn, q["join"]); err != nil {
-			return fail(c, http.StatusBadRequest, err.Error())
+		if len(joins) > 0 {
+			if err := t.gw.Handle(ctx, tok.SessionID, joins); err != nil {
+				// The frames were checked: the store failed.
+				t.cfg.Logger.Error("sse: join at connect failed", "session", gateway.LogSession(tok.SessionID), "err", err)
+				obs.Refused(transportName, "unavailable")
+				return t.unavailable(c, reasonStore)
+			}
 		}
 	}
 
@@ -471,13 +484,15 @@ func jitter(d time.Duration, frac float64) time.Duration {
 	return d + time.Duration((rand.Float64()*2-1)*frac*float64(d))
 }
 
-// joinAtConnect joins the topics named by ?join= (several allowed, or
-// comma-separated), for curl users: their replies come down the stream with
-// join_ref "join:<n>".
-func (t *Transport) joinAtConnect(ctx context.Context, sessionID, vsn string, params []string) error {
+// joinFrames makes the join frames of the topics named by ?join= (several
+// allowed, or comma-separated), for curl users: their replies come down the
+// stream with join_ref "join:<n>". It refuses what Handle would (a topic over
+// gateway.MaxFieldBytes, more than maxFrames topics) before any session is
+// made. With a vsn no serializer speaks it returns nothing: Connect refuses it.
+func joinFrames(vsn string, params []string, maxFrames int) ([][]byte, error) {
 	ser, err := gateway.SerializerFor(vsn)
 	if err != nil {
-		return err
+		return nil, nil
 	}
 	var frames [][]byte
 	n := 0
@@ -489,19 +504,19 @@ func (t *Transport) joinAtConnect(ctx context.Context, sessionID, vsn string, pa
 			n++
 			ref := "join:" + strconv.Itoa(n)
 			f, err := ser.Encode(&gateway.Message{JoinRef: &ref, Ref: &ref, Topic: topic, Event: gateway.EventJoin})
+			if err == nil {
+				_, err = ser.Decode(f) // the checks Handle makes of every frame
+			}
 			if err != nil {
-				return err
+				return nil, fmt.Errorf("join %d of ?join=: %w", n, err)
 			}
 			frames = append(frames, f)
 		}
 	}
-	if len(frames) == 0 {
-		return nil
+	if len(frames) > maxFrames {
+		return nil, fmt.Errorf("too many topics in join: %d, at most %d", len(frames), maxFrames)
 	}
-	if len(frames) > t.cfg.MaxFrames {
-		return fmt.Errorf("too many topics in join: %d, at most %d", len(frames), t.cfg.MaxFrames)
-	}
-	return t.gw.Handle(ctx, sessionID, frames)
+	return frames, nil
 }
 
 func (t *Transport) publish(c echo.Context) error {

@@ -120,7 +120,7 @@ globalThis.fetch = async (url, opts = {}) => {
       const j = JSON.parse(text)
       rec.status = j?.status ?? null
       rec.error = j?.error ?? null
-      if(kind === "lp" && typeof j?.token === "string"){ rec.newSession = j.token.split(".")[0] }
+      if(kind === "lp" && typeof j?.token === "string"){ rec.newSession = j.token.split(".")[0].slice(0, 32) }
     } catch {
       rec.text = text.slice(0, 160)
     }

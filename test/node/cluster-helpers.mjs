@@ -438,7 +438,7 @@ globalThis.fetch = async (url, opts = {}) => {
       const j = JSON.parse(text)
       rec.status = j?.status ?? null
       rec.error = j?.error ?? null
-      if(j?.token){ rec.newSession = String(j.token).split(".")[0] }
+      if(j?.token){ rec.newSession = String(j.token).split(".")[0].slice(0, 32) }
     } catch {
       rec.text = text.slice(0, 120)
     }

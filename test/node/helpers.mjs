@@ -251,7 +251,7 @@ export class Recorder {
 /**
  * Opens a phoenix.js Socket (LongPoll transport, or the one useTransport chose) for a user and
  * waits until it is open. Returns a client: {socket, userId, name, token, channel(topic, params),
- * close()}; `errors` records the socket's errors and `closes` the closes it did not ask for.
+ * close()}; `errors` records the socket's errors and `transportCloses` the closes it did not ask for.
  */
 export async function openClient(server, {userId = newUserId(), name = `Usuario ${userId}`, token, socketOpts = {}} = {}){
   token = token ?? server.token(userId, name)
@@ -266,7 +266,7 @@ export async function openClient(server, {userId = newUserId(), name = `Usuario 
     key: String(userId),
     channels: [],
     errors: [],
-    closes: [],
+    transportCloses: [],
     /** A channel with a Recorder attached as `channel.rec`. Not joined yet. */
     channel(topic, params = {}){
       const ch = socket.channel(topic, params)
@@ -284,7 +284,7 @@ export async function openClient(server, {userId = newUserId(), name = `Usuario 
   }
   socket.onError((err) => client.errors.push({err, at: Date.now()}))
   // A LongPoll connection that fails reports an error; a WebSocket the server closes, a close.
-  socket.onClose((ev) => { if(openClients.has(client)){ client.closes.push({code: ev?.code, reason: ev?.reason, at: Date.now()}) } })
+  socket.onClose((ev) => { if(openClients.has(client)){ client.transportCloses.push({code: ev?.code, reason: ev?.reason, at: Date.now()}) } })
   openClients.add(client)
   await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`socket for user ${userId} did not open within ${SHORT} ms`)), SHORT)

@@ -135,7 +135,7 @@ func (t *Transport) Register(e *echo.Echo, path string) {
 const transportName = "websocket"
 
 // Close codes. phoenix.js 1.8.16 reconnects after any close it did not ask
-// for, but earlier 1.8 and 1.7 releases do not reconnect after 1000, so the
+// for, but older releases do not reconnect after 1000, so the
 // server never ends a connection with 1000.
 const (
 	// closeGoingAway: the session was ended (/api/disconnect), as Phoenix
@@ -600,8 +600,8 @@ func (s *socket) failLocked(err error) {
 }
 
 // closeLocked starts a server-initiated close: the close frame goes out, and
-// the reader waits closeGrace at most for the client's close frame (gorilla
-// closes the connection once it reads it).
+// the reader waits closeGrace at most for the client's close frame (then
+// run closes the connection).
 func (s *socket) closeLocked(code int, reason string) {
 	if s.closing {
 		return

@@ -15,7 +15,7 @@ import (
 	"github.com/sluicegw/sluice/internal/loadgen"
 )
 
-const benchSummary = `A load generator speaking Sluice's real protocols: N clients over SSE or LongPoll (or a mix), each
+const benchSummary = `A load generator speaking Sluice's real protocols: N clients over SSE, LongPoll or WebSocket (or a mix), each
 joining K topics, connected over --ramp; once all are joined (and --settle later), publishers send for
 --duration through the HTTP API (/api/broadcast) or as chat pushes of clients (nuevo_mensaje); then it
 waits up to --drain for deliveries in flight. It reports clients connected and failed, messages sent and
@@ -62,7 +62,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var userBase int
 	fs := newFlagSet("bench", benchSummary, stderr)
 	fs.Var(&urls, "url", "base URL of a target (repeatable, or comma-separated); clients and publishers spread over them round-robin (default http://127.0.0.1:4000)")
-	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, or mix (even clients SSE, odd LongPoll)")
+	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, websocket, or mix (clients in turn over SSE, LongPoll and WebSocket)")
 	fs.string(&cfg.Scenario, "scenario", "", cfg.Scenario, "broadcast (API publishers to open topics), chat (clients push nuevo_mensaje in sala:<id> rooms), or idle (hold connections, publish nothing)")
 	fs.string(&publish, "publish", "", "", "api or push: another way to say --scenario broadcast or chat")
 	fs.boolean(&idle, "idle", "", false, "same as --scenario idle")

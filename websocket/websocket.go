@@ -14,17 +14,20 @@
 //
 // Framing is github.com/gorilla/websocket's. Like a parked SSE stream, an
 // idle connection holds no handler goroutine and no write buffer: one
-// goroutine blocked reading (which notices the client leaving, answers
-// pings and reads frames), a 1 KiB read buffer, a timer, and its
-// subscription; deliveries run as short tasks woken by the broker.
+// goroutine with a small stack waiting for the connection to be readable
+// (which notices the client leaving), a 512-byte read buffer, a timer, and
+// its subscription. Reading and applying frames, and deliveries, run as
+// short tasks.
 package websocket
 
 import (
+	"bufio"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -40,14 +43,16 @@ import (
 
 // Config tunes the transport. Zero values take the defaults.
 type Config struct {
-	// PingInterval is how often the server pings a connection and checks
-	// its session (which keeps it alive in the store and finds what a lost
-	// wake-up from another instance hid). Default 20s.
+	// PingInterval is how often the server checks a connection's session
+	// (which keeps it alive in the store and finds what a lost wake-up from
+	// another instance hid), and pings a client silent for twice as long:
+	// phoenix.js, whose heartbeat comes every 30 s, is never pinged; a
+	// client that sends nothing must answer pings. Default 20s.
 	PingInterval time.Duration
 	// IdleTimeout closes a connection from which nothing (no message, no
 	// pong) arrived for this long, as Phoenix's WebSocket `timeout`: a peer
-	// that died without closing is noticed by its missing pongs. It must be
-	// longer than PingInterval. Default 60s.
+	// that died without closing is noticed by its missing heartbeats or
+	// pongs. It must be longer than twice PingInterval. Default 60s.
 	IdleTimeout time.Duration
 	// WriteTimeout bounds a write; a client that stops reading is dropped
 	// once its buffers are full for this long. Default 10s.
@@ -92,7 +97,7 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 60 * time.Second
 	}
-	if cfg.IdleTimeout <= cfg.PingInterval {
+	if cfg.IdleTimeout <= 2*cfg.PingInterval {
 		cfg.IdleTimeout = 3 * cfg.PingInterval
 	}
 	if cfg.WriteTimeout <= 0 {
@@ -107,10 +112,9 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	t := &Transport{gw: gw, cfg: cfg, sockets: make(map[*socket]struct{})}
 	t.upgrader = gws.Upgrader{
 		HandshakeTimeout: cfg.WriteTimeout,
-		// 1 KiB instead of net/http's 4 KiB (frames are small; a larger one
-		// is read in several steps), and a write buffer only while writing:
-		// an idle connection costs less than half (see the commit message).
-		ReadBufferSize:  1024,
+		// The read buffer is ours (see hijacker): 512 bytes instead of
+		// net/http's 4 KiB (frames are small; a larger one is read in several
+		// steps); and a write buffer only while writing.
 		WriteBufferPool: writeBuffers,
 		// phoenix.js offers "phoenix" (next to its auth token entry) and
 		// needs it echoed; the token entry is never echoed.
@@ -268,7 +272,8 @@ func (t *Transport) serve(c echo.Context) error {
 		return nil
 	}
 	// The upgrade answer carries the headers set so far (X-Request-ID).
-	conn, err := t.upgrader.Upgrade(w, r, w.Header())
+	hj := &hijacker{ResponseWriter: w}
+	conn, err := t.upgrader.Upgrade(hj, r, w.Header())
 	if err != nil {
 		// The upgrader answered (or the connection is gone): the session
 		// never had a connection.
@@ -282,9 +287,12 @@ func (t *Transport) serve(c echo.Context) error {
 	w.Status, w.Committed = http.StatusSwitchingProtocols, true
 	handedOver = true
 	obs.Open(transportName, 1)
-	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{})}
+	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{}), br: hj.br}
+	s.lastRead.Store(time.Now().UnixNano())
+	s.readable = readableWaiter(conn.NetConn(), hj.br)
+	s.start()
 	// The handler returns: net/http's request, buffers and goroutine go,
-	// and the socket's reader goroutine serves the connection.
+	// and the socket's goroutine serves the connection.
 	go s.run()
 	return nil
 }
@@ -340,33 +348,44 @@ type socket struct {
 	beat   *time.Timer
 	// deadline is the connection's write deadline, moved once half spent.
 	deadline time.Time
+	// lastRead is when a frame last arrived (unix nanoseconds).
+	lastRead atomic.Int64
+	// br is the connection's read buffer, and readable waits until it or
+	// the connection has something to read (nil: not possible here).
+	br       *bufio.Reader
+	readable func() error
 }
 
-// run serves the connection until it ends, then ends its session.
-func (s *socket) run() {
+// start subscribes to the session and delivers what arrived since the
+// connect.
+func (s *socket) start() {
 	t := s.t
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	sub, err := t.gw.SubscribeFunc(ctx, s.tok, t.cfg.PingInterval, s.wake)
 	cancel()
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err != nil {
 		s.failLocked(err)
-	} else {
-		s.sub = sub
-		t.mu.Lock()
-		t.sockets[s] = struct{}{}
-		draining := t.draining
-		t.mu.Unlock()
-		s.beat = time.AfterFunc(t.cfg.PingInterval, s.heartbeat)
-		if draining {
-			s.closeLocked(closeRestart, reasonDraining)
-		} else {
-			// What arrived since the connect: the first read of everything.
-			s.deliverLocked()
-		}
+		return
 	}
-	s.mu.Unlock()
+	s.sub = sub
+	t.mu.Lock()
+	t.sockets[s] = struct{}{}
+	draining := t.draining
+	t.mu.Unlock()
+	s.beat = time.AfterFunc(t.cfg.PingInterval, s.heartbeat)
+	if draining {
+		s.closeLocked(closeRestart, reasonDraining)
+		return
+	}
+	// What arrived since the connect: the first read of everything.
+	s.deliverLocked()
+}
 
+// run reads until the connection ends, then ends the session.
+func (s *socket) run() {
+	t := s.t
 	s.read()
 
 	s.mu.Lock()
@@ -384,8 +403,11 @@ func (s *socket) run() {
 	// instead, nothing ends the session here: its deadline, which the
 	// subscription keeps a session timeout ahead of its last check, passes,
 	// and any instance's expiry ends it.
-	ctx, cancel = context.WithTimeout(context.Background(), storeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	var endErr error
+	s.mu.Lock()
+	sub := s.sub
+	s.mu.Unlock()
 	if sub != nil {
 		_, endErr = sub.End(ctx, "closed")
 	} else {
@@ -400,21 +422,43 @@ func (s *socket) run() {
 }
 
 // read reads frames until the connection ends, handing each text message
-// to the gateway as one frame, in order.
+// to the gateway as one frame, in order. While nothing arrives it waits
+// for the connection to become readable on a shallow stack; the frames are
+// read and applied by a short-lived goroutine, whose deep stack goes with
+// it, one batch at a time.
 func (s *socket) read() {
 	conn, cfg := s.conn, &s.t.cfg
 	conn.SetReadLimit(cfg.MaxMessageBytes)
 	conn.SetPongHandler(func(string) error {
+		s.lastRead.Store(time.Now().UnixNano())
 		return s.extendRead()
 	})
+	errc := make(chan error)
 	for {
 		if err := s.extendRead(); err != nil {
 			return
 		}
-		typ, p, err := conn.ReadMessage()
-		if err != nil {
+		if s.readable != nil {
+			if err := s.readable(); err != nil {
+				return // closed, broken, or idle too long
+			}
+		}
+		go func() { errc <- s.readFrames() }()
+		if err := <-errc; err != nil {
 			return // closed by either side, broken, idle too long, or too big (1009 sent)
 		}
+	}
+}
+
+// readFrames reads and applies frames until what arrived is used up (or,
+// with no shallow wait, one frame).
+func (s *socket) readFrames() error {
+	for {
+		typ, p, err := s.conn.ReadMessage()
+		if err != nil {
+			return err
+		}
+		s.lastRead.Store(time.Now().UnixNano())
 		switch {
 		case s.isClosing():
 			// Waiting for the client's close frame: what it sent before
@@ -425,6 +469,12 @@ func (s *socket) read() {
 			s.refuse("malformed", closeBadData, reasonUTF8)
 		default:
 			s.handle(p)
+		}
+		if s.readable == nil || s.br.Buffered() == 0 {
+			return nil
+		}
+		if err := s.extendRead(); err != nil {
+			return err
 		}
 	}
 }
@@ -538,7 +588,8 @@ func (s *socket) deliverLocked() {
 	s.sendLocked(d)
 }
 
-// heartbeat runs every PingInterval: the subscription's check, then a ping.
+// heartbeat runs every PingInterval: the subscription's check, then a ping
+// if the client was silent for two intervals.
 func (s *socket) heartbeat() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -557,9 +608,11 @@ func (s *socket) heartbeat() {
 	if s.closing {
 		return
 	}
-	if err := s.conn.WriteControl(gws.PingMessage, nil, time.Now().Add(s.t.cfg.WriteTimeout)); err != nil {
-		s.abortLocked()
-		return
+	if time.Since(time.Unix(0, s.lastRead.Load())) >= 2*interval {
+		if err := s.conn.WriteControl(gws.PingMessage, nil, time.Now().Add(s.t.cfg.WriteTimeout)); err != nil {
+			s.abortLocked()
+			return
+		}
 	}
 	s.beat.Reset(interval)
 }
@@ -630,4 +683,26 @@ func (s *socket) stopLocked() {
 	if s.beat != nil {
 		s.beat.Stop()
 	}
+}
+
+// readBufferSize is the size of a connection's read buffer.
+const readBufferSize = 512
+
+// hijacker gives the upgrader a read buffer of ours, so that the socket can
+// tell whether it holds unread bytes before it waits on the connection.
+type hijacker struct {
+	http.ResponseWriter
+	br *bufio.Reader // nil if the upgrader kept net/http's
+}
+
+// Hijack implements http.Hijacker.
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil || brw.Reader.Buffered() > 0 {
+		// The upgrader refuses a client that sent data before the
+		// handshake completed; let it see that.
+		return conn, brw, err
+	}
+	h.br = bufio.NewReaderSize(conn, readBufferSize)
+	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
 }

@@ -225,6 +225,18 @@ type frame struct {
 
 func (f frame) String() string { return f.raw }
 
+// seenText lists the frames seen so far, each cut at 200 bytes.
+func (c *client) seenText() string {
+	var b strings.Builder
+	for _, s := range c.seen {
+		if len(s) > 200 {
+			s = s[:200] + "..."
+		}
+		b.WriteString("\n  " + s)
+	}
+	return b.String()
+}
+
 // waitFrame returns the first frame (after those already returned) for
 // which match is true; the frames before it are skipped.
 func (c *client) waitFrame(what string, match func(testroom.Frame) bool) frame {
@@ -246,9 +258,9 @@ func (c *client) waitFrame(what string, match func(testroom.Frame) bool) frame {
 				continue
 			default:
 			}
-			c.t.Fatalf("connection ended (%v) while waiting for %s; seen: %s", c.readErr, what, strings.Join(c.seen, "\n  "))
+			c.t.Fatalf("connection ended (%v) while waiting for %s; seen: %s", c.readErr, what, c.seenText())
 		case <-timeout:
-			c.t.Fatalf("no %s within %v; seen: %s", what, waitFor, strings.Join(c.seen, "\n  "))
+			c.t.Fatalf("no %s within %v; seen: %s", what, waitFor, c.seenText())
 		}
 	}
 }

@@ -287,9 +287,11 @@ func (t *Transport) serve(c echo.Context) error {
 	w.Status, w.Committed = http.StatusSwitchingProtocols, true
 	handedOver = true
 	obs.Open(transportName, 1)
-	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{}), br: hj.br}
+	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{}), br: hj.br, out: hj.out}
 	s.lastRead.Store(time.Now().UnixNano())
-	s.readable = readableWaiter(conn.NetConn(), hj.br)
+	if hj.out != nil {
+		s.readable = readableWaiter(hj.out.Conn, hj.br)
+	}
 	s.start()
 	// The handler returns: net/http's request, buffers and goroutine go,
 	// and the socket's goroutine serves the connection.
@@ -354,6 +356,9 @@ type socket struct {
 	// the connection has something to read (nil: not possible here).
 	br       *bufio.Reader
 	readable func() error
+	// out is the connection gorilla writes to (nil if the upgrader kept
+	// net/http's buffers).
+	out *outConn
 }
 
 // start subscribes to the session and delivers what arrived since the
@@ -623,6 +628,10 @@ func (s *socket) sendLocked(d *gateway.Delivery) {
 		return
 	}
 	timeout := s.t.cfg.WriteTimeout
+	gather := len(d.Frames) > 1 && s.out != nil
+	if gather {
+		s.out.gather()
+	}
 	for _, f := range d.Frames {
 		// Moving the deadline is a timer update: only once half spent.
 		if now := time.Now(); s.deadline.Sub(now) < timeout/2 {
@@ -632,6 +641,12 @@ func (s *socket) sendLocked(d *gateway.Delivery) {
 		if err := s.conn.WriteMessage(gws.TextMessage, f); err != nil {
 			// A client that stopped reading (its buffers full for the
 			// write timeout), or a broken connection: drop it.
+			s.abortLocked()
+			return
+		}
+	}
+	if gather {
+		if err := s.out.flush(); err != nil {
 			s.abortLocked()
 			return
 		}
@@ -689,10 +704,12 @@ func (s *socket) stopLocked() {
 const readBufferSize = 512
 
 // hijacker gives the upgrader a read buffer of ours, so that the socket can
-// tell whether it holds unread bytes before it waits on the connection.
+// tell whether it holds unread bytes before it waits on the connection, and
+// a connection of ours to write to (outConn).
 type hijacker struct {
 	http.ResponseWriter
-	br *bufio.Reader // nil if the upgrader kept net/http's
+	br  *bufio.Reader // nil if the upgrader kept net/http's
+	out *outConn
 }
 
 // Hijack implements http.Hijacker.
@@ -704,5 +721,78 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return conn, brw, err
 	}
 	h.br = bufio.NewReaderSize(conn, readBufferSize)
-	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
+	h.out = &outConn{Conn: conn}
+	return h.out, bufio.NewReadWriter(h.br, brw.Writer), nil
+}
+
+// outConn is the connection as gorilla writes to it, saving two costs per
+// frame: gorilla sets the write deadline before every write (a runtime
+// timer update), which outConn passes on only when it changed; and while a
+// delivery of several frames is written, their writes are gathered and go
+// out as one (one system call, one segment, instead of one per frame).
+type outConn struct {
+	net.Conn
+	mu        sync.Mutex
+	deadline  time.Time
+	gathering bool
+	buf       *[]byte // from gatherBuffers while gathering
+}
+
+// gatherBuffers lends the buffers a delivery's frames are gathered in.
+var gatherBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// gatherLimit is how much is gathered before it is written: a long
+// delivery goes out in writes of about this size, each under the write
+// deadline as it is then.
+const gatherLimit = 32 << 10
+
+// SetWriteDeadline implements net.Conn.
+func (c *outConn) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.Equal(c.deadline) {
+		return nil
+	}
+	c.deadline = t
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// Write implements net.Conn. gorilla writes one frame at a time, never
+// concurrently; a delivery's frames are gathered up to gatherLimit.
+func (c *outConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.gathering {
+		return c.Conn.Write(p)
+	}
+	if len(*c.buf) > 0 && len(*c.buf)+len(p) > gatherLimit {
+		if _, err := c.Conn.Write(*c.buf); err != nil {
+			return 0, err
+		}
+		*c.buf = (*c.buf)[:0]
+	}
+	*c.buf = append(*c.buf, p...)
+	return len(p), nil
+}
+
+// gather holds the writes until flush.
+func (c *outConn) gather() {
+	c.mu.Lock()
+	c.gathering = true
+	c.buf = gatherBuffers.Get().(*[]byte)
+	c.mu.Unlock()
+}
+
+// flush writes what was gathered, in one write.
+func (c *outConn) flush() error {
+	c.mu.Lock()
+	buf := c.buf
+	c.gathering, c.buf = false, nil
+	c.mu.Unlock()
+	_, err := c.Conn.Write(*buf)
+	if cap(*buf) <= 64<<10 {
+		*buf = (*buf)[:0]
+		gatherBuffers.Put(buf)
+	}
+	return err
 }

@@ -641,6 +641,9 @@ func (s *socket) sendLocked(d *gateway.Delivery) {
 		if err := s.conn.WriteMessage(gws.TextMessage, f); err != nil {
 			// A client that stopped reading (its buffers full for the
 			// write timeout), or a broken connection: drop it.
+			if gather {
+				s.out.discard()
+			}
 			s.abortLocked()
 			return
 		}
@@ -780,6 +783,13 @@ func (c *outConn) gather() {
 	c.mu.Lock()
 	c.gathering = true
 	c.buf = gatherBuffers.Get().(*[]byte)
+	c.mu.Unlock()
+}
+
+// discard stops gathering and drops what was gathered.
+func (c *outConn) discard() {
+	c.mu.Lock()
+	c.gathering, c.buf = false, nil
 	c.mu.Unlock()
 }
 

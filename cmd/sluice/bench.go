@@ -38,7 +38,8 @@ Scenarios (S is the server's secret, K its API key, P its process id):
   (d) (b) or (c) against three instances sharing Redis (or one proxy URL in front of them):
       sluice bench --url http://127.0.0.1:4001,http://127.0.0.1:4002,http://127.0.0.1:4003 \
         --pid P1,P2,P3 --redis-url redis://127.0.0.1:6379/0 ...
-  (e) Redis commands per broadcast and per poll: add --redis-url (Sluice must be Redis's only user).`
+  (e) Redis commands per broadcast and per poll: add --redis-url (Sluice must be Redis's only user).
+  (f) WebSocket next to SSE: (a) and (b) again with --transport websocket.`
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
 type listFlag []string

@@ -1,6 +1,7 @@
 // Helpers for the phoenix.js compatibility suite: run a real `sluice serve`,
 // make tokens, call the HTTP API, and drive unmodified phoenix.js clients
-// (LongPoll transport, Node's fetch) with promise-returning helpers.
+// (LongPoll transport over Node's fetch by default; ws-helpers.mjs switches
+// them to WebSocket) with promise-returning helpers.
 //
 // Environment:
 //   SLUICE_BIN        path of the sluice binary (default <repo>/bin/sluice)

@@ -554,6 +554,21 @@ func (g *Gateway) Disconnect(ctx context.Context, socketID string) (int, error) 
 	return n, nil
 }
 
+// EndSession ends a session at once, as its expiry would: its channels end,
+// their presences leave (exactly once across instances), and its waiting
+// polls and subscriptions find it gone. It is for a transport whose
+// connection is the session (WebSocket): when the connection ends, so does
+// the session, rather than after the session timeout. reason labels the
+// end in logs and metrics ("closed"). It reports false if the session was
+// already gone.
+func (g *Gateway) EndSession(ctx context.Context, sessionID, reason string) (bool, error) {
+	ended, err := g.endSession(ctx, sessionID, reason)
+	if err != nil {
+		return false, fmt.Errorf("end session: %w", err)
+	}
+	return ended, nil
+}
+
 // endSession ends a session: under its lock (so that no join is half done),
 // its channels end and their presences leave, then it is removed and polls
 // waiting on it are woken. It reports false if the session was already gone.

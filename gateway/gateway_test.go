@@ -558,3 +558,45 @@ func TestDrainAnswersWaitingPollsAndRefusesNewSessions(t *testing.T) {
 		t.Errorf("draining ended the session: %v", err)
 	}
 }
+
+// A session whose connection closed (a WebSocket) ends at once, long before
+// its timeout: its presence leaves once, concurrent ends announce nothing
+// twice, and the session is gone.
+func TestEndSessionLeavesAtOnce(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SessionTimeout = time.Hour })
+	a := h.connect("1", "2.0.0")
+	b := h.connect("2", "2.0.0")
+	a.send(`["1","1","room:a","phx_join",{}]`)
+	a.poll()
+	b.send(`["1","1","room:a","phx_join",{}]`)
+	b.poll()
+	a.poll()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ended := 0
+	for range 3 {
+		wg.Go(func() {
+			ok, err := h.gw.EndSession(context.Background(), a.tok.SessionID, "closed")
+			if err != nil {
+				t.Errorf("EndSession: %v", err)
+			}
+			if ok {
+				mu.Lock()
+				ended++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if ended != 1 {
+		t.Errorf("%d EndSession calls reported ending the session, want 1", ended)
+	}
+	expectFrames(t, b.poll(), `[null,null,"room:a","presence_diff",{"joins":{},"leaves":{"1":{"metas":[{"status":"active","phx_ref":"*"}]}}}]`)
+	if _, err := h.gw.Poll(context.Background(), a.tok, time.Millisecond); err != ErrNoSession {
+		t.Errorf("poll of an ended session: %v, want ErrNoSession", err)
+	}
+	if ok, err := h.gw.EndSession(context.Background(), a.tok.SessionID, "closed"); ok || err != nil {
+		t.Errorf("EndSession of a gone session = %v, %v; want false, nil", ok, err)
+	}
+}

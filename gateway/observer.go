@@ -7,7 +7,7 @@ import "time"
 // defaults to one that does nothing.
 type Observer interface {
 	// SessionStarted counts a new session; SessionEnded one that ended, by
-	// reason ("expired", "disconnected").
+	// reason ("expired", "disconnected", "closed": its WebSocket closed).
 	SessionStarted()
 	SessionEnded(reason string)
 	// Joined counts a join by the route's pattern and its outcome: "ok",

@@ -108,6 +108,13 @@ func (sub *Subscription) Close() {
 	cancel()
 }
 
+// End releases the subscription and ends its session at once (see
+// Gateway.EndSession), for a transport whose connection is the session.
+func (sub *Subscription) End(ctx context.Context, reason string) (bool, error) {
+	sub.release()
+	return sub.g.EndSession(ctx, sub.tok.SessionID, reason)
+}
+
 // release stops the wake-ups.
 func (sub *Subscription) release() {
 	sub.mailbox.Close()

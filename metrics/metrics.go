@@ -46,7 +46,7 @@ func New() *Metrics {
 			Name: "sluice_sessions_started_total", Help: "Sessions created on this instance.",
 		}),
 		sessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sluice_sessions_ended_total", Help: "Sessions ended by this instance, by reason (expired, disconnected).",
+			Name: "sluice_sessions_ended_total", Help: "Sessions ended by this instance, by reason (expired, disconnected, closed: its WebSocket connection ended).",
 		}, []string{"reason"}),
 		joins: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_joins_total", Help: "Channel joins by topic pattern and outcome (ok, error, crashed, unmatched, limit).",
@@ -63,7 +63,7 @@ func New() *Metrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}),
 		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "sluice_open_requests", Help: "Open SSE streams and waiting long-polls on this instance, by transport.",
+			Name: "sluice_open_requests", Help: "Open SSE streams, WebSocket connections and waiting long-polls on this instance, by transport.",
 		}, []string{"transport"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_requests_refused_total", Help: "Requests refused or failed, by transport and reason.",

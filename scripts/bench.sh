@@ -2,7 +2,7 @@
 # Runs the load scenarios of BENCHMARKS.md on this machine, on loopback only,
 # and prints one line per run; each run's full report is kept as JSON.
 #
-#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] [c] [d] [e]   (default: all)
+#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] [c] [d] [e] [f]   (default: all)
 #
 # Every run starts fresh servers and stops them; nothing is left running.
 # (d) and (e) need Redis at $BENCH_REDIS (default redis://127.0.0.1:6379/0);
@@ -150,8 +150,26 @@ scenario_e(){
   SLUICE_TEST_REDIS=$REDIS go test -run X -bench 'Redis' -benchtime 500x ./gateway/ | tee "$OUT/e-redis-go-bench.txt" | grep Benchmark | tee -a "$OUT/summary.txt"
 }
 
+# (f) WebSocket next to SSE, in the same run: 10,000 idle connections of
+# each, and one topic with 2,000 subscribers of each at 10 and 100
+# broadcasts/s and as fast as possible.
+scenario_f(){
+  for t in sse websocket; do
+    start_server 4300
+    run "f-idle-$t-10000" --scenario idle --transport "$t" --url http://127.0.0.1:4300 --clients 10000 --ramp 20s --duration 10s
+    cleanup
+  done
+  for rate in 10 100 0; do
+    for t in sse websocket; do
+      start_server 4300
+      run "f-$t-2000-rate-$rate" --transport "$t" --url http://127.0.0.1:4300 --clients 2000 --ramp 8s --duration "$DURATION" --rate "$rate" --publishers 8
+      cleanup
+    done
+  done
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(a b c d e)
+[ ${#want[@]} -gt 0 ] || want=(a b c d e f)
 echo "results in $OUT"
 for s in "${want[@]}"; do "scenario_$s"; done
 echo "summary: $OUT/summary.txt"

@@ -15,7 +15,7 @@ import (
 	"github.com/sluicegw/sluice/internal/loadgen"
 )
 
-const benchSummary = `A load generator speaking Sluice's real protocols: N clients over SSE or LongPoll (or a mix), each
+const benchSummary = `A load generator speaking Sluice's real protocols: N clients over SSE, LongPoll or WebSocket (or a mix), each
 joining K topics, connected over --ramp; once all are joined (and --settle later), publishers send for
 --duration through the HTTP API (/api/broadcast) or as chat pushes of clients (nuevo_mensaje); then it
 waits up to --drain for deliveries in flight. It reports clients connected and failed, messages sent and
@@ -38,7 +38,8 @@ Scenarios (S is the server's secret, K its API key, P its process id):
   (d) (b) or (c) against three instances sharing Redis (or one proxy URL in front of them):
       sluice bench --url http://127.0.0.1:4001,http://127.0.0.1:4002,http://127.0.0.1:4003 \
         --pid P1,P2,P3 --redis redis://127.0.0.1:6379/0 ...
-  (e) Redis commands per broadcast and per poll: add --redis (Sluice must be Redis's only user).`
+  (e) Redis commands per broadcast and per poll: add --redis (Sluice must be Redis's only user).
+  (f) WebSocket next to SSE: (a) and (b) again with --transport websocket.`
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
 type listFlag []string
@@ -62,7 +63,7 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var userBase, messages int
 	fs := newFlagSet("bench", benchSummary, stderr)
 	fs.Var(&urls, "url", "base URL of a target (repeatable, or comma-separated); clients and publishers spread over them round-robin (default http://127.0.0.1:4000)")
-	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, or mix (even clients SSE, odd LongPoll)")
+	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, websocket, or mix (clients in turn over SSE, LongPoll and WebSocket)")
 	fs.string(&cfg.Scenario, "scenario", "", cfg.Scenario, "broadcast (API publishers to open topics), chat (clients push nuevo_mensaje in sala:<id> rooms), or idle (hold connections, publish nothing)")
 	fs.string(&publish, "publish", "", "", "api or push: another way to say --scenario broadcast or chat")
 	fs.boolean(&idle, "idle", "", false, "same as --scenario idle")

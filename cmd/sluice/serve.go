@@ -28,6 +28,7 @@ import (
 	"github.com/sluicegw/sluice/sse"
 	"github.com/sluicegw/sluice/topics"
 	"github.com/sluicegw/sluice/web"
+	"github.com/sluicegw/sluice/websocket"
 )
 
 // serveConfig is the configuration of `sluice serve`.
@@ -60,6 +61,7 @@ type serveConfig struct {
 	PostRate        float64
 	PostBurst       int
 	MaxStreams      int
+	MaxSockets      int
 	AllowedOrigins  string
 	LogLevel        string
 	LogFormat       string
@@ -67,7 +69,7 @@ type serveConfig struct {
 
 func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	cfg := &serveConfig{}
-	fs := newFlagSet("serve", "Runs the gateway: Phoenix LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz, /readyz and /metrics.", stderr)
+	fs := newFlagSet("serve", "Runs the gateway: Phoenix WebSocket at /socket/websocket, LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz, /readyz and /metrics.", stderr)
 	fs.string(&cfg.Addr, "addr", "SLUICE_ADDR", ":4000", "address to listen on")
 	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "token signing secret (a Phoenix secret_key_base, at least 20 bytes); unset: a random one, and tokens made elsewhere will not verify")
 	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "bearer key for every /api/* route; unset (and no --api-keys): /api/* answers 403")
@@ -90,6 +92,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.float(&cfg.PostRate, "post-rate", "SLUICE_POST_RATE", 0, "POSTs per second one session may send to one instance (token bucket of --post-burst; over: 429); 0: no limit")
 	fs.int(&cfg.PostBurst, "post-burst", "SLUICE_POST_BURST", 20, "burst of --post-rate")
 	fs.int(&cfg.MaxStreams, "max-streams", "SLUICE_MAX_STREAMS", 0, "open SSE streams per instance; over it a stream is told to retry elsewhere; 0: no limit")
+	fs.int(&cfg.MaxSockets, "max-sockets", "SLUICE_MAX_SOCKETS", 0, "open WebSocket connections per instance; over it an upgrade is answered 503 and phoenix.js retries, elsewhere; 0: no limit")
 	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host, https://host, https://*.example.com:443; empty: any")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long a drain on SIGTERM/SIGINT may take in all")
@@ -113,8 +116,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--history must be positive, got %d", cfg.History)
 	case cfg.SSEHeartbeat <= 0 || cfg.SSEMaxLifetime <= 0 || cfg.SSERetry <= 0:
 		return nil, errors.New("--sse-heartbeat, --sse-max-lifetime and --sse-retry must be positive")
-	case cfg.MaxPayload <= 0 || cfg.MaxSessions < 0 || cfg.PostRate < 0 || cfg.PostBurst <= 0 || cfg.MaxStreams < 0:
-		return nil, errors.New("--max-payload and --post-burst must be positive; --max-sessions-per-user, --post-rate and --max-streams not negative")
+	case cfg.MaxPayload <= 0 || cfg.MaxSessions < 0 || cfg.PostRate < 0 || cfg.PostBurst <= 0 || cfg.MaxStreams < 0 || cfg.MaxSockets < 0:
+		return nil, errors.New("--max-payload and --post-burst must be positive; --max-sessions-per-user, --post-rate, --max-streams and --max-sockets not negative")
 	case cfg.SSEPadding < 0 || cfg.SSEPadding > 65536:
 		return nil, fmt.Errorf("--sse-padding must be between 0 and 65536, got %d", cfg.SSEPadding)
 	case cfg.MaxBodyBytes <= 0:
@@ -300,6 +303,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 		Origins:          origins,
 		Logger:           log,
 	}).Register(e, "/socket/sse")
+	websocket.New(gw, websocket.Config{MaxSockets: cfg.MaxSockets, MaxMessageBytes: int64(cfg.MaxBodyBytes), Origins: origins, Logger: log}).Register(e, "/socket/websocket")
 	web.Register(e)
 	if cfg.Console {
 		web.RegisterConsole(e)

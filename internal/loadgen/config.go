@@ -1,6 +1,6 @@
 // Package loadgen is the engine of `sluice bench`: a load generator that
-// speaks Sluice's real protocols. N clients connect over SSE or LongPoll (or
-// a mix), each joining K topics, ramped up over a period; once every client
+// speaks Sluice's real protocols. N clients connect over SSE, LongPoll or
+// WebSocket (or a mix of the three), each joining K topics, ramped up over a period; once every client
 // is connected and joined, publishers send messages for a fixed window,
 // through the HTTP API (POST /api/broadcast) or as chat pushes of clients
 // (nuevo_mensaje); then the tool waits for deliveries in flight and checks
@@ -39,9 +39,11 @@ const (
 
 // Transports.
 const (
-	TransportSSE      = "sse"
-	TransportLongPoll = "longpoll"
-	// TransportMix alternates: even clients SSE, odd clients LongPoll.
+	TransportSSE       = "sse"
+	TransportLongPoll  = "longpoll"
+	TransportWebSocket = "websocket"
+	// TransportMix rotates: clients 0, 3, 6... SSE, 1, 4, 7... LongPoll,
+	// 2, 5, 8... WebSocket.
 	TransportMix = "mix"
 )
 
@@ -51,7 +53,8 @@ type Config struct {
 	// URLs are the targets' base URLs (http://host:port); clients and
 	// publishers spread over them round-robin.
 	URLs []string
-	// Transport is TransportSSE, TransportLongPoll or TransportMix.
+	// Transport is TransportSSE, TransportLongPoll, TransportWebSocket or
+	// TransportMix.
 	Transport string
 	// Scenario is ScenarioBroadcast, ScenarioChat or ScenarioIdle.
 	Scenario string
@@ -161,14 +164,14 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--url %q: want http://host:port or https://host:port", s)
 		}
 		if u.RawQuery != "" || u.Fragment != "" {
-			return fmt.Errorf("--url %q: no query or fragment, just the base URL (the tool adds /socket/sse, /socket/longpoll, /api)", s)
+			return fmt.Errorf("--url %q: no query or fragment, just the base URL (the tool adds /socket/sse, /socket/longpoll, /socket/websocket, /api)", s)
 		}
 		c.URLs[i] = strings.TrimRight(u.String(), "/")
 	}
 	switch c.Transport {
-	case TransportSSE, TransportLongPoll, TransportMix:
+	case TransportSSE, TransportLongPoll, TransportWebSocket, TransportMix:
 	default:
-		return fmt.Errorf("--transport must be sse, longpoll or mix, got %q", c.Transport)
+		return fmt.Errorf("--transport must be sse, longpoll, websocket or mix, got %q", c.Transport)
 	}
 	switch c.Scenario {
 	case ScenarioBroadcast, ScenarioChat, ScenarioIdle:
@@ -266,10 +269,7 @@ func (c *Config) TopicName(i int) string {
 // TransportOf returns the transport of client i.
 func (c *Config) TransportOf(i int) string {
 	if c.Transport == TransportMix {
-		if i%2 == 0 {
-			return TransportSSE
-		}
-		return TransportLongPoll
+		return [...]string{TransportSSE, TransportLongPoll, TransportWebSocket}[i%3]
 	}
 	return c.Transport
 }

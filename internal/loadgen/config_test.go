@@ -77,7 +77,7 @@ func TestTopicsAndPushers(t *testing.T) {
 		t.Error("--transport sse: client 1 is not SSE")
 	}
 	c.Transport = TransportMix
-	if c.TransportOf(0) != TransportSSE || c.TransportOf(1) != TransportLongPoll {
-		t.Error("mix does not alternate")
+	if c.TransportOf(0) != TransportSSE || c.TransportOf(1) != TransportLongPoll || c.TransportOf(2) != TransportWebSocket || c.TransportOf(3) != TransportSSE {
+		t.Error("mix does not rotate over sse, longpoll and websocket")
 	}
 }

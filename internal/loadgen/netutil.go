@@ -37,6 +37,7 @@ func RaiseFileLimit() (uint64, error) {
 type dialPool struct {
 	transports []*http.Transport
 	clients    []*http.Client
+	dialers    []*net.Dialer // for WebSocket clients, which dial themselves
 }
 
 // newDialPool builds n transports (n source addresses; 1 means the
@@ -66,6 +67,7 @@ func newDialPool(n, idle int) *dialPool {
 		}
 		t.Protocols.SetHTTP1(true) // no HTTP/2: one stream per connection, as browsers on HTTP/1.1
 		p.transports = append(p.transports, t)
+		p.dialers = append(p.dialers, d)
 		p.clients = append(p.clients, &http.Client{
 			Transport: t,
 			// Redirects are an error of the target, not something to follow.

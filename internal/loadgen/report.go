@@ -26,6 +26,7 @@ type Report struct {
 	Connected        int                   `json:"connected"`
 	ConnectedSSE     int                   `json:"connected_sse"`
 	ConnectedLP      int                   `json:"connected_longpoll"`
+	ConnectedWS      int                   `json:"connected_websocket"`
 	Failed           int                   `json:"failed"`
 	FailedByKind     map[string]ErrorCount `json:"failed_by_kind,omitempty"`
 	JoinedAtEnd      int                   `json:"joined_at_end"`
@@ -133,7 +134,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	head(title)
 	head("clients")
-	line("connected", "%d of %d (sse %d, longpoll %d) in %.1fs", r.Connected, r.Clients, r.ConnectedSSE, r.ConnectedLP, r.ConnectSeconds)
+	line("connected", "%d of %d (sse %d, longpoll %d, websocket %d) in %.1fs", r.Connected, r.Clients, r.ConnectedSSE, r.ConnectedLP, r.ConnectedWS, r.ConnectSeconds)
 	if r.Started < r.Clients {
 		line("not started", "%d", r.Clients-r.Started)
 	}

@@ -37,7 +37,7 @@ type engine struct {
 	sent                                             []atomic.Int64 // successful publishes per topic
 }
 
-// runner is a client of either transport.
+// runner is a client of any transport.
 type runner interface {
 	// prepare builds the client's URLs once its token is signed.
 	prepare()
@@ -47,6 +47,7 @@ type runner interface {
 
 func (c *sseClient) core() *client { return &c.client }
 func (c *lpClient) core() *client  { return &c.client }
+func (c *wsClient) core() *client  { return &c.client }
 
 // userTokenMaxAge is the max age the tool signs user tokens with.
 const userTokenMaxAge = 24 * time.Hour
@@ -71,8 +72,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		logf("warning: %v", err)
 	}
 	perClient := 1
-	if cfg.Transport != TransportSSE || cfg.Scenario == ScenarioChat {
-		perClient = 2 // a long-poll client's poll and its POSTs; an SSE pusher's stream and POSTs
+	if cfg.Transport == TransportLongPoll || cfg.Transport == TransportMix || cfg.Transport == TransportSSE && cfg.Scenario == ScenarioChat {
+		perClient = 2 // a long-poll client's poll and its POSTs; an SSE pusher's stream and POSTs (a WebSocket has one)
 	}
 	if need := uint64(cfg.Clients*perClient + cfg.Publishers + 64); limit > 0 && limit < need {
 		logf("warning: the open-file limit is %d, and %d clients may need %d: raise the hard limit (ulimit -Hn)", limit, cfg.Clients, need)
@@ -128,10 +129,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	clients := make([]runner, cfg.Clients)
 	for i := range clients {
 		var c *client
-		if cfg.TransportOf(i) == TransportSSE {
+		switch cfg.TransportOf(i) {
+		case TransportSSE:
 			sc := &sseClient{}
 			clients[i], c = sc, &sc.client
-		} else {
+		case TransportWebSocket:
+			wc := &wsClient{}
+			clients[i], c = wc, &wc.client
+		default:
 			lc := &lpClient{}
 			clients[i], c = lc, &lc.client
 		}
@@ -216,6 +221,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				case *sseClient:
 					push = rc.push
 				case *lpClient:
+					push = rc.push
+				case *wsClient:
 					push = rc.push
 				}
 				kk := k
@@ -433,9 +440,12 @@ func (e *engine) fillClients(rep *Report, clients []runner) {
 	for _, r := range clients {
 		c := r.core()
 		if c.state.Load() == stateConnected {
-			if _, ok := r.(*sseClient); ok {
+			switch r.(type) {
+			case *sseClient:
 				rep.ConnectedSSE++
-			} else {
+			case *wsClient:
+				rep.ConnectedWS++
+			default:
 				rep.ConnectedLP++
 			}
 			if c.nJoined == len(c.topics) {

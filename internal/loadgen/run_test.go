@@ -22,6 +22,7 @@ import (
 	"github.com/sluicegw/sluice/longpoll"
 	"github.com/sluicegw/sluice/sse"
 	"github.com/sluicegw/sluice/topics"
+	"github.com/sluicegw/sluice/websocket"
 )
 
 func TestMain(m *testing.M) {
@@ -42,7 +43,7 @@ func (receiveOnly) HandleIn(*gateway.Context, string, json.RawMessage) gateway.R
 	return gateway.Error(map[string]string{"reason": "receive-only"})
 }
 
-// newTestServer starts a gateway with both transports, bench:* open topics,
+// newTestServer starts a gateway with the three transports, bench:* open topics,
 // the chat app and the API routes the tool uses, as `sluice serve` wires
 // them. SSE streams end every 700 ms, so that runs exercise resuming.
 func newTestServer(t *testing.T) *httptest.Server {
@@ -68,6 +69,8 @@ func newTestServer(t *testing.T) *httptest.Server {
 	e.HideBanner, e.HidePort = true, true
 	sse.New(gw, sse.Config{Retry: 100 * time.Millisecond, Heartbeat: 200 * time.Millisecond, MaxLifetime: 700 * time.Millisecond, Logger: log}).Register(e, "/socket/sse")
 	longpoll.New(gw, longpoll.Config{Window: 300 * time.Millisecond, Logger: log}).Register(e, "/socket/longpoll")
+	ws := websocket.New(gw, websocket.Config{Logger: log})
+	ws.Register(e, "/socket/websocket")
 	api := e.Group("/api", func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
 			if c.Request().Header.Get("Authorization") != "Bearer "+testAPIKey {
@@ -91,7 +94,7 @@ func newTestServer(t *testing.T) *httptest.Server {
 	})
 	app.RegisterAPI(api)
 	srv := httptest.NewServer(e)
-	t.Cleanup(srv.Close)
+	t.Cleanup(func() { ws.Close(); srv.Close() })
 	return srv
 }
 
@@ -133,8 +136,8 @@ func TestRunBroadcastMix(t *testing.T) {
 		t.Fatalf("Run: %v", err)
 	}
 	checkClean(t, rep)
-	if rep.Connected != 40 || rep.ConnectedSSE != 20 || rep.ConnectedLP != 20 || rep.Failed != 0 {
-		t.Errorf("connected %d (sse %d, longpoll %d), failed %d", rep.Connected, rep.ConnectedSSE, rep.ConnectedLP, rep.Failed)
+	if rep.Connected != 40 || rep.ConnectedSSE != 14 || rep.ConnectedLP != 13 || rep.ConnectedWS != 13 || rep.Failed != 0 {
+		t.Errorf("connected %d (sse %d, longpoll %d, websocket %d), failed %d", rep.Connected, rep.ConnectedSSE, rep.ConnectedLP, rep.ConnectedWS, rep.Failed)
 	}
 	// Round robin over 3 topics: 30 messages each; topics 0 and 1 are
 	// joined by 27 clients, topic 2 by 26.
@@ -158,6 +161,25 @@ func TestRunBroadcastMix(t *testing.T) {
 	var b strings.Builder
 	if err := rep.WriteJSON(&b); err != nil || !json.Valid([]byte(b.String())) {
 		t.Errorf("WriteJSON: %v", err)
+	}
+}
+
+func TestRunBroadcastWebSocket(t *testing.T) {
+	srv := newTestServer(t)
+	cfg := testConfig(srv.URL)
+	cfg.Transport = TransportWebSocket
+	cfg.Clients, cfg.Topics, cfg.Joins = 30, 2, 2
+	cfg.Rate, cfg.Publishers = 40, 2
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	checkClean(t, rep)
+	if rep.Connected != 30 || rep.ConnectedWS != 30 || rep.Failed != 0 {
+		t.Errorf("connected %d (websocket %d), failed %d", rep.Connected, rep.ConnectedWS, rep.Failed)
+	}
+	if rep.Expected != rep.Sent*30 {
+		t.Errorf("expected %d for %d sent to 30 clients", rep.Expected, rep.Sent)
 	}
 }
 

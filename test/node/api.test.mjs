@@ -100,7 +100,8 @@ test("POST /api/disconnect closes every session of that socket id; phoenix.js re
 
   const limit = WINDOW_MS + 6000
   for(const {tab, ch, joins} of tabs){
-    await until(() => tab.errors.length > 0, `Carlos' socket reports an error after /api/disconnect`, limit)
+    // LongPoll: the next poll fails (an error); WebSocket: the server closes the connection (1001)
+    await until(() => tab.errors.length > 0 || tab.transportCloses.length > 0, `Carlos' socket reports an error or a close after /api/disconnect`, limit)
     await until(() => joins() >= 2 && ch.isJoined(), "the channel rejoined by itself", limit)
     assert.equal(ch.state, "joined")
     assert.ok(tab.socket.isConnected())
@@ -108,6 +109,7 @@ test("POST /api/disconnect closes every session of that socket id; phoenix.js re
   }
   // the other user was not disconnected
   assert.deepEqual(otra.errors, [])
+  assert.deepEqual(otra.transportCloses, [])
   assert.ok(watch.isJoined())
   // Carlos' presence is back with two fresh metas
   await until(() => presence.state[key] && presence.state[key].metas.length === 2 &&
@@ -118,4 +120,5 @@ test("POST /api/disconnect closes every session of that socket id; phoenix.js re
   assert.ok(none.status >= 200 && none.status < 500, `disconnect of an unknown socket id -> ${none.status}`)
   await sleep(WINDOW_MS + 500)
   assert.deepEqual(otra.errors, [])
+  assert.deepEqual(otra.transportCloses, [])
 })

@@ -1,6 +1,7 @@
 // Helpers for the phoenix.js compatibility suite: run a real `sluice serve`,
 // make tokens, call the HTTP API, and drive unmodified phoenix.js clients
-// (LongPoll transport, Node's fetch) with promise-returning helpers.
+// (LongPoll transport over Node's fetch by default; ws-helpers.mjs switches
+// them to WebSocket) with promise-returning helpers.
 //
 // Environment:
 //   SLUICE_BIN        path of the sluice binary (default <repo>/bin/sluice)
@@ -208,6 +209,16 @@ function makeServer({child, exitPromise, port, base, secret, apiKey, output}){
 
 const openClients = new Set()
 
+// The transport openClient gives phoenix.js unless a test passes its own: LongPoll, or WebSocket
+// when a ws-*.test.mjs file runs a suite over WebSocket (see ws-helpers.mjs).
+let defaultTransport = LongPoll
+
+/** Makes openClient use `transport` (a phoenix.js transport class) by default, for this process. */
+export function useTransport(transport){ defaultTransport = transport }
+
+/** Whether openClient's default transport is phoenix.js's LongPoll. */
+export function overLongPoll(){ return defaultTransport === LongPoll }
+
 /**
  * Records every event a channel receives (through Channel#onMessage, which sees every
  * message that passed phoenix.js' own join_ref filtering), so tests can wait for events
@@ -261,13 +272,14 @@ export class Recorder {
 }
 
 /**
- * Opens a phoenix.js Socket (LongPoll transport) for a user and waits until it is open.
- * Returns a client: {socket, userId, name, token, channel(topic, params), close()}.
+ * Opens a phoenix.js Socket (LongPoll transport, or the one useTransport chose) for a user and
+ * waits until it is open. Returns a client: {socket, userId, name, token, channel(topic, params),
+ * close()}; `errors` records the socket's errors and `transportCloses` the closes it did not ask for.
  */
 export async function openClient(server, {userId = newUserId(), name = `Usuario ${userId}`, token, socketOpts = {}} = {}){
   token = token ?? server.token(userId, name)
   const socket = new Socket(server.socketUrl, {
-    transport: LongPoll,
+    transport: defaultTransport,
     params: {token},
     timeout: SHORT,
     ...socketOpts,
@@ -277,6 +289,7 @@ export async function openClient(server, {userId = newUserId(), name = `Usuario 
     key: String(userId),
     channels: [],
     errors: [],
+    transportCloses: [],
     /** A channel with a Recorder attached as `channel.rec`. Not joined yet. */
     channel(topic, params = {}){
       const ch = socket.channel(topic, params)
@@ -293,6 +306,8 @@ export async function openClient(server, {userId = newUserId(), name = `Usuario 
     close: () => closeClient(client),
   }
   socket.onError((err) => client.errors.push({err, at: Date.now()}))
+  // A LongPoll connection that fails reports an error; a WebSocket the server closes, a close.
+  socket.onClose((ev) => { if(openClients.has(client)){ client.transportCloses.push({code: ev?.code, reason: ev?.reason, at: Date.now()}) } })
   openClients.add(client)
   await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`socket for user ${userId} did not open within ${SHORT} ms`)), SHORT)
@@ -396,12 +411,12 @@ export function stallClient(client){
   return () => { stalled.delete(client.token); release() }
 }
 
-/** Waits until the LongPoll transport has no frame left to POST (so the server has them all). */
+/** Waits until the transport has no frame left to send (so the server has them all). */
 export async function flushed(socket, timeout = 2000){
   const deadline = Date.now() + timeout
   while(Date.now() < deadline){
     const conn = socket.conn
-    if(!conn || (!conn.currentBatch && !conn.awaitingBatchAck && socket.sendBuffer.length === 0)){ return true }
+    if(!conn || (!conn.currentBatch && !conn.awaitingBatchAck && !conn.bufferedAmount && socket.sendBuffer.length === 0)){ return true }
     await sleep(10)
   }
   return false

@@ -12,6 +12,11 @@
 // - An upstream that fails once it has the request (killed mid-request, connection reset) makes
 //   the proxy answer 502 with a plain-text body, as a CDN does; if the answer had already started,
 //   the client connection is cut.
+// - WebSocket upgrades pass through as a load balancer passes them: the upgrade request goes to
+//   the next upstream in turn (Upgrade and Connection kept: they are what it asks for), its answer
+//   comes back as is (a 101 or a refusal), and after a 101 the two connections are spliced until
+//   either ends. `upgrades` counts the upgrades each upstream accepted with a 101, `sockets` the
+//   spliced connections each holds now.
 //
 //   const proxy = await startProxy(["http://127.0.0.1:4001", "http://127.0.0.1:4002"])
 //   proxy.url; proxy.counts /* [n0, n1] requests forwarded to each */; await proxy.close()
@@ -43,7 +48,8 @@ const NOT_CONNECTED = new Set(["ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH", "E
  * @param {string[]} upstreams base URLs, e.g. "http://127.0.0.1:4001"
  * @param {{maxLog?: number}} [opts]
  * @returns {Promise<{url: string, port: number, upstreams: string[], counts: number[],
- *   refused: number[], failed: number[], inflight: number[], log: object[], close: () => Promise<void>}>}
+ *   refused: number[], failed: number[], inflight: number[], upgrades: number[], sockets: number[],
+ *   log: object[], close: () => Promise<void>}>}
  *   counts: requests forwarded to (accepted by) each upstream; refused: connections each refused
  *   (the request then went to the next one); failed: requests each accepted and then failed, each
  *   answered 502 by the proxy; inflight: requests each holds right now; log: one record per request,
@@ -57,6 +63,9 @@ export async function startProxy(upstreams, {maxLog = 20_000} = {}){
   const refused = new Array(n).fill(0)
   const failed = new Array(n).fill(0)
   const inflight = new Array(n).fill(0)
+  const upgrades = new Array(n).fill(0)
+  const sockets = new Array(n).fill(0)
+  const spliced = new Set() // [client socket, upstream socket] pairs, cut by close()
   const log = []
   let next = 0
   let seq = 0
@@ -160,6 +169,82 @@ export async function startProxy(upstreams, {maxLog = 20_000} = {}){
     req.on("error", () => { if(current){ current.destroy() } })
     attempt(0)
   })
+  server.on("upgrade", (req, socket, head) => {
+    const rec = {id: ++seq, method: req.method, url: req.url, upstream: null, status: null, error: null, start: Date.now(), end: null}
+    log.push(rec)
+    if(log.length > maxLog){ log.splice(0, log.length - maxLog) }
+    const first = next
+    next = (next + 1) % n
+    socket.on("error", () => {})
+    const attempt = (tries) => {
+      const i = (first + tries) % n
+      const target = targets[i]
+      const headers = endToEnd(req.headers)
+      headers.connection = "Upgrade"
+      headers.upgrade = req.headers.upgrade
+      headers["x-forwarded-for"] = req.socket.remoteAddress
+      headers["x-forwarded-host"] = req.headers.host ?? ""
+      headers["x-forwarded-proto"] = "http"
+      headers.via = `${req.httpVersion} rrproxy`
+      const up = http.request({
+        protocol: target.protocol, hostname: target.hostname, port: target.port,
+        method: req.method, path: req.url, headers, agent: false,
+      })
+      let connected = false
+      up.on("socket", (sock) => sock.once("connect", () => { connected = true; rec.upstream = i; counts[i]++ }))
+      up.on("upgrade", (ures, usock, uhead) => {
+        rec.status = 101
+        upgrades[i]++
+        sockets[i]++
+        const lines = [`HTTP/1.1 101 ${ures.statusMessage || "Switching Protocols"}`]
+        for(let k = 0; k < ures.rawHeaders.length; k += 2){ lines.push(`${ures.rawHeaders[k]}: ${ures.rawHeaders[k + 1]}`) }
+        socket.write(lines.join("\r\n") + "\r\n\r\n")
+        if(uhead.length > 0){ socket.write(uhead) }
+        if(head.length > 0){ usock.write(head) }
+        const pair = [socket, usock]
+        spliced.add(pair)
+        usock.on("error", () => {})
+        let ended = false
+        const end = () => {
+          if(ended){ return }
+          ended = true
+          sockets[i]--
+          spliced.delete(pair)
+          rec.end = Date.now()
+          socket.destroy()
+          usock.destroy()
+        }
+        usock.on("close", end)
+        socket.on("close", end)
+        usock.pipe(socket)
+        socket.pipe(usock)
+      })
+      up.on("response", (ures) => {
+        // a refused upgrade: its answer, then the connection ends
+        rec.status = ures.statusCode
+        rec.end = Date.now()
+        const lines = [`HTTP/1.1 ${ures.statusCode} ${ures.statusMessage}`]
+        const h = endToEnd(ures.headers)
+        h.connection = "close"
+        for(const [k, v] of Object.entries(h)){ for(const one of [].concat(v)){ lines.push(`${k}: ${one}`) } }
+        socket.write(lines.join("\r\n") + "\r\n\r\n")
+        ures.pipe(socket)
+      })
+      up.on("error", (err) => {
+        if(!connected && NOT_CONNECTED.has(err.code)){
+          refused[i]++
+          if(tries + 1 < n){ attempt(tries + 1); return }
+        }
+        if(connected){ failed[i]++ }
+        rec.error = `upstream ${target.host} failed: ${err.code || err.message}`
+        rec.status = 502
+        rec.end = Date.now()
+        socket.end(`HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n502 Bad Gateway\n${rec.error}\n`)
+      })
+      up.end()
+    }
+    attempt(0)
+  })
   server.keepAliveTimeout = 5000
 
   await new Promise((resolve, reject) => {
@@ -171,12 +256,13 @@ export async function startProxy(upstreams, {maxLog = 20_000} = {}){
     url: `http://127.0.0.1:${port}`,
     port,
     upstreams: [...upstreams],
-    counts, refused, failed, inflight, log,
-    /** Stops accepting, cuts every open connection and resolves once closed. */
+    counts, refused, failed, inflight, upgrades, sockets, log,
+    /** Stops accepting, cuts every open connection (spliced WebSockets too) and resolves once closed. */
     close(){
       return new Promise((resolve) => {
         server.close(() => resolve())
         server.closeAllConnections()
+        for(const [a, b] of spliced){ a.destroy(); b.destroy() }
       })
     },
   }

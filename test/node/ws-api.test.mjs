@@ -1,0 +1,5 @@
+// api.test.mjs over WebSocket: the same scenarios, phoenix.js with the npm ws client.
+import {useWebSocket} from "./ws-helpers.mjs"
+
+useWebSocket()
+await import("./api.test.mjs")

@@ -1,0 +1,5 @@
+// salas.test.mjs over WebSocket: the same scenarios, phoenix.js with the npm ws client.
+import {useWebSocket} from "./ws-helpers.mjs"
+
+useWebSocket()
+await import("./salas.test.mjs")

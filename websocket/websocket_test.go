@@ -79,10 +79,19 @@ func TestJoinPushReplyBroadcastHeartbeatLeave(t *testing.T) {
 	if n := o.open(); n != 2 {
 		t.Errorf("open websocket connections: %d, want 2", n)
 	}
+	for deadline := time.Now().Add(5 * time.Second); o.count(&o.received, "websocket") < 7 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond) // counted after the frames were applied, maybe after their replies arrived
+	}
 	if n := o.count(&o.received, "websocket"); n != 7 {
 		t.Errorf("frames received over websocket: %d, want 7", n)
 	}
+	// A delivery is counted once written, after the client may already have
+	// read it: wait for the count rather than race it.
 	for _, kind := range []string{"reply", "broadcast", "presence", "control"} {
+		deadline := time.Now().Add(5 * time.Second)
+		for o.count(&o.delivered, "websocket/"+kind) == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
 		if o.count(&o.delivered, "websocket/"+kind) == 0 {
 			t.Errorf("no %s frame counted as delivered over websocket", kind)
 		}

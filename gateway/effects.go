@@ -40,11 +40,14 @@ type effects struct {
 // mailbox queues m for the session's own client.
 //
 // The mailbox is a broker log like a topic's, bounded in count (--history
-// records, the oldest dropped). Its records are bounded in bytes by what
-// makes them: the gateway's own replies (heartbeat, unmatched topic, leave,
-// errors) carry at most a topic and two refs of MaxFieldBytes each, so under
-// 1 KiB; a handler's replies and pushes are as large as the handler makes
-// them (an echo of a client payload is within MaxPayloadBytes).
+// records) and, with a topics.ByteBudget on MailboxTopicPrefix, in bytes
+// (--mailbox-bytes), the oldest records dropped: a client that reads after
+// that gets phx_error on its channels (see collect). Its records are as
+// large as what makes them: the gateway's own replies (heartbeat, unmatched
+// topic, leave, errors) carry at most a topic and two refs of MaxFieldBytes
+// each, so under 1 KiB; a handler's replies and pushes are as large as the
+// handler makes them (an echo of a client payload is within
+// MaxPayloadBytes, a join reply with history may be larger).
 func (fx *effects) mailbox(sessionID string, m *Message) {
 	fx.items = append(fx.items, PendingRecord{mailboxTopic(sessionID), encodeRecord(m, "")})
 }

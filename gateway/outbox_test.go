@@ -28,6 +28,8 @@ func (r *countingRoom) HandleIn(c *gateway.Context, event string, payload json.R
 	switch event {
 	case "count":
 		return gateway.Ok(map[string]int32{"n": r.applied.Add(1)})
+	case "ping":
+		return gateway.Ok(payload) // an echo, as the chat app's ping
 	case "shout":
 		r.applied.Add(1)
 		if err := c.Broadcast("shouted", payload); err != nil {
@@ -104,6 +106,12 @@ type testGateway struct {
 func newTestGateway(t *testing.T, b stateBackend, mutate func(*gateway.Config)) *testGateway {
 	t.Helper()
 	store, broker := b.new(t)
+	return newTestGatewayOn(t, store, broker, mutate)
+}
+
+// newTestGatewayOn is newTestGateway on a given store and broker.
+func newTestGatewayOn(t *testing.T, store storetest.Store, broker topics.Broker, mutate func(*gateway.Config)) *testGateway {
+	t.Helper()
 	tg := &testGateway{t: t, store: store, broker: &flakyBroker{Broker: broker}, room: &countingRoom{}}
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", tg.room)

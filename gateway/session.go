@@ -136,9 +136,16 @@ func (s *Session) SocketID() string { return "user_socket:" + s.UserKey() }
 // broadcast_from exclusions.
 func owner(sessionID string, slot int) string { return sessionID + "/" + strconv.Itoa(slot) }
 
-// mailboxTopic is the broker log of a session's own frames (replies and
-// pushes). Client topics live under "t:" so they can never reach it.
-func mailboxTopic(sessionID string) string { return "m:" + sessionID }
+// MailboxTopicPrefix starts the broker topic of every session's mailbox: the
+// log of its own frames (replies and pushes), which its client reads. Give
+// the broker a topics.ByteBudget for it, so that a session whose client
+// sends and never reads keeps a bounded number of bytes, not --history
+// records of up to MaxPayloadBytes each. Client topics live under "t:" so
+// they can never reach it.
+const MailboxTopicPrefix = "m:"
+
+// mailboxTopic is the broker log of a session's own frames.
+func mailboxTopic(sessionID string) string { return MailboxTopicPrefix + sessionID }
 
 // channelTopic is the broker log of a client topic.
 func channelTopic(topic string) string { return "t:" + topic }

@@ -3,6 +3,7 @@ package topics
 import (
 	"context"
 	"errors"
+	"strings"
 )
 
 // ErrClosed is returned by a Broker that has been closed.
@@ -24,6 +25,54 @@ type Batch struct {
 	// Gap reports that records after the requested position were already
 	// dropped from the bounded log: the reader missed messages.
 	Gap bool
+}
+
+// ByteBudget bounds in bytes the log of every topic whose name starts with
+// Prefix, on top of the bound in records that every log has: the records kept
+// in such a log add up to at most MaxBytes bytes of Data. A Publish that would
+// take the log over its budget drops its oldest records, exactly as the bound
+// in records does, so a reader behind them gets a Gap, never a silent loss.
+//
+// The newest record is always kept, even alone over the budget: a record
+// larger than MaxBytes replaces the whole log rather than being refused, so a
+// publisher is never told that an append succeeded when nothing can read it,
+// and a reader at the head still receives it.
+//
+// A budget is for logs that one party can fill, such as a session's own
+// mailbox: their bound in records times the largest record may be far more
+// memory than they need.
+type ByteBudget struct {
+	// Prefix selects the topics; "" selects every topic.
+	Prefix string
+	// MaxBytes is the most bytes of records kept per topic; <= 0: no budget.
+	MaxBytes int
+}
+
+// budgetFor returns the byte budget of topic under budgets: that of the
+// first one whose prefix it has, 0 (none) if none.
+func budgetFor(budgets []ByteBudget, topic string) int {
+	for _, b := range budgets {
+		if strings.HasPrefix(topic, b.Prefix) {
+			return max(b.MaxBytes, 0)
+		}
+	}
+	return 0
+}
+
+// keptOfBatch returns how many of the newest records of a batch a log keeps
+// right after appending it, under its bound in records and its byte budget
+// (0: none), whatever it held before: at least one, unless data is empty.
+func keptOfBatch(data [][]byte, maxLen, budget int) int {
+	n := min(len(data), maxLen)
+	if budget <= 0 || n == 0 {
+		return n
+	}
+	k, size := 1, len(data[len(data)-1])
+	for k < n && size+len(data[len(data)-1-k]) <= budget {
+		size += len(data[len(data)-1-k])
+		k++
+	}
+	return k
 }
 
 // Broker is a set of bounded, ordered topic logs shared by every instance,

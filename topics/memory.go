@@ -3,6 +3,7 @@ package topics
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
@@ -11,6 +12,7 @@ import (
 type MemoryBroker struct {
 	hub       *Hub
 	maxLen    int
+	budgets   []ByteBudget
 	retention time.Duration
 	now       func() time.Time
 
@@ -24,29 +26,51 @@ type MemoryBroker struct {
 type memLog struct {
 	head    uint64
 	records []Record // the newest records, at most maxLen
+	size    int      // the bytes of the records' Data
 	touched time.Time
 }
 
-// NewMemoryBroker returns a broker keeping at most maxLen records per topic and
-// forgetting a topic retention after its last publish (see Sweep).
-func NewMemoryBroker(maxLen int, retention time.Duration) *MemoryBroker {
+// NewMemoryBroker returns a broker keeping at most maxLen records per topic
+// (1000 if maxLen <= 0), and at most a budget's bytes per topic it selects
+// (the first of budgets that does), and forgetting a topic retention after
+// its last publish (see Sweep).
+func NewMemoryBroker(maxLen int, retention time.Duration, budgets ...ByteBudget) *MemoryBroker {
 	if maxLen <= 0 {
 		maxLen = 1000
 	}
-	return &MemoryBroker{hub: NewHub(), maxLen: maxLen, retention: retention, now: time.Now, logs: make(map[string]*memLog)}
+	return &MemoryBroker{hub: NewHub(), maxLen: maxLen, budgets: slices.Clone(budgets), retention: retention, now: time.Now, logs: make(map[string]*memLog)}
 }
 
-// Publish implements Broker.
+// Publish implements Broker. Records that the bounds would drop at once (the
+// oldest of a batch larger than a bound) are not kept; their Seqs are still
+// used.
 func (b *MemoryBroker) Publish(_ context.Context, topic string, data ...[]byte) (uint64, error) {
+	budget := budgetFor(b.budgets, topic)
 	b.mu.Lock()
 	l := b.logLocked(topic)
-	for _, d := range data {
-		l.head++
-		l.records = append(l.records, Record{Seq: l.head, Data: bytes.Clone(d)})
+	skip := len(data) - keptOfBatch(data, b.maxLen, budget)
+	if skip > 0 {
+		// Records older than a skipped one go too: a log is contiguous.
+		l.records, l.size = nil, 0
 	}
-	if over := len(l.records) - b.maxLen; over > 0 {
+	for i, d := range data {
+		l.head++
+		if i >= skip {
+			l.records = append(l.records, Record{Seq: l.head, Data: bytes.Clone(d)})
+			l.size += len(d)
+		}
+	}
+	drop := max(len(l.records)-b.maxLen, 0)
+	for _, r := range l.records[:drop] {
+		l.size -= len(r.Data)
+	}
+	for budget > 0 && l.size > budget && drop < len(l.records)-1 {
+		l.size -= len(l.records[drop].Data)
+		drop++
+	}
+	if drop > 0 {
 		// Copy rather than reslice so the dropped records can be collected.
-		l.records = append(make([]Record, 0, b.maxLen), l.records[over:]...)
+		l.records = append(make([]Record, 0, b.maxLen), l.records[drop:]...)
 	}
 	l.touched = b.now()
 	head := l.head
@@ -158,7 +182,7 @@ func (b *MemoryBroker) Sweep() int {
 			b.forgetLocked(t)
 			n++
 		case l.touched.Before(now.Add(-b.retention)):
-			l.records = nil
+			l.records, l.size = nil, 0
 		}
 	}
 	b.mu.Unlock()

@@ -15,8 +15,8 @@ import (
 var _ topics.Broker = (*topics.MemoryBroker)(nil)
 
 func TestMemoryBrokerConformance(t *testing.T) {
-	brokertest.Run(t, func(t *testing.T, maxLen int) topics.Broker {
-		return topics.NewMemoryBroker(maxLen, time.Hour)
+	brokertest.Run(t, func(t *testing.T, maxLen int, budgets ...topics.ByteBudget) topics.Broker {
+		return topics.NewMemoryBroker(maxLen, time.Hour, budgets...)
 	})
 }
 
@@ -45,6 +45,13 @@ func mustHead(t *testing.T, b topics.Broker, topic string) uint64 {
 		t.Fatalf("Head: %v", err)
 	}
 	return h
+}
+
+func mustDelete(t *testing.T, b topics.Broker, topic string) {
+	t.Helper()
+	if err := b.Delete(t.Context(), topic); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
 }
 
 func numbered(first, n int) [][]byte {

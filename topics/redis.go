@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,9 @@ type RedisOptions struct {
 	Prefix string
 	// MaxLen is the number of records kept per topic; 1000 if <= 0.
 	MaxLen int
+	// ByteBudgets bound in bytes the logs of the topics they select (the
+	// first budget whose prefix a topic has applies); see ByteBudget.
+	ByteBudgets []ByteBudget
 	// Retention is how long a topic's log is kept after its last publish; an
 	// hour if <= 0. The topic's sequence counter is kept ten times longer
 	// (and at least a day) so that a log forgotten and created again goes on
@@ -44,7 +48,12 @@ type RedisOptions struct {
 // Each topic has two keys under one hash tag, so that each script touches a
 // single Cluster slot: "<prefix>{<topic>}:seq", the sequence counter, and
 // "<prefix>{<topic>}:log", a Redis stream whose entry IDs are "<seq>-0" and
-// whose field "d" holds the record. In the tag, "%", "{" and "}" of the topic
+// whose field "d" holds the record. A topic with a byte budget has a third,
+// "<prefix>{<topic>}:size": "<bytes> <seq>", the bytes of the records in the
+// log as of the publish that took the counter to seq, written by that publish
+// with the log's TTL. A publish that finds it stale (another seq, as after a
+// publish by an instance without the budget) or missing counts the log again.
+// In the tag, "%", "{" and "}" of the topic
 // are percent-encoded (and the empty topic is written "%"), so that no topic
 // name can end the tag early or leave it empty.
 //
@@ -71,6 +80,7 @@ type RedisBroker struct {
 	channel   string
 	id        string // this broker's id in wake-up messages
 	maxLen    int
+	budgets   []ByteBudget
 	logTTL    time.Duration
 	seqTTL    time.Duration
 	pingEvery time.Duration
@@ -114,6 +124,7 @@ func NewRedisBroker(client redis.UniversalClient, opts RedisOptions) *RedisBroke
 		channel:   opts.Prefix + "wake",
 		id:        hex.EncodeToString(id[:]),
 		maxLen:    opts.MaxLen,
+		budgets:   slices.Clone(opts.ByteBudgets),
 		logTTL:    opts.Retention,
 		seqTTL:    max(10*opts.Retention, 24*time.Hour),
 		pingEvery: 5 * time.Second,
@@ -144,24 +155,93 @@ local function create(seqkey, logkey, start)
 end
 `
 
-// publishScript appends ARGV[8..] to the log. KEYS: seq, log. ARGV: start,
-// maxlen, log TTL (ms), seq TTL (ms), wake channel, broker id, topic,
-// records... The wake-up message is "<broker id> <last seq> <topic>".
-// Records that the trim would drop at once (a batch longer than maxlen) are
-// not written; their Seqs are still used.
-var publishScript = newScript(createSeq + `
-local n = #ARGV - 7
+// logSize returns the bytes of the records in a log whose counter is at seq
+// (a string): the size key's if a publish at seq wrote it, else counted.
+const logSize = `
+local function logsize(logkey, sizekey, seq)
+  if redis.call('EXISTS', logkey) == 0 then return 0 end
+  local v = redis.call('GET', sizekey)
+  if v then
+    local size, at = string.match(v, '^(%d+) (%d+)$')
+    if size and at == seq then return tonumber(size) end
+  end
+  local size, start = 0, '-'
+  while true do
+    local entries = redis.call('XRANGE', logkey, start, '+', 'COUNT', 100)
+    for _, e in ipairs(entries) do size = size + #e[2][2] end
+    if #entries < 100 then return size end
+    start = string.match(entries[#entries][1], '^%d+') .. '-1'
+  end
+end
+`
+
+// trimLog drops the oldest entries of a log until it holds at most maxlen
+// entries and budget bytes (or a single entry), given the bytes it holds, and
+// returns the bytes left. It reads the entries it drops, in growing chunks,
+// to know their sizes: the cost follows the bytes dropped, which were the
+// bytes published.
+const trimLog = `
+local function trim(logkey, size, maxlen, budget)
+  local count = redis.call('XLEN', logkey)
+  local start, cut, chunk = '-', nil, math.max(count - maxlen, 1)
+  while count > 1 and (count > maxlen or size > budget) do
+    local entries = redis.call('XRANGE', logkey, start, '+', 'COUNT', chunk)
+    if #entries == 0 then break end
+    for _, e in ipairs(entries) do
+      if count <= 1 or (count <= maxlen and size <= budget) then break end
+      size = size - #e[2][2]
+      count = count - 1
+      cut = string.match(e[1], '^%d+')
+    end
+    start = cut .. '-1'
+    chunk = math.min(2 * chunk, 128)
+  end
+  if cut then redis.call('XTRIM', logkey, 'MINID', '=', cut .. '-1') end
+  return size
+end
+`
+
+// publishScript appends ARGV[9..] to the log. KEYS: seq, log, size. ARGV:
+// start, maxlen, log TTL (ms), seq TTL (ms), wake channel, broker id, topic,
+// byte budget (0: none), records... The wake-up message is "<broker id>
+// <last seq> <topic>". Records that the bounds would drop at once (the
+// oldest of a batch longer than maxlen or larger than the budget) are not
+// written; their Seqs are still used.
+var publishScript = newScript(createSeq + logSize + trimLog + `
+local n = #ARGV - 8
 local maxlen = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then create(KEYS[1], KEYS[2], ARGV[1]) end
+local budget = tonumber(ARGV[8])
+local prev = redis.call('GET', KEYS[1])
+if not prev then prev = create(KEYS[1], KEYS[2], ARGV[1]) end
 local last = redis.call('INCRBY', KEYS[1], n)
-if n > 0 then
+if n > 0 and budget > 0 then
+  local first, lo = last - n, n
+  local added = #ARGV[8 + n]
+  while lo > 1 and n - lo + 1 < maxlen and added + #ARGV[7 + lo] <= budget do
+    lo = lo - 1
+    added = added + #ARGV[8 + lo]
+  end
+  local size = 0
+  if lo > 1 then
+    -- records of the batch are skipped: older ones go too (a log is contiguous)
+    redis.call('DEL', KEYS[2])
+  else
+    size = logsize(KEYS[2], KEYS[3], prev)
+  end
+  for i = lo, n do
+    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[8 + i])
+  end
+  size = trim(KEYS[2], size + added, maxlen, budget)
+  redis.call('SET', KEYS[3], string.format('%d %d', size, last))
+elseif n > 0 then
   local first = last - n
   for i = math.max(1, n - maxlen + 1), n do
-    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[7 + i])
+    redis.call('XADD', KEYS[2], string.format('%d-0', first + i), 'd', ARGV[8 + i])
   end
   redis.call('XTRIM', KEYS[2], 'MAXLEN', '=', maxlen)
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if budget > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[5], ARGV[6] .. ' ' .. string.format('%d', last) .. ' ' .. ARGV[7])
 return last
@@ -199,14 +279,14 @@ func newScript(src string) luaScript { return luaScript{redis.NewScript(src), sr
 
 var tagEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
 
-// keys returns the counter and log keys of topic.
+// keys returns the counter, log and size keys of topic.
 func (b *RedisBroker) keys(topic string) []string {
 	tag := "%" // never the escape of a non-empty topic, and not an empty tag
 	if topic != "" {
 		tag = tagEscaper.Replace(topic)
 	}
 	base := b.prefix + "{" + tag + "}:"
-	return []string{base + "seq", base + "log"}
+	return []string{base + "seq", base + "log", base + "size"}
 }
 
 // clockStart is the start of a new counter: the clock in microseconds, the scale at
@@ -218,8 +298,8 @@ func clockStart() string { return strconv.FormatInt(time.Now().UnixMicro(), 10) 
 // after it may have reached Redis: a retry could append the records twice.
 // On an error the records may or may not have been appended.
 func (b *RedisBroker) Publish(ctx context.Context, topic string, data ...[]byte) (uint64, error) {
-	args := make([]any, 0, 7+len(data))
-	args = append(args, clockStart(), b.maxLen, b.logTTL.Milliseconds(), b.seqTTL.Milliseconds(), b.channel, b.id, topic)
+	args := make([]any, 0, 8+len(data))
+	args = append(args, clockStart(), b.maxLen, b.logTTL.Milliseconds(), b.seqTTL.Milliseconds(), b.channel, b.id, topic, budgetFor(b.budgets, topic))
 	for _, d := range data {
 		args = append(args, d) // written to the connection before Run returns: no copy needed
 	}
@@ -486,11 +566,12 @@ func (b *RedisBroker) Head(ctx context.Context, topic string) (uint64, error) {
 	return h, nil
 }
 
-// Delete implements Broker. It removes the log but keeps the counter (until
-// its TTL), so that a topic used again goes on numbering above its old
-// records and old cursors read as a Gap.
+// Delete implements Broker. It removes the log (and its size) but keeps the
+// counter (until its TTL), so that a topic used again goes on numbering
+// above its old records and old cursors read as a Gap.
 func (b *RedisBroker) Delete(ctx context.Context, topic string) error {
-	if err := b.client.Del(ctx, b.keys(topic)[1]).Err(); err != nil {
+	k := b.keys(topic)
+	if err := b.client.Del(ctx, k[1], k[2]).Err(); err != nil { // one slot: one hash tag
 		return fmt.Errorf("delete %s: %w", topic, err)
 	}
 	b.tails.forget(topic)

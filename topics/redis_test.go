@@ -1,6 +1,7 @@
 package topics_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -256,8 +257,8 @@ func TestRedisBrokerConformance(t *testing.T) {
 	noLeaks(t)
 	forEachBackend(t, func(t *testing.T, be *backend) {
 		client := be.client(t)
-		brokertest.Run(t, func(t *testing.T, maxLen int) topics.Broker {
-			b := newRedisBroker(t, client, topics.RedisOptions{MaxLen: maxLen})
+		brokertest.Run(t, func(t *testing.T, maxLen int, budgets ...topics.ByteBudget) topics.Broker {
+			b := newRedisBroker(t, client, topics.RedisOptions{MaxLen: maxLen, ByteBudgets: budgets})
 			// With Run, the listener tests also see the (ignored) echoes of
 			// pub/sub. Run wakes every listener when it has subscribed; that
 			// happens before the suite listens, as its wake-ups must be real.
@@ -655,6 +656,117 @@ func TestRedisBrokerRetention(t *testing.T) {
 		if nh := mustHead(t, b, topic); nh <= next {
 			t.Errorf("Head of the recreated topic = %d, not above the old head %d", nh, next)
 		}
+	})
+}
+
+// tens returns n records of 10 bytes, "<prefix><i>" padded with dots.
+func tens(prefix string, first, n int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = []byte(fmt.Sprintf("%s%d..........", prefix, first+i)[:10])
+	}
+	return out
+}
+
+// A budgeted topic's size key holds "<bytes> <seq>": the bytes of its log,
+// as of the publish that made seq, with the log's TTL. It stays right when
+// it is lost, when an instance without the budget (an older version, or
+// another configuration) publishes to the log, when it holds garbage, across
+// Delete and when the log expires; each time the log is cut back to exactly
+// the budget.
+func TestRedisBrokerByteBudgetSizeKey(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be *backend) {
+		client := be.client(t)
+		prefix := randomPrefix()
+		const retention = 2 * time.Hour
+		budget := topics.ByteBudget{Prefix: "m:", MaxBytes: 100}
+		b := newRedisBroker(t, client, topics.RedisOptions{Prefix: prefix, Retention: retention, ByteBudgets: []topics.ByteBudget{budget}})
+		plain := newRedisBroker(t, client, topics.RedisOptions{Prefix: prefix, Retention: retention})
+		ctx := t.Context()
+		const topic = "m:sized"
+		seqKey, logKey, sizeKey := prefix+"{"+topic+"}:seq", prefix+"{"+topic+"}:log", prefix+"{"+topic+"}:size"
+		// checkLog asserts that the log holds exactly the records want, the
+		// newest ending at last, and that the size key says so.
+		checkLog := func(what string, last uint64, want [][]byte) {
+			t.Helper()
+			entries, err := client.XRange(ctx, logKey, "-", "+").Result()
+			if err != nil {
+				t.Fatalf("%s: XRANGE: %v", what, err)
+			}
+			got := make([][]byte, len(entries))
+			total := 0
+			for i, e := range entries {
+				d, _ := e.Values["d"].(string)
+				got[i] = []byte(d)
+				total += len(d)
+			}
+			if !slices.EqualFunc(got, want, bytes.Equal) {
+				t.Errorf("%s: the log holds %q, want %q", what, got, want)
+			}
+			if size, err := client.Get(ctx, sizeKey).Result(); err != nil || size != fmt.Sprintf("%d %d", total, last) {
+				t.Errorf("%s: size key = %q (%v), want %q", what, size, err, fmt.Sprintf("%d %d", total, last))
+			}
+			if ttl, logTTL := client.PTTL(ctx, sizeKey).Val(), client.PTTL(ctx, logKey).Val(); ttl < retention-time.Minute || ttl > retention || logTTL < retention-time.Minute {
+				t.Errorf("%s: size key TTL %v, log TTL %v; want both %v", what, ttl, logTTL, retention)
+			}
+		}
+
+		all := tens("a", 0, 12)
+		last := mustPublish(t, b, topic, all...)
+		checkLog("12 records of 10 bytes", last, all[2:])
+		if n := client.Exists(ctx, prefix+"{t:plain}:size").Val(); n != 0 {
+			t.Errorf("a topic without a budget has a size key")
+		}
+
+		// Lost (evicted): counted again.
+		if err := client.Del(ctx, sizeKey).Err(); err != nil {
+			t.Fatal(err)
+		}
+		more := tens("b", 0, 1)
+		last = mustPublish(t, b, topic, more...)
+		all = append(all, more...)
+		checkLog("after the size key was lost", last, all[len(all)-10:])
+
+		// Stale: an instance without the budget appended 5 records.
+		more = tens("c", 0, 5)
+		mustPublish(t, plain, topic, more...)
+		all = append(all, more...)
+		more = tens("d", 0, 1)
+		last = mustPublish(t, b, topic, more...)
+		all = append(all, more...)
+		checkLog("after an instance without the budget published", last, all[len(all)-10:])
+
+		// Garbage.
+		if err := client.Set(ctx, sizeKey, "not a size", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		more = tens("e", 0, 2)
+		last = mustPublish(t, b, topic, more...)
+		all = append(all, more...)
+		checkLog("after the size key held garbage", last, all[len(all)-10:])
+
+		// Delete removes the size key with the log; the budget starts anew.
+		mustDelete(t, b, topic)
+		if n := client.Exists(ctx, logKey, sizeKey).Val(); n != 0 {
+			t.Errorf("%d of the log and size key left after Delete, want none", n)
+		}
+		all = tens("f", 0, 10)
+		for _, d := range all {
+			last = mustPublish(t, b, topic, d)
+		}
+		checkLog("a budget's worth after Delete", last, all)
+
+		if be.mini == nil {
+			return
+		}
+		// Time passes on miniredis only: the size key expires with the log.
+		be.mini.FastForward(retention + time.Second)
+		if n := client.Exists(ctx, logKey, sizeKey, seqKey).Val(); n != 1 {
+			t.Fatalf("%d of log, size key and counter left after the retention, want the counter only", n)
+		}
+		all = tens("g", 0, 10)
+		last = mustPublish(t, b, topic, all...)
+		checkLog("a budget's worth after the log expired", last, all)
 	})
 }
 

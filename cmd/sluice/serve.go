@@ -48,6 +48,7 @@ type serveConfig struct {
 	TokenMaxAge     time.Duration
 	History         int
 	HistoryTTL      time.Duration
+	MailboxBytes    int
 	MaxBodyBytes    int
 	ShutdownTimeout time.Duration
 	DrainDelay      time.Duration
@@ -67,6 +68,19 @@ type serveConfig struct {
 	LogFormat       string
 }
 
+// defaultMailboxBytes is the default of --mailbox-bytes: what a session keeps
+// of its replies and pushes while its client is between polls. It must hold
+// the largest burst a well-behaved client makes between two polls, or the
+// client falls behind, rejoins and makes it again: one batch joining 100
+// rooms (a session's limit of channels) whose join replies each carry the chat
+// app's 50 last messages of up to 2000 characters is 100 × 106 KB = 10.1 MiB
+// of ASCII text; 16 MiB leaves room for mostly Latin text and the presence
+// pushes of each join. A client that sends and never polls can make its
+// session keep no more than this (about 1.25 times this in Redis, for large
+// records), instead of --history replies of up to --max-payload each
+// (1000 × 64 KiB by default).
+const defaultMailboxBytes = 16 << 20
+
 func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	cfg := &serveConfig{}
 	fs := newFlagSet("serve", "Runs the gateway: Phoenix WebSocket at /socket/websocket, LongPoll at /socket/longpoll, SSE at /socket/sse, the HTTP API at /api, /healthz, /readyz and /metrics.", stderr)
@@ -82,6 +96,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.duration(&cfg.TokenMaxAge, "token-max-age", "SLUICE_TOKEN_MAX_AGE", 24*time.Hour, "max age of user tokens; a token signed with a shorter max age expires at its own (the smaller wins)")
 	fs.int(&cfg.History, "history", "SLUICE_HISTORY", 1000, "messages kept per topic for clients that fall behind or resume")
 	fs.duration(&cfg.HistoryTTL, "history-ttl", "SLUICE_HISTORY_TTL", time.Hour, "how long a topic's history is kept after its last message")
+	fs.int(&cfg.MailboxBytes, "mailbox-bytes", "SLUICE_MAILBOX_BYTES", defaultMailboxBytes, "bytes of replies and pushes kept per session for its client between polls (the oldest dropped; a client behind them gets phx_error and rejoins)")
 	fs.duration(&cfg.SSERetry, "sse-retry", "SLUICE_SSE_RETRY", 2*time.Second, "SSE reconnection delay sent as retry: (jittered ±25% per stream)")
 	fs.duration(&cfg.SSEHeartbeat, "sse-heartbeat", "SLUICE_SSE_HEARTBEAT", 15*time.Second, "an idle SSE stream gets a heartbeat event this often (proxies cut idle streams after 60-100s)")
 	fs.duration(&cfg.SSEMaxLifetime, "sse-max-lifetime", "SLUICE_SSE_MAX_LIFETIME", 2*time.Minute, "an SSE stream ends cleanly after this long (minus up to 10% jitter) and the client resumes: buffering proxies flush, load spreads")
@@ -114,6 +129,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--token-max-age must be positive, got %s", cfg.TokenMaxAge)
 	case cfg.History <= 0:
 		return nil, fmt.Errorf("--history must be positive, got %d", cfg.History)
+	case cfg.MailboxBytes <= 0:
+		return nil, fmt.Errorf("--mailbox-bytes must be positive, got %d", cfg.MailboxBytes)
 	case cfg.SSEHeartbeat <= 0 || cfg.SSEMaxLifetime <= 0 || cfg.SSERetry <= 0:
 		return nil, errors.New("--sse-heartbeat, --sse-max-lifetime and --sse-retry must be positive")
 	case cfg.MaxPayload <= 0 || cfg.MaxSessions < 0 || cfg.PostRate < 0 || cfg.PostBurst <= 0 || cfg.MaxStreams < 0 || cfg.MaxSockets < 0:
@@ -215,6 +232,11 @@ type server struct {
 	apiKeys *apiKeys
 }
 
+// mailboxBudget bounds sessions' mailboxes to --mailbox-bytes.
+func mailboxBudget(cfg *serveConfig) topics.ByteBudget {
+	return topics.ByteBudget{Prefix: gateway.MailboxTopicPrefix, MaxBytes: cfg.MailboxBytes}
+}
+
 // stores are the state backends the gateway and the app use.
 type stores struct {
 	sessions gateway.SessionStore
@@ -228,7 +250,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	m := metrics.New()
 	var st stores
 	if cfg.RedisURL == "" {
-		broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL)
+		broker := topics.NewMemoryBroker(cfg.History, cfg.HistoryTTL, mailboxBudget(cfg))
 		mem := gateway.NewMemoryStore()
 		st = stores{sessions: mem, presence: mem, broker: broker, chat: chat.NewMemoryStore(chat.HistorySize * 10)}
 		s.storeKind = "memory"
@@ -241,7 +263,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 			return nil, err
 		}
 		client.AddHook(m.RedisHook())
-		broker := topics.NewRedisBroker(client, topics.RedisOptions{Prefix: cfg.RedisPrefix, MaxLen: cfg.History, Retention: cfg.HistoryTTL, Logger: log})
+		broker := topics.NewRedisBroker(client, topics.RedisOptions{Prefix: cfg.RedisPrefix, MaxLen: cfg.History, ByteBudgets: []topics.ByteBudget{mailboxBudget(cfg)}, Retention: cfg.HistoryTTL, Logger: log})
 		store := gateway.NewRedisStore(client, gateway.RedisOptions{Prefix: cfg.RedisPrefix, Logger: log})
 		st = stores{sessions: store, presence: store, broker: broker, chat: chat.NewRedisStore(client, cfg.RedisPrefix+"chat:", chat.HistorySize*10)}
 		s.storeKind = "redis " + kind

@@ -6,8 +6,9 @@
 // The suite checks what the gateway relies on: sequence numbers that grow by
 // exactly one per record, ordered reads from a cursor, a Gap (never a silent
 // skip) for a reader behind the bounded log or holding a cursor of a deleted
-// topic, independent topics, listeners that wake on publish, and records whose
-// bytes come back unchanged.
+// topic, byte budgets that bound a log as its bound in records does,
+// independent topics, listeners that wake on publish, and records whose bytes
+// come back unchanged.
 package brokertest
 
 import (
@@ -24,11 +25,12 @@ import (
 
 // NewBroker returns a fresh, empty broker for one subtest. The broker must keep
 // exactly the newest maxLen records of each topic (the suite asks for small
-// values, such as 10, to reach the bound quickly) and must not forget a topic
-// on its own while the subtest runs (a retention of an hour or more is fine).
-// It must be isolated from the brokers of other subtests: nothing published to
-// one is visible to another. Register any cleanup with t.Cleanup.
-type NewBroker func(t *testing.T, maxLen int) topics.Broker
+// values, such as 10, to reach the bound quickly), apply budgets as
+// topics.ByteBudget says, and must not forget a topic on its own while the
+// subtest runs (a retention of an hour or more is fine). It must be isolated
+// from the brokers of other subtests: nothing published to one is visible to
+// another. Register any cleanup with t.Cleanup.
+type NewBroker func(t *testing.T, maxLen int, budgets ...topics.ByteBudget) topics.Broker
 
 // wakeTimeout bounds the wait for a wake-up that must come. It is only
 // reached when the broker is broken; a correct broker wakes at once (in
@@ -51,6 +53,10 @@ func Run(t *testing.T, newBroker NewBroker) {
 		{"ReadNeverUsedTopic", testReadNeverUsedTopic},
 		{"HeadOfNewTopicThenPublish", testHeadOfNewTopicThenPublish},
 		{"ReaderBehindBoundedLogGetsGap", testReaderBehindBoundedLog},
+		{"ByteBudgetTrimsOldest", testByteBudgetTrimsOldest},
+		{"ByteBudgetKeepsOversizedRecordAlone", testByteBudgetOversizedRecord},
+		{"ByteBudgetFollowsModel", testByteBudgetFollowsModel},
+		{"ByteBudgetAfterDelete", testByteBudgetAfterDelete},
 		{"DeleteForgetsTopic", testDeleteForgetsTopic},
 		{"RecreatedTopicStartsAboveOldSequence", testRecreatedTopicStartsAbove},
 		{"TopicsAreIndependent", testTopicsAreIndependent},
@@ -345,6 +351,166 @@ func testReaderBehindBoundedLog(t *testing.T, nb NewBroker) {
 	checkBatch(t, "Read(h+15) right before the oldest kept", read(t, b, topic, h+15, 100), h+16, kept, last, false)
 	checkBatch(t, "Read(h+20) inside the window", read(t, b, topic, h+20, 100), h+21, all[20:], last, false)
 	checkBatch(t, "Read(h, limit 3) behind", read(t, b, topic, h, 3), h+16, kept[:3], last, true)
+}
+
+// --- byte budgets ---
+
+// sized returns n records of exactly size bytes each: "<prefix>-<i>" padded
+// with dots, i from first.
+func sized(prefix string, first, n, size int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		b := fmt.Appendf(nil, "%s-%d", prefix, first+i)
+		if len(b) > size {
+			panic("brokertest: record label longer than its size")
+		}
+		out[i] = append(b, bytes.Repeat([]byte{'.'}, size-len(b))...)
+	}
+	return out
+}
+
+// bytesOf returns the bytes of the records' Data.
+func bytesOf(recs []topics.Record) int {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Data)
+	}
+	return n
+}
+
+func testByteBudgetTrimsOldest(t *testing.T, nb NewBroker) {
+	// 100 bytes for "m:" topics: ten records of 10 bytes, far below the
+	// bound of 100 records.
+	b := nb(t, 100, topics.ByteBudget{Prefix: "m:", MaxBytes: 100})
+	const topic, free = "m:budget", "t:free"
+	h, hf := head(t, b, topic), head(t, b, free)
+	all := sized("r", 1, 25, 10)
+	// One by one, then as a batch larger than the budget, then one by one.
+	for _, d := range all[:8] {
+		publish(t, b, topic, d)
+		publish(t, b, free, d)
+	}
+	if got := publish(t, b, topic, all[8:20]...); got != h+20 {
+		t.Errorf("Publish of a batch over the budget returned %d, want its last Seq %d", got, h+20)
+	}
+	publish(t, b, free, all[8:20]...)
+	for _, d := range all[20:] {
+		publish(t, b, topic, d)
+		publish(t, b, free, d)
+	}
+	last := h + 25
+	kept := all[15:] // the newest 100 bytes: Seq h+16 .. h+25
+	checkBatch(t, "Read(h) far behind", read(t, b, topic, h, 100), h+16, kept, last, true)
+	checkBatch(t, "Read(h+14) just behind", read(t, b, topic, h+14, 100), h+16, kept, last, true)
+	checkBatch(t, "Read(h+15) right before the oldest kept", read(t, b, topic, h+15, 100), h+16, kept, last, false)
+	checkBatch(t, "Read(h+20) inside the window", read(t, b, topic, h+20, 100), h+21, all[20:], last, false)
+	checkBatch(t, "Read(h, limit 3) behind", read(t, b, topic, h, 3), h+16, kept[:3], last, true)
+	// A topic the budget does not select keeps its records.
+	checkBatch(t, "topic without a budget", read(t, b, free, hf, 100), hf+1, all, hf+25, false)
+
+	// A batch larger than the budget alone keeps its newest records that
+	// fit: older records of the log go, and so do its own oldest.
+	big := sized("big", 1, 4, 40)
+	last = publish(t, b, topic, big...)
+	checkBatch(t, "after a 160-byte batch", read(t, b, topic, h+25, 100), last-1, big[2:], last, true)
+	checkBatch(t, "from the batch's last record not kept", read(t, b, topic, last-2, 100), last-1, big[2:], last, false)
+}
+
+func testByteBudgetOversizedRecord(t *testing.T, nb NewBroker) {
+	b := nb(t, 100, topics.ByteBudget{Prefix: "m:", MaxBytes: 100})
+	const topic = "m:oversized"
+	h := head(t, b, topic)
+	small := sized("s", 1, 3, 20)
+	publish(t, b, topic, small...)
+	huge := sized("huge", 1, 1, 150)
+	hs := publish(t, b, topic, huge...)
+	// Kept alone, not refused: the reader at the head before it gets it.
+	checkBatch(t, "reader just before the oversized record", read(t, b, topic, h+3, 100), hs, huge, hs, false)
+	checkBatch(t, "reader behind the oversized record", read(t, b, topic, h, 100), hs, huge, hs, true)
+	// The next record takes its place: it alone is over the budget.
+	next := sized("n", 1, 1, 10)
+	ns := publish(t, b, topic, next...)
+	checkBatch(t, "reader of the oversized record, after one more", read(t, b, topic, hs, 100), ns, next, ns, false)
+	checkBatch(t, "reader before the oversized record, after one more", read(t, b, topic, hs-1, 100), ns, next, ns, true)
+	// In a batch, the oversized newest record is kept alone too.
+	batch := append(sized("b", 1, 2, 10), sized("huge", 2, 1, 150)...)
+	bs := publish(t, b, topic, batch...)
+	checkBatch(t, "after a batch ending in an oversized record", read(t, b, topic, ns, 100), bs, batch[2:], bs, true)
+}
+
+// testByteBudgetFollowsModel publishes records of varied sizes, one by one
+// and in batches, to a log bounded both in records and in bytes, and after
+// each publish compares the whole log with a model of the rule: the newest
+// records that fit both bounds (at least the newest one). A broker whose
+// byte count drifted across trims keeps too much or too little.
+func testByteBudgetFollowsModel(t *testing.T, nb NewBroker) {
+	const maxLen, budget = 8, 200
+	b := nb(t, maxLen, topics.ByteBudget{Prefix: "m:", MaxBytes: budget})
+	const topic = "m:model"
+	h := head(t, b, topic)
+	type rec struct {
+		seq  uint64
+		data []byte
+	}
+	var model []rec
+	seq := h
+	// A fixed pseudo-random sequence (a linear congruential generator), so
+	// a failure can be replayed.
+	x := uint32(7)
+	next := func(n uint32) int { x = x*1664525 + 1013904223; return int(x>>16) % int(n) }
+	for step := range 150 {
+		n := 1 + next(4)
+		data := make([][]byte, n)
+		for i := range data {
+			size := 8 + next(60)
+			if next(25) == 0 {
+				size = budget + 1 + next(50) // now and then one over the budget
+			}
+			data[i] = sized(fmt.Sprintf("s%d", step), i, 1, size)[0]
+		}
+		last := publish(t, b, topic, data...)
+		for _, d := range data {
+			seq++
+			model = append(model, rec{seq, d})
+		}
+		if last != seq {
+			t.Fatalf("step %d: Publish returned %d, want %d", step, last, seq)
+		}
+		total := 0
+		for _, r := range model {
+			total += len(r.data)
+		}
+		for len(model) > 1 && (len(model) > maxLen || total > budget) {
+			total -= len(model[0].data)
+			model = model[1:]
+		}
+		want := make([][]byte, len(model))
+		for i, r := range model {
+			want[i] = r.data
+		}
+		got := read(t, b, topic, h, 100)
+		checkBatch(t, fmt.Sprintf("step %d: Read(h)", step), got, model[0].seq, want, seq, model[0].seq > h+1)
+		checkBatch(t, fmt.Sprintf("step %d: Read(before the oldest kept)", step), read(t, b, topic, model[0].seq-1, 100), model[0].seq, want, seq, false)
+		if t.Failed() {
+			t.Fatalf("step %d: the log holds %d records, %d bytes; the model %d records, %d bytes", step, len(got.Records), bytesOf(got.Records), len(model), total)
+		}
+	}
+}
+
+func testByteBudgetAfterDelete(t *testing.T, nb NewBroker) {
+	b := nb(t, 100, topics.ByteBudget{Prefix: "m:", MaxBytes: 100})
+	const topic = "m:deleted"
+	publish(t, b, topic, sized("old", 1, 10, 10)...)
+	del(t, b, topic)
+	// The deleted records no longer count: a full budget fits again.
+	h := head(t, b, topic)
+	fresh := sized("new", 1, 10, 10)
+	for _, d := range fresh {
+		publish(t, b, topic, d)
+	}
+	checkBatch(t, "after Delete, a budget's worth", read(t, b, topic, h, 100), h+1, fresh, h+10, false)
+	last := publish(t, b, topic, sized("new", 11, 1, 10)...)
+	checkBatch(t, "one more drops exactly the oldest", read(t, b, topic, h, 100), h+2, append(fresh[1:], sized("new", 11, 1, 10)...), last, true)
 }
 
 func testDeleteForgetsTopic(t *testing.T, nb NewBroker) {

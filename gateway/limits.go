@@ -94,11 +94,21 @@ func (p *postLimiter) sweep(now time.Time) {
 }
 
 // OriginChecker decides whether a request's Origin may use the transports,
-// with the semantics of Phoenix's check_origin list: a pattern is
-// "//host", "scheme://host" or "scheme://host:port"; scheme and port are
-// compared only when the pattern gives them; a host "*.example.com" matches
-// example.com and its subdomains. Requests without an Origin header are not
-// checked (they are not from a browser page on another site).
+// with the semantics of Phoenix's check_origin list (Phoenix.Socket.Transport):
+//
+//   - "//host" matches host with any scheme and any port;
+//   - "//host:port" matches host on that port, any scheme;
+//   - "scheme://host" matches host with that scheme on the scheme's default
+//     port only (https 443, http 80, wss 443, ws 80), because Elixir's
+//     URI.parse fills the default port in: "https://app.example.com" does
+//     not admit "https://app.example.com:8443";
+//   - "scheme://host:port" matches exactly that scheme, host and port;
+//   - a host "*.example.com" matches example.com and its subdomains (and
+//     not "evilexample.com").
+//
+// Requests without an Origin header are not checked (they are not from a
+// browser page on another site); an Origin without a host ("null",
+// "file://") is refused.
 type OriginChecker struct {
 	allowAll bool
 	patterns []originPattern
@@ -108,6 +118,10 @@ type originPattern struct {
 	scheme, host, port string
 	wildcard           bool
 }
+
+// defaultPorts are the ports Elixir's URI.parse fills in for a scheme given
+// without one (URI.default_port), which Phoenix then compares.
+var defaultPorts = map[string]string{"http": "80", "https": "443", "ws": "80", "wss": "443", "ftp": "21", "sftp": "22", "tftp": "69", "ldap": "389"}
 
 // NewOriginChecker parses patterns; an empty list (or "*") allows every origin.
 func NewOriginChecker(patterns []string) (*OriginChecker, error) {
@@ -126,12 +140,15 @@ func NewOriginChecker(patterns []string) (*OriginChecker, error) {
 			raw = "placeholder:" + p
 		}
 		u, err := url.Parse(raw)
-		if err != nil || u.Host == "" {
+		if err != nil || u.Host == "" || u.Hostname() == "" {
 			return nil, errors.New("origin pattern " + p + ": want //host, scheme://host or scheme://host:port")
 		}
 		op := originPattern{host: strings.ToLower(u.Hostname()), port: u.Port()}
 		if !strings.HasPrefix(p, "//") {
 			op.scheme = strings.ToLower(u.Scheme)
+			if op.port == "" {
+				op.port = defaultPorts[op.scheme]
+			}
 		}
 		if h, ok := strings.CutPrefix(op.host, "*."); ok {
 			op.host, op.wildcard = h, true
@@ -151,12 +168,12 @@ func (c *OriginChecker) Allowed(origin string) bool {
 		return true
 	}
 	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
+	if err != nil || u.Hostname() == "" {
 		return false
 	}
 	scheme, host, port := strings.ToLower(u.Scheme), strings.ToLower(u.Hostname()), u.Port()
 	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[scheme]
+		port = defaultPorts[scheme]
 	}
 	for _, p := range c.patterns {
 		if p.scheme != "" && p.scheme != scheme {

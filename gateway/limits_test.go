@@ -66,35 +66,105 @@ func TestPostRateLimit(t *testing.T) {
 	}
 }
 
+// TestOriginChecker checks each pattern form against Phoenix's check_origin
+// (Phoenix.Socket.Transport and its tests): a scheme without a port means
+// that scheme's default port, not any port.
 func TestOriginChecker(t *testing.T) {
-	c, err := NewOriginChecker([]string{"//example.com", "https://*.foo.com:443", "http://localhost:4000"})
+	for _, tc := range []struct {
+		pattern string
+		allowed []string
+		refused []string
+	}{
+		{
+			pattern: "//example.com", // any scheme, any port
+			allowed: []string{"https://example.com", "http://example.com", "http://example.com:8080", "https://EXAMPLE.com/"},
+			refused: []string{"https://a.example.com", "https://evil-example.com", "https://example.com.evil.io", "https://evilexample.com"},
+		},
+		{
+			pattern: "//example.com:8443", // any scheme, that port
+			allowed: []string{"https://example.com:8443", "http://example.com:8443"},
+			refused: []string{"https://example.com", "http://example.com", "https://example.com:443"},
+		},
+		{
+			pattern: "//example.com:443", // matches https's default port
+			allowed: []string{"https://example.com", "https://example.com:443"},
+			refused: []string{"http://example.com", "https://example.com:8443"},
+		},
+		{
+			pattern: "https://app.example.com", // https on 443 only
+			allowed: []string{"https://app.example.com", "https://app.example.com:443"},
+			refused: []string{"https://app.example.com:8443", "http://app.example.com", "http://app.example.com:443", "https://x.app.example.com"},
+		},
+		{
+			pattern: "http://scheme.com", // http on 80 only (Phoenix's own test)
+			allowed: []string{"http://scheme.com", "http://scheme.com:80/"},
+			refused: []string{"https://scheme.com", "http://scheme.com:8080"},
+		},
+		{
+			pattern: "https://*.foo.com", // the domain and its subdomains, https on 443
+			allowed: []string{"https://foo.com", "https://a.foo.com", "https://a.b.foo.com"},
+			refused: []string{"http://a.foo.com", "https://a.foo.com:8443", "https://evilfoo.com", "https://foo.com.evil.io"},
+		},
+		{
+			pattern: "https://*.foo.com:8443", // explicit port
+			allowed: []string{"https://a.foo.com:8443", "https://foo.com:8443"},
+			refused: []string{"https://a.foo.com", "http://a.foo.com:8443"},
+		},
+		{
+			pattern: "http://localhost:4000", // explicit port
+			allowed: []string{"http://localhost:4000"},
+			refused: []string{"http://localhost:4001", "http://localhost", "https://localhost:4000"},
+		},
+	} {
+		c, err := NewOriginChecker([]string{tc.pattern})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.pattern, err)
+		}
+		if !c.Allowed("") {
+			t.Errorf("%s: a request without an Origin (curl, servers) must not be checked", tc.pattern)
+		}
+		for _, o := range []string{"null", "file://", "not a url", "https://"} {
+			if c.Allowed(o) {
+				t.Errorf("%s: Allowed(%q) = true, want false: an origin without a host", tc.pattern, o)
+			}
+		}
+		for _, o := range tc.allowed {
+			if !c.Allowed(o) {
+				t.Errorf("pattern %s: Allowed(%q) = false, want true", tc.pattern, o)
+			}
+		}
+		for _, o := range tc.refused {
+			if c.Allowed(o) {
+				t.Errorf("pattern %s: Allowed(%q) = true, want false", tc.pattern, o)
+			}
+		}
+	}
+	// A list allows what any of its patterns allows.
+	c, err := NewOriginChecker([]string{" //example.com", "https://*.foo.com:443 ", "http://localhost:4000"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for origin, want := range map[string]bool{
-		"":                            true, // no Origin: not a cross-site browser request
-		"https://example.com":         true,
-		"http://example.com:8080":     true, // //host: any scheme and port
-		"https://evil-example.com":    false,
-		"https://foo.com":             true,
-		"https://a.b.foo.com":         true,
-		"http://a.foo.com":            false, // scheme given
-		"https://a.foo.com:8443":      false, // port given
-		"http://localhost:4000":       true,
-		"http://localhost:4001":       false,
-		"null":                        false,
-		"https://example.com.evil.io": false,
+		"http://example.com:8080": true,
+		"https://a.foo.com":       true,
+		"http://localhost:4000":   true,
+		"http://localhost:4001":   false,
+		"https://a.foo.com:8443":  false,
 	} {
 		if got := c.Allowed(origin); got != want {
-			t.Errorf("Allowed(%q) = %v, want %v", origin, got, want)
+			t.Errorf("list: Allowed(%q) = %v, want %v", origin, got, want)
 		}
 	}
-	all, _ := NewOriginChecker([]string{""})
-	if !all.Allowed("https://anything.example") {
-		t.Error("an empty list must allow every origin")
+	for _, patterns := range [][]string{{""}, {"*"}, {"https://x.test", "*"}, nil} {
+		all, err := NewOriginChecker(patterns)
+		if err != nil || !all.Allowed("https://anything.example:1234") {
+			t.Errorf("%q must allow every origin (err %v)", patterns, err)
+		}
 	}
-	if _, err := NewOriginChecker([]string{"not a url"}); err == nil {
-		t.Error("a malformed pattern was accepted")
+	for _, bad := range []string{"not a url", "https://", "//", "//:443"} {
+		if _, err := NewOriginChecker([]string{bad}); err == nil {
+			t.Errorf("the malformed pattern %q was accepted", bad)
+		}
 	}
 }
 

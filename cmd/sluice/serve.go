@@ -108,7 +108,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.int(&cfg.PostBurst, "post-burst", "SLUICE_POST_BURST", 20, "burst of --post-rate")
 	fs.int(&cfg.MaxStreams, "max-streams", "SLUICE_MAX_STREAMS", 0, "open SSE streams per instance; over it a stream is told to retry elsewhere; 0: no limit")
 	fs.int(&cfg.MaxSockets, "max-sockets", "SLUICE_MAX_SOCKETS", 0, "open WebSocket connections per instance; over it an upgrade is answered 503 and phoenix.js retries, elsewhere; 0: no limit")
-	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host, https://host, https://*.example.com:443; empty: any")
+	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host (any scheme and port), https://host (https on 443 only), https://*.example.com, https://host:8443; empty: any")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long a drain on SIGTERM/SIGINT may take in all")
 	fs.duration(&cfg.DrainDelay, "drain-delay", "SLUICE_DRAIN_DELAY", 2*time.Second, "on SIGTERM/SIGINT, keep answering (readyz 503, polls and streams sent elsewhere) this long before closing the listener (at most half of --shutdown-timeout)")

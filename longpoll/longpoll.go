@@ -74,9 +74,16 @@ func (t *Transport) Register(e *echo.Echo, path string) {
 // Serve answers one LongPoll request.
 func (t *Transport) Serve(c echo.Context) error {
 	h := c.Response().Header()
-	h.Set("Access-Control-Allow-Origin", "*")
 	h.Set("Cache-Control", "no-store, private")
 	h.Set("X-Accel-Buffering", "no")
+	// Checked before anything else, preflights included, as Phoenix does;
+	// a refused origin gets no CORS grant at all, so its page can neither
+	// pass a preflight nor read an answer.
+	if origin := c.Request().Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
+		t.gw.Observer().Refused(transportName, "origin")
+		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: "origin " + origin + " is not allowed"})
+	}
+	h.Set("Access-Control-Allow-Origin", "*")
 	switch c.Request().Method {
 	case http.MethodOptions:
 		// CORS preflight, as Phoenix answers it.
@@ -85,10 +92,6 @@ func (t *Transport) Serve(c echo.Context) error {
 		h.Set("Access-Control-Max-Age", "3600")
 		return c.NoContent(http.StatusOK)
 	case http.MethodGet, http.MethodPost:
-		if origin := c.Request().Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
-			t.gw.Observer().Refused(transportName, "origin")
-			return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: "origin " + origin + " is not allowed"})
-		}
 		if c.Request().Method == http.MethodGet {
 			return t.poll(c)
 		}

@@ -121,9 +121,16 @@ func (t *Transport) Register(e *echo.Echo, path string) {
 	e.OPTIONS(path, t.preflight)
 }
 
+// cors grants the request's Origin access to the answer: none at all to an
+// Origin that Config.Origins refuses (its page may neither read the answer
+// nor send credentials), the Origin echoed with credentials when
+// AllowCredentials is set, else "*".
 func (t *Transport) cors(c echo.Context) {
 	h := c.Response().Header()
 	origin := c.Request().Header.Get("Origin")
+	if !t.cfg.Origins.Allowed(origin) {
+		return
+	}
 	if t.cfg.AllowCredentials && origin != "" {
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Set("Access-Control-Allow-Credentials", "true")
@@ -134,6 +141,10 @@ func (t *Transport) cors(c echo.Context) {
 }
 
 func (t *Transport) preflight(c echo.Context) error {
+	if origin := c.Request().Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
+		t.gw.Observer().Refused(transportName, "origin")
+		return fail(c, http.StatusForbidden, "origin "+origin+" is not allowed")
+	}
 	t.cors(c)
 	h := c.Response().Header()
 	h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")

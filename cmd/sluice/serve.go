@@ -101,7 +101,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.duration(&cfg.SSEHeartbeat, "sse-heartbeat", "SLUICE_SSE_HEARTBEAT", 15*time.Second, "an idle SSE stream gets a heartbeat event this often (proxies cut idle streams after 60-100s)")
 	fs.duration(&cfg.SSEMaxLifetime, "sse-max-lifetime", "SLUICE_SSE_MAX_LIFETIME", 2*time.Minute, "an SSE stream ends cleanly after this long (minus up to 10% jitter) and the client resumes: buffering proxies flush, load spreads")
 	fs.int(&cfg.SSEPadding, "sse-padding", "SLUICE_SSE_PADDING", 0, "bytes of padding comment at the start of every SSE stream, for buffering proxies (a client may ask for 2 KiB with ?padding=1)")
-	fs.boolean(&cfg.CORSCredentials, "cors-credentials", "SLUICE_CORS_CREDENTIALS", false, "answer CORS with the request's Origin and Allow-Credentials (EventSource withCredentials) instead of *")
+	fs.boolean(&cfg.CORSCredentials, "cors-credentials", "SLUICE_CORS_CREDENTIALS", false, "answer SSE's CORS with the request's Origin and Allow-Credentials (EventSource withCredentials) instead of *, only to origins --allowed-origins admits")
 	fs.int(&cfg.MaxPayload, "max-payload", "SLUICE_MAX_PAYLOAD", 64<<10, "largest message payload in bytes (larger: 413, nothing of the batch applied)")
 	fs.int(&cfg.MaxSessions, "max-sessions-per-user", "SLUICE_MAX_SESSIONS_PER_USER", 0, "live sessions one user may hold (tabs, devices); 0: no limit")
 	fs.float(&cfg.PostRate, "post-rate", "SLUICE_POST_RATE", 0, "POSTs per second one session may send to one instance (token bucket of --post-burst; over: 429); 0: no limit")

@@ -309,6 +309,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e.HTTPErrorHandler = s.httpError
 	e.JSONSerializer = jsonSerializer{}
 	e.Use(accessLog(log))
+	e.Use(noStore)
 	origins, err := gateway.NewOriginChecker(strings.Split(cfg.AllowedOrigins, ","))
 	if err != nil {
 		return nil, fmt.Errorf("--allowed-origins: %w", err)

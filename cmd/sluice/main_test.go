@@ -108,6 +108,7 @@ func TestServeFlagsAndEnvironment(t *testing.T) {
 		{"--secret", "too-short"},
 		{"--session-timeout", "0s"},
 		{"--sse-padding", "-1"},
+		{"--body-timeout", "0s"},
 		{"--log-level", "loud"},
 	} {
 		cfg, err := parseServeFlags(args, &errw)

@@ -50,6 +50,7 @@ type serveConfig struct {
 	HistoryTTL      time.Duration
 	MailboxBytes    int
 	MaxBodyBytes    int
+	BodyTimeout     time.Duration
 	ShutdownTimeout time.Duration
 	DrainDelay      time.Duration
 	SSERetry        time.Duration
@@ -110,6 +111,7 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 	fs.int(&cfg.MaxSockets, "max-sockets", "SLUICE_MAX_SOCKETS", 0, "open WebSocket connections per instance; over it an upgrade is answered 503 and phoenix.js retries, elsewhere; 0: no limit")
 	fs.string(&cfg.AllowedOrigins, "allowed-origins", "SLUICE_ALLOWED_ORIGINS", "", "comma-separated Origins allowed to use the transports, as Phoenix's check_origin: //host (any scheme and port), https://host (https on 443 only), https://*.example.com, https://host:8443; empty: any")
 	fs.int(&cfg.MaxBodyBytes, "max-body", "SLUICE_MAX_BODY", 1<<20, "largest request body in bytes (larger: 413)")
+	fs.duration(&cfg.BodyTimeout, "body-timeout", "SLUICE_BODY_TIMEOUT", 10*time.Second, "time to receive a request body once its headers arrived (slower: 408 and the connection closed); streams and polls have no body and are not cut")
 	fs.duration(&cfg.ShutdownTimeout, "shutdown-timeout", "SLUICE_SHUTDOWN_TIMEOUT", 15*time.Second, "how long a drain on SIGTERM/SIGINT may take in all")
 	fs.duration(&cfg.DrainDelay, "drain-delay", "SLUICE_DRAIN_DELAY", 2*time.Second, "on SIGTERM/SIGINT, keep answering (readyz 503, polls and streams sent elsewhere) this long before closing the listener (at most half of --shutdown-timeout)")
 	fs.boolean(&cfg.Console, "console", "SLUICE_CONSOLE", true, "serve the debug console at / (a page that connects with a user token; it holds no secret)")
@@ -139,6 +141,8 @@ func parseServeFlags(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("--sse-padding must be between 0 and 65536, got %d", cfg.SSEPadding)
 	case cfg.MaxBodyBytes <= 0:
 		return nil, fmt.Errorf("--max-body must be positive, got %d", cfg.MaxBodyBytes)
+	case cfg.BodyTimeout <= 0:
+		return nil, fmt.Errorf("--body-timeout must be positive, got %s", cfg.BodyTimeout)
 	case cfg.Secret != "" && len(cfg.Secret) < 20:
 		return nil, errors.New("--secret must be at least 20 bytes long (as Phoenix requires of secret_key_base)")
 	}
@@ -310,6 +314,7 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	e.JSONSerializer = jsonSerializer{}
 	e.Use(accessLog(log))
 	e.Use(noStore)
+	e.Use(readBodyWithin(cfg.BodyTimeout, int64(cfg.MaxBodyBytes), gw.Observer()))
 	origins, err := gateway.NewOriginChecker(strings.Split(cfg.AllowedOrigins, ","))
 	if err != nil {
 		return nil, fmt.Errorf("--allowed-origins: %w", err)

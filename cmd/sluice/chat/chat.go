@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,15 +19,29 @@ import (
 // Chat.ultimos_mensajes(sala_id, 50).
 const HistorySize = 50
 
+// Failed password joins of a private room are throttled per user and room,
+// across instances (the count lives in the Store): after MaxJoinFailures
+// failures within JoinFailureWindow, every join of that user to that room
+// is refused with ReasonTooManyAttempts, even with the right password,
+// until the window (counted from the first failure) passes. Without it one
+// POST could carry 100 guesses.
+const (
+	MaxJoinFailures       = 5
+	JoinFailureWindow     = time.Minute
+	ReasonTooManyAttempts = "demasiados intentos; espera un minuto"
+)
+
 // App is the chat app: its channel handlers and its store.
 type App struct {
 	store    Store
 	validate *validator.Validate
+	// joinWindow is JoinFailureWindow; tests shorten it.
+	joinWindow time.Duration
 }
 
 // New returns the app over store.
 func New(store Store) *App {
-	return &App{store: store, validate: validator.New(validator.WithRequiredStructEnabled())}
+	return &App{store: store, validate: validator.New(validator.WithRequiredStructEnabled()), joinWindow: JoinFailureWindow}
 }
 
 // Store returns the app's store.
@@ -61,12 +76,28 @@ func (s *Sala) Join(c *gateway.Context, payload json.RawMessage) gateway.Reply {
 		if json.Unmarshal(payload, &p) != nil || p.Password == nil {
 			return errorReason(`se esperaba {"password": "..."}`)
 		}
-		room, err := s.app.store.Room(ctx, strings.TrimPrefix(salaID, "privada:"))
-		if errors.Is(err, ErrNoRoom) || err == nil && (room.Password == "" || room.Password != *p.Password) {
+		id := strings.TrimPrefix(salaID, "privada:")
+		// Count the attempt before checking the password, so that
+		// concurrent guesses (several sessions, several instances) cannot
+		// all pass the limit at once; a success clears the count.
+		n, err := s.app.store.CountJoinAttempt(ctx, id, c.UserKey(), s.app.joinWindow)
+		if err != nil {
+			c.Logger().Error("join: count attempt", "err", err)
+			return errorReason("error interno")
+		}
+		if n > MaxJoinFailures {
+			return errorReason(ReasonTooManyAttempts)
+		}
+		room, err := s.app.store.Room(ctx, id)
+		if errors.Is(err, ErrNoRoom) || err == nil && (room.Password == "" || subtle.ConstantTimeCompare([]byte(room.Password), []byte(*p.Password)) != 1) {
 			return errorReason("contraseña incorrecta")
 		} else if err != nil {
 			c.Logger().Error("join: load room", "err", err)
 			return errorReason("error interno")
+		}
+		if err := s.app.store.ClearJoinAttempts(ctx, id, c.UserKey()); err != nil {
+			// The user got in; at worst an old count outlives its use.
+			c.Logger().Warn("join: clear attempts", "err", err)
 		}
 	default:
 		room, err := s.app.store.Room(ctx, salaID)

@@ -3,10 +3,12 @@ package chat
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -16,14 +18,17 @@ import (
 //
 // Keys, under the prefix:
 //
-//	room:<id>        the room's JSON
-//	history:<room>   list of the room's messages' JSON, oldest first,
-//	                 trimmed to the newest keepLast
-//	message-id       the counter of message ids
+//	room:<id>          the room's JSON
+//	history:<room>     list of the room's messages' JSON, oldest first,
+//	                   trimmed to the newest keepLast
+//	message-id         the counter of message ids
+//	join-attempts:<h>  a user's password attempts on a private room (h: a
+//	                   hash of room and user), with the window as its TTL
 //
 // Rooms and histories are the app's data, so they have no TTL: a history is
 // bounded by keepLast, and there is one per room that can be joined (the
-// lobby and the rooms created through the API).
+// lobby and the rooms created through the API). Join attempts expire with
+// their window.
 type RedisStore struct {
 	rdb      redis.UniversalClient
 	prefix   string
@@ -45,6 +50,10 @@ func NewRedisStore(client redis.UniversalClient, prefix string, keepLast int) *R
 func (s *RedisStore) roomKey(id string) string      { return s.prefix + "room:" + id }
 func (s *RedisStore) historyKey(room string) string { return s.prefix + "history:" + room }
 func (s *RedisStore) idKey() string                 { return s.prefix + "message-id" }
+func (s *RedisStore) attemptsKey(room, user string) string {
+	k := joinAttemptKey(room, user)
+	return s.prefix + "join-attempts:" + hex.EncodeToString(k[:16])
+}
 
 // PutRoom implements Store. One round trip.
 func (s *RedisStore) PutRoom(ctx context.Context, r Room) error {
@@ -122,4 +131,31 @@ func (s *RedisStore) LastMessages(ctx context.Context, room string, n int) ([]Me
 	}
 	slices.SortStableFunc(out, func(a, b Mensaje) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
+}
+
+// countAttempt increments a counter and starts its window if it has none
+// (a new key, or one left without a TTL), in one step.
+var countAttempt = redis.NewScript(`
+local n = redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+`)
+
+// CountJoinAttempt implements Store. One round trip (a script on one key).
+func (s *RedisStore) CountJoinAttempt(ctx context.Context, room, user string, window time.Duration) (int64, error) {
+	n, err := countAttempt.Run(ctx, s.rdb, []string{s.attemptsKey(room, user)}, max(window.Milliseconds(), 1)).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("redis: count a join attempt: %w", err)
+	}
+	return n, nil
+}
+
+// ClearJoinAttempts implements Store. One round trip.
+func (s *RedisStore) ClearJoinAttempts(ctx context.Context, room, user string) error {
+	if err := s.rdb.Del(ctx, s.attemptsKey(room, user)).Err(); err != nil {
+		return fmt.Errorf("redis: clear join attempts: %w", err)
+	}
+	return nil
 }

@@ -24,10 +24,13 @@ const keepLast = 5
 // TestStores runs the same checks on every Store: the memory store, Redis on
 // miniredis, and the Redis at SLUICE_TEST_REDIS if set.
 func TestStores(t *testing.T) {
-	t.Run("memory", func(t *testing.T) { testStore(t, chat.NewMemoryStore(keepLast)) })
+	t.Run("memory", func(t *testing.T) { testStore(t, chat.NewMemoryStore(keepLast), time.Sleep) })
 	t.Run("miniredis", func(t *testing.T) {
 		mr := miniredis.RunT(t)
-		testStore(t, newRedisStore(t, redis.NewClient(&redis.Options{Addr: mr.Addr()})))
+		c := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		st, prefix := newRedisStore(t, c)
+		testStore(t, st, mr.FastForward) // miniredis's TTLs move only when told
+		requireAttemptKeysExpire(t, c, prefix)
 	})
 	t.Run("redis", func(t *testing.T) {
 		u := os.Getenv("SLUICE_TEST_REDIS")
@@ -38,13 +41,33 @@ func TestStores(t *testing.T) {
 		if err != nil {
 			t.Fatalf("SLUICE_TEST_REDIS: %v", err)
 		}
-		testStore(t, newRedisStore(t, redis.NewClient(opts)))
+		c := redis.NewClient(opts)
+		st, prefix := newRedisStore(t, c)
+		testStore(t, st, time.Sleep)
+		requireAttemptKeysExpire(t, c, prefix)
 	})
 }
 
-// newRedisStore returns a RedisStore under a fresh prefix whose keys are
-// deleted when t ends.
-func newRedisStore(t *testing.T, c *redis.Client) *chat.RedisStore {
+// requireAttemptKeysExpire checks that the join-attempt counters testStore
+// left are under the store's prefix and expire.
+func requireAttemptKeysExpire(t *testing.T, c *redis.Client, prefix string) {
+	t.Helper()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, prefix+"join-attempts:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("join-attempt keys under %s: %v, %v; want some", prefix, keys, err)
+	}
+	for _, k := range keys {
+		// -2: it expired meanwhile (the short window); -1: it never would.
+		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl == -1 {
+			t.Errorf("%s: TTL %v, %v; want one (the window)", k, ttl, err)
+		}
+	}
+}
+
+// newRedisStore returns a RedisStore under a fresh prefix, and the prefix,
+// whose keys are deleted when t ends.
+func newRedisStore(t *testing.T, c *redis.Client) (*chat.RedisStore, string) {
 	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -62,10 +85,11 @@ func newRedisStore(t *testing.T, c *redis.Client) *chat.RedisStore {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-	return chat.NewRedisStore(c, prefix, keepLast)
+	return chat.NewRedisStore(c, prefix, keepLast), prefix
 }
 
-func testStore(t *testing.T, st chat.Store) {
+// testStore checks st; elapse lets time pass for its expiring keys.
+func testStore(t *testing.T, st chat.Store, elapse func(time.Duration)) {
 	ctx := t.Context()
 
 	// Rooms: put, get, replace; a missing room is ErrNoRoom.
@@ -165,10 +189,83 @@ func testStore(t *testing.T, st chat.Store) {
 			t.Errorf("LastMessages(busy) ids not increasing: %d then %d", ms[i-1].ID, ms[i].ID)
 		}
 	}
+
+	testJoinAttempts(t, st, elapse)
 }
 
 func messagesEqual(a, b []chat.Mensaje) bool {
 	return slices.EqualFunc(a, b, func(x, y chat.Mensaje) bool {
 		return x.ID == y.ID && x.Contenido == y.Contenido && x.Autor == y.Autor && x.Timestamp.Equal(y.Timestamp)
 	})
+}
+
+// testJoinAttempts checks the join-attempt counters: per user and room,
+// cleared on demand, atomic under concurrency, forgotten after the window.
+func testJoinAttempts(t *testing.T, st chat.Store, elapse func(time.Duration)) {
+	ctx := t.Context()
+	count := func(room, user string, window time.Duration) int64 {
+		t.Helper()
+		n, err := st.CountJoinAttempt(ctx, room, user, window)
+		if err != nil {
+			t.Fatalf("CountJoinAttempt(%s, %s): %v", room, user, err)
+		}
+		return n
+	}
+	for want := int64(1); want <= 3; want++ {
+		if n := count("r1", "1", time.Minute); n != want {
+			t.Errorf("attempt %d of user 1 on r1 counted as %d", want, n)
+		}
+	}
+	// Another user, another room, or an ambiguous pair: counted apart.
+	if n := count("r1", "2", time.Minute); n != 1 {
+		t.Errorf("user 2 on r1: %d, want 1 (counts are per user)", n)
+	}
+	if n := count("r2", "1", time.Minute); n != 1 {
+		t.Errorf("user 1 on r2: %d, want 1 (counts are per room)", n)
+	}
+	if a, b := count("a:b", "c", time.Minute), count("a", "b:c", time.Minute); a != 1 || b != 1 {
+		t.Errorf(`("a:b","c") and ("a","b:c") share a count: %d, %d`, a, b)
+	}
+	if err := st.ClearJoinAttempts(ctx, "r1", "1"); err != nil {
+		t.Fatalf("ClearJoinAttempts: %v", err)
+	}
+	if n := count("r1", "1", time.Minute); n != 1 {
+		t.Errorf("after ClearJoinAttempts: %d, want 1", n)
+	}
+	if n := count("r1", "2", time.Minute); n != 2 {
+		t.Errorf("clearing user 1's count changed user 2's: %d, want 2", n)
+	}
+
+	// Concurrent attempts each get their own number: none slips past a limit.
+	const parallel = 20
+	var wg sync.WaitGroup
+	got := make(chan int64, parallel)
+	for range parallel {
+		wg.Go(func() {
+			n, err := st.CountJoinAttempt(context.Background(), "busy", "9", time.Minute)
+			if err != nil {
+				t.Errorf("CountJoinAttempt: %v", err)
+			}
+			got <- n
+		})
+	}
+	wg.Wait()
+	close(got)
+	seen := map[int64]bool{}
+	for n := range got {
+		if n < 1 || n > parallel || seen[n] {
+			t.Errorf("concurrent attempt counted as %d (seen: %v)", n, seen)
+		}
+		seen[n] = true
+	}
+
+	// The window starts at the first attempt; once it passes, the count
+	// starts over.
+	const window = 150 * time.Millisecond
+	count("short", "1", window)
+	count("short", "1", window)
+	elapse(3 * window)
+	if n := count("short", "1", window); n != 1 {
+		t.Errorf("after the window passed: %d, want 1", n)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"hash"
 	"math"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -422,19 +421,94 @@ func TestConcurrent(t *testing.T) {
 	wg.Wait()
 }
 
-// FuzzVerify checks that Verify never panics and accepts only the genuine
-// seed tokens (with strict base64, a token has no other valid spelling).
+// FuzzVerify checks that Verify never panics, accepts only tokens signed
+// with its key, each in its one spelling (strict base64), and refuses
+// everything else with one of its three errors and no data. Its seed corpus
+// is in testdata/fuzz/FuzzVerify/.
 func FuzzVerify(f *testing.F) {
-	seeds := []string{vector1, vector2,
-		signRaw(signer, headerHS512, etf(f, Tuple{map[string]any{"id": 1}, signedAt.UnixMilli(), 60}))}
-	for _, s := range seeds {
+	for _, s := range []string{vector1, vector2,
+		signRaw(signer, headerHS512, etf(f, Tuple{map[string]any{"id": 1}, signedAt.UnixMilli(), 60}))} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, tok string) {
-		if data, err := signer.Verify(tok, 0, signedAt); err == nil && !slices.Contains(seeds, tok) {
+		data, err := signer.Verify(tok, 0, signedAt)
+		if err == nil && !genuine(tok) {
 			t.Fatalf("accepted forged token %q: %#v", tok, data)
 		}
+		requireVerifyResult(t, tok, data, err)
+		data, err = signer.Verify(tok, 0, later)
+		if err == nil {
+			t.Fatalf("accepted %q long past its age: %#v", tok, data)
+		}
+		requireVerifyResult(t, tok, data, err)
 	})
+}
+
+// genuine reports whether tok is what signer itself makes of its header
+// and payload.
+func genuine(tok string) bool {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	plain, err := b64.DecodeString(parts[1])
+	switch parts[0] {
+	case headerHS256, headerHS384, headerHS512:
+		return err == nil && tok == signRaw(signer, parts[0], plain)
+	}
+	return false
+}
+
+// FuzzVerifySigned signs arbitrary plaintexts, which FuzzVerify cannot get
+// past the signature check, and verifies them at several times: whatever
+// the payload holds (any term, any signed_at, any max age), Verify returns
+// data or one of its errors, and never accepts a token signed after now
+// plus the allowed skew.
+func FuzzVerifySigned(f *testing.F) {
+	f.Add(etf(f, Tuple{int64(42), signedAt.UnixMilli(), int64(86400)}), int64(0), int64(0))
+	f.Add(etf(f, Tuple{map[string]any{"id": int64(42), "nombre": "Ana"}, signedAt.UnixMilli(), 1.5}), int64(1000), int64(0))
+	f.Add(etf(f, Tuple{"x", signedAt.UnixMilli()}), int64(-5000), int64(-1))
+	f.Add(etf(f, map[string]any{"data": "x", "signed": signedAt.UnixMilli()}), int64(math.MaxInt64), int64(3600))
+	f.Add(etf(f, Tuple{nil, int64(math.MinInt64), Atom("infinity")}), int64(math.MinInt64), int64(0))
+	f.Fuzz(func(t *testing.T, plain []byte, offsetMs, maxAgeS int64) {
+		now := signedAt.Add(time.Duration(offsetMs) * time.Millisecond)
+		maxAge := time.Duration(maxAgeS) * time.Second
+		if maxAgeS > math.MaxInt64/int64(time.Second) || maxAgeS < math.MinInt64/int64(time.Second) {
+			maxAge = time.Duration(maxAgeS) // keep it from overflowing
+		}
+		for _, h := range []string{headerHS256, headerHS512} {
+			tok := signRaw(signer, h, plain)
+			data, err := signer.Verify(tok, maxAge, now)
+			requireVerifyResult(t, tok, data, err)
+			if err != nil {
+				continue
+			}
+			term, derr := decodeTerm(plain)
+			_, signedMs, _, uerr := unwrap(term)
+			if derr != nil || uerr != nil {
+				t.Fatalf("accepted %x, whose payload is not a token's: %v %v", plain, derr, uerr)
+			}
+			// The difference is positive: as a uint64 it does not overflow.
+			if nowMs := now.UnixMilli(); signedMs > nowMs && uint64(signedMs-nowMs) > uint64(maxClockSkew.Milliseconds()) {
+				t.Fatalf("accepted a token signed %d ms after now", uint64(signedMs-nowMs))
+			}
+		}
+	})
+}
+
+// requireVerifyResult checks one Verify result: data, or no data and an
+// error that is one of ErrMissing, ErrInvalid and ErrExpired.
+func requireVerifyResult(t *testing.T, tok string, data any, err error) {
+	t.Helper()
+	if err == nil {
+		return
+	}
+	if data != nil {
+		t.Fatalf("refused %q (%v) but returned data %#v", tok, err, data)
+	}
+	if !errors.Is(err, ErrMissing) && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrExpired) {
+		t.Fatalf("refused %q with %v (%T), which is none of ErrMissing, ErrInvalid, ErrExpired", tok, err, err)
+	}
 }
 
 // FuzzDecode drives the ETF decoder directly, which FuzzVerify cannot reach

@@ -192,7 +192,11 @@ func setStreamHeaders(h http.Header, r *http.Request) {
 	h.Set("Cache-Control", "no-cache, no-store, no-transform")
 	h.Set("X-Accel-Buffering", "no")
 	if r.ProtoMajor == 1 {
-		h.Set("Connection", "keep-alive") // illegal in HTTP/2
+		// A stream is its connection's last answer: when it ends, the
+		// server closes the connection (a parked stream's was hijacked).
+		// Saying keep-alive let an HTTP/1.1 client queue its next request
+		// on it and lose that request to the close. (Illegal in HTTP/2.)
+		h.Set("Connection", "close")
 	}
 }
 

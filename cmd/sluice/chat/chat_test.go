@@ -200,14 +200,14 @@ func TestPrivateRoomThrottleEndsWithTheWindow(t *testing.T) {
 	}
 }
 
-// sharedRedis returns a Redis client for a test: the server at REDIS_URL if
+// sharedRedis returns a Redis client for a test: the server at SLUICE_TEST_REDIS if
 // set (keys under a fresh prefix, deleted at the end), else miniredis.
 func sharedRedis(t *testing.T) (*redis.Client, string) {
 	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	prefix := "sluicetest:chat:" + hex.EncodeToString(b[:]) + ":"
-	u := os.Getenv("REDIS_URL")
+	u := os.Getenv("SLUICE_TEST_REDIS")
 	if u == "" {
 		c := redis.NewClient(&redis.Options{Addr: miniredis.RunT(t).Addr()})
 		t.Cleanup(func() { c.Close() })
@@ -215,7 +215,7 @@ func sharedRedis(t *testing.T) (*redis.Client, string) {
 	}
 	opts, err := redis.ParseURL(u)
 	if err != nil {
-		t.Fatalf("REDIS_URL: %v", err)
+		t.Fatalf("SLUICE_TEST_REDIS: %v", err)
 	}
 	c := redis.NewClient(opts)
 	t.Cleanup(func() {

@@ -191,7 +191,7 @@ function connect(){
   transportName = kind === "sse" ? "SSE" : "LongPoll"
   connErrors = 0
   lastClose = null
-  socket = new Socket(url, {transport: TRANSPORTS[kind], params: token ? {token} : {}, timeout: PUSH_TIMEOUT})
+  socket = new Socket(url, {transport: TRANSPORTS[kind], authToken: token || undefined, timeout: PUSH_TIMEOUT})
   const mine = socket
   let diagnosed = false
   socket.onOpen(() => { if(socket === mine){ setConnState() } })

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/gateway/storetest"
+	"github.com/sluicegw/sluice/internal/redistest"
 )
 
 var _ storetest.Store = (*gateway.RedisStore)(nil)
@@ -32,7 +33,8 @@ type redisBackend struct {
 }
 
 // redisBackends returns miniredis always, the Redis at SLUICE_TEST_REDIS if set, and the
-// Cluster at REDIS_CLUSTER_ADDRS (comma-separated host:port) if set.
+// Redis Cluster at $SLUICE_TEST_REDIS_CLUSTER (see redistest.ClusterEnv), whose
+// subtests skip when that is not set.
 func redisBackends(t *testing.T) []redisBackend {
 	t.Helper()
 	mr := miniredis.RunT(t)
@@ -48,11 +50,9 @@ func redisBackends(t *testing.T) []redisBackend {
 			return redisCloseLater(t, redis.NewClient(opts))
 		}})
 	}
-	if addrs := os.Getenv("REDIS_CLUSTER_ADDRS"); addrs != "" {
-		bs = append(bs, redisBackend{"cluster", func(t *testing.T) redis.UniversalClient {
-			return redisCloseLater(t, redis.NewClusterClient(&redis.ClusterOptions{Addrs: strings.Split(addrs, ",")}))
-		}})
-	}
+	bs = append(bs, redisBackend{"cluster", func(t *testing.T) redis.UniversalClient {
+		return redisCloseLater(t, redis.NewClusterClient(redistest.ClusterOptionsFromEnv(t)))
+	}})
 	return bs
 }
 

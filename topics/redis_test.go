@@ -39,8 +39,9 @@ type backend struct {
 	// opts returns client options for a single server (nil for a Cluster);
 	// the caller may change them.
 	opts func() *redis.Options
-	// cluster holds the seed addresses of a Cluster, nil for a single server.
-	cluster []string
+	// cluster returns the options of a Cluster (nil for a single server); the
+	// caller may change them.
+	cluster func() *redis.ClusterOptions
 	// mini is the in-process server, nil for a real Redis.
 	mini *miniredis.Miniredis
 }
@@ -49,7 +50,7 @@ type backend struct {
 func (be *backend) client(t testing.TB, hooks ...redis.Hook) redis.UniversalClient {
 	t.Helper()
 	if be.cluster != nil {
-		c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: be.cluster})
+		c := redis.NewClusterClient(be.cluster())
 		for _, h := range hooks {
 			c.AddHook(h)
 		}
@@ -74,7 +75,7 @@ func (be *backend) clientWith(t testing.TB, change func(*redis.Options), hooks .
 
 // forEachBackend runs fn as a subtest against a fresh miniredis, against the
 // real Redis at SLUICE_TEST_REDIS when that is set, and against the Redis Cluster at
-// REDIS_CLUSTER_ADDRS (comma-separated seed addresses) when that is set.
+// $SLUICE_TEST_REDIS_CLUSTER (see redistest.ClusterEnv) when that is set.
 func forEachBackend(t *testing.T, fn func(t *testing.T, be *backend)) {
 	t.Helper()
 	t.Run("miniredis", func(t *testing.T) {
@@ -92,11 +93,8 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, be *backend)) {
 		fn(t, &backend{name: "redis", opts: func() *redis.Options { o, _ := redis.ParseURL(url); return o }})
 	})
 	t.Run("cluster", func(t *testing.T) {
-		addrs := os.Getenv("REDIS_CLUSTER_ADDRS")
-		if addrs == "" {
-			t.Skip("REDIS_CLUSTER_ADDRS is not set")
-		}
-		fn(t, &backend{name: "cluster", cluster: strings.Split(addrs, ",")})
+		redistest.ClusterOptionsFromEnv(t) // skips when unset, fails on a bad URL
+		fn(t, &backend{name: "cluster", cluster: func() *redis.ClusterOptions { return redistest.ClusterOptionsFromEnv(t) }})
 	})
 }
 

@@ -16,13 +16,15 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
+	"github.com/sluicegw/sluice/internal/redistest"
 )
 
 // keepLast is the history bound of the stores under test.
 const keepLast = 5
 
 // TestStores runs the same checks on every Store: the memory store, Redis on
-// miniredis, and the Redis at SLUICE_TEST_REDIS if set.
+// miniredis, the Redis at SLUICE_TEST_REDIS if set, and the Redis Cluster at
+// $SLUICE_TEST_REDIS_CLUSTER if set.
 func TestStores(t *testing.T) {
 	t.Run("memory", func(t *testing.T) { testStore(t, chat.NewMemoryStore(keepLast), time.Sleep) })
 	t.Run("miniredis", func(t *testing.T) {
@@ -46,14 +48,50 @@ func TestStores(t *testing.T) {
 		testStore(t, st, time.Sleep)
 		requireAttemptKeysExpire(t, c, prefix)
 	})
+	t.Run("cluster", func(t *testing.T) {
+		c := redis.NewClusterClient(redistest.ClusterOptionsFromEnv(t))
+		st, prefix := newRedisStore(t, c)
+		testStore(t, st, time.Sleep)
+		requireAttemptKeysExpire(t, c, prefix)
+	})
+}
+
+// forEachNode runs fn on c, or on each master of a Cluster, whose KEYS and
+// SCAN see only their own keys. Sequential: fn may append to a slice.
+func forEachNode(ctx context.Context, c redis.UniversalClient, fn func(context.Context, redis.Cmdable) error) error {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return fn(ctx, c)
+	}
+	var masters []*redis.Client
+	var mu sync.Mutex
+	if err := cc.ForEachMaster(ctx, func(_ context.Context, node *redis.Client) error {
+		mu.Lock()
+		masters = append(masters, node)
+		mu.Unlock()
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, node := range masters {
+		if err := fn(ctx, node); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // requireAttemptKeysExpire checks that the join-attempt counters testStore
 // left are under the store's prefix and expire.
-func requireAttemptKeysExpire(t *testing.T, c *redis.Client, prefix string) {
+func requireAttemptKeysExpire(t *testing.T, c redis.UniversalClient, prefix string) {
 	t.Helper()
 	ctx := context.Background()
-	keys, err := c.Keys(ctx, prefix+"join-attempts:*").Result()
+	var keys []string
+	err := forEachNode(ctx, c, func(ctx context.Context, node redis.Cmdable) error {
+		found, err := node.Keys(ctx, prefix+"join-attempts:*").Result()
+		keys = append(keys, found...)
+		return err
+	})
 	if err != nil || len(keys) == 0 {
 		t.Fatalf("join-attempt keys under %s: %v, %v; want some", prefix, keys, err)
 	}
@@ -67,7 +105,7 @@ func requireAttemptKeysExpire(t *testing.T, c *redis.Client, prefix string) {
 
 // newRedisStore returns a RedisStore under a fresh prefix, and the prefix,
 // whose keys are deleted when t ends.
-func newRedisStore(t *testing.T, c *redis.Client) (*chat.RedisStore, string) {
+func newRedisStore(t *testing.T, c redis.UniversalClient) (*chat.RedisStore, string) {
 	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
@@ -75,13 +113,16 @@ func newRedisStore(t *testing.T, c *redis.Client) (*chat.RedisStore, string) {
 	t.Cleanup(func() {
 		defer c.Close()
 		ctx := context.Background() // t.Context() is done by now
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			if err := c.Del(ctx, iter.Val()).Err(); err != nil {
-				t.Errorf("cleanup: %v", err)
+		clean := func(ctx context.Context, node redis.Cmdable) error {
+			iter := node.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+			for iter.Next(ctx) {
+				if err := node.Del(ctx, iter.Val()).Err(); err != nil {
+					return err
+				}
 			}
+			return iter.Err()
 		}
-		if err := iter.Err(); err != nil {
+		if err := forEachNode(ctx, c, clean); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 	})

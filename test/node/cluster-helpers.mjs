@@ -362,36 +362,70 @@ export async function redisCommands(url, commands, {timeout = 3000} = {}){
   })
 }
 
-/** SCAN MATCH <prefix>* + UNLINK; resolves with the number of keys deleted. */
+/**
+ * The servers holding a URL's keys: the one server, or each master of a Redis Cluster (a URL in
+ * `sluice serve --redis` form, with cluster=true), whose SCAN only sees its own keys.
+ */
+export async function redisNodes(url){
+  const u = new URL(url)
+  if(u.searchParams.get("cluster") !== "true"){ return [url] }
+  const seed = new URL(u)
+  seed.search = ""
+  const [nodes] = await redisCommands(seed.href, [["CLUSTER", "NODES"]])
+  const masters = []
+  for(const line of nodes.split("\n")){
+    const [, addr, flags] = line.split(" ")
+    if(!addr || !flags.split(",").includes("master") || flags.includes("fail")){ continue }
+    const node = new URL(seed)
+    node.host = addr.split("@")[0]
+    masters.push(node.href)
+  }
+  if(masters.length === 0){ throw new Error(`CLUSTER NODES of ${seed.host} lists no master`) }
+  return masters
+}
+
+/** SCAN MATCH <prefix>* + UNLINK on every node; resolves with the number of keys deleted. */
 export async function deleteKeysWithPrefix(url, prefix){
   if(!prefix || prefix.length < 8){ throw new Error(`refusing to delete keys of prefix ${JSON.stringify(prefix)}`) }
   const pattern = prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`) + "*"
-  let cursor = "0"
   let deleted = 0
-  for(let rounds = 0; rounds < 10_000; rounds++){
-    const [[next, keys]] = await redisCommands(url, [["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]])
-    if(keys.length > 0){
-      const [n] = await redisCommands(url, [["UNLINK", ...keys]])
-      deleted += n
+  for(const node of await redisNodes(url)){
+    let cursor = "0"
+    for(let rounds = 0; rounds < 10_000; rounds++){
+      const [[next, keys]] = await redisCommands(node, [["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]])
+      if(keys.length > 0){
+        // one UNLINK per key: a Cluster refuses keys of several hash slots in one command
+        const counts = await redisCommands(node, keys.map((k) => ["UNLINK", k]))
+        deleted += counts.reduce((a, b) => a + b, 0)
+      }
+      cursor = next
+      if(cursor === "0"){ break }
     }
-    cursor = next
-    if(cursor === "0"){ break }
   }
   return deleted
 }
 
-/** Counts the keys of a prefix (SCAN). */
+/** Counts the keys of a prefix (SCAN on every node). */
 export async function countKeysWithPrefix(url, prefix){
+  return (await countKeysPerNode(url, prefix)).reduce((a, b) => a + b, 0)
+}
+
+/** The number of keys of a prefix on each node of redisNodes(url), in that order. */
+export async function countKeysPerNode(url, prefix){
   const pattern = prefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`) + "*"
-  let cursor = "0"
-  let n = 0
-  for(let rounds = 0; rounds < 10_000; rounds++){
-    const [[next, keys]] = await redisCommands(url, [["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]])
-    n += keys.length
-    cursor = next
-    if(cursor === "0"){ break }
+  const out = []
+  for(const node of await redisNodes(url)){
+    let cursor = "0"
+    let n = 0
+    for(let rounds = 0; rounds < 10_000; rounds++){
+      const [[next, keys]] = await redisCommands(node, [["SCAN", cursor, "MATCH", pattern, "COUNT", "1000"]])
+      n += keys.length
+      cursor = next
+      if(cursor === "0"){ break }
+    }
+    out.push(n)
   }
-  return n
+  return out
 }
 
 // ---------------------------------------------------------------------------------------------

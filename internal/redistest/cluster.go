@@ -2,11 +2,12 @@ package redistest
 
 import (
 	"fmt"
-	"net/url"
 	"os"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicegw/sluice/internal/redisurl"
 )
 
 // ClusterEnv names the variable that points the Redis tests at a Redis
@@ -18,9 +19,9 @@ const ClusterEnv = "SLUICE_TEST_REDIS_CLUSTER"
 // ClusterOptions parses a Redis Cluster URL in the form `sluice serve
 // --redis` takes (the cluster=true parameter is optional here).
 func ClusterOptions(rawURL string) (*redis.ClusterOptions, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil { // not wrapped: url.Error repeats the URL, password included
-		return nil, fmt.Errorf("%s does not parse as a URL; expected e.g. redis://127.0.0.1:7001?cluster=true&addr=127.0.0.1:7002", ClusterEnv)
+	u, err := redisurl.Parse(rawURL) // its errors never repeat a password
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w; a Cluster's is e.g. redis://127.0.0.1:7001?cluster=true&addr=127.0.0.1:7002", ClusterEnv, err)
 	}
 	q := u.Query()
 	q.Del("cluster") // sluice's marker for a Cluster; go-redis does not know it

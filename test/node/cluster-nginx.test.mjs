@@ -8,7 +8,9 @@
 //   2. three sluice instances sharing Redis behind it (REDIS_URL, default
 //      redis://127.0.0.1:6379/0; a fresh sluicetest: prefix, deleted at the end): the lobby
 //      scenario of lobby-kill.mjs over phoenix.js LongPoll, with a kill -9 of one instance;
-//   3. the same over SSE (web/sse-transport.js).
+//   3. the same over SSE (web/sse-transport.js);
+//   4. the same over WebSocket (the npm `ws` as phoenix.js' transport), through the location
+//      /socket/websocket: the sockets on the killed instance reconnect elsewhere and rejoin.
 // Without nginx the file is skipped, except with CI=true, where it fails (.ci/run installs
 // Debian's nginx).
 
@@ -20,7 +22,7 @@ import http from "node:http"
 import net from "node:net"
 import os from "node:os"
 import path from "node:path"
-import {REPO_ROOT, SHORT, sleep} from "./helpers.mjs"
+import {REPO_ROOT, SHORT, sleep, until} from "./helpers.mjs"
 import {freePort, MAIN_REDIS_URL} from "./cluster-helpers.mjs"
 import {startInstances, lobbyKillScenario} from "./lobby-kill.mjs"
 
@@ -101,8 +103,12 @@ async function startNginx(upstreams){
       const ngx = {
         url: `http://127.0.0.1:${port}`, port, dir, conf, child, errors,
         access: () => parseAccessLog(fs.readFileSync(path.join(dir, "access.log"), "utf8")),
-        /** Attempts at `addr` that failed (5xx: refused, reset, cut before the answer) and went to the next upstream or to a 502. */
-        failuresAt: (addr) => ngx.access().flatMap((r) => r.attempts).filter((a) => a.addr === addr && !/^[1-4]\d\d$/.test(a.status)).length,
+        /**
+         * Attempts at upstream `addr` that failed (refused, reset, cut), each sent on to the next
+         * upstream or answered 502: nginx's error log says so at once (its access log only once
+         * the request ends, which for a WebSocket is when it closes).
+         */
+        failuresAt: (addr) => errors().split("\n").filter((l) => /\[error\]/.test(l) && l.includes(`upstream: "http://${addr}/`)).length,
         async stop(){
           if(child.exitCode === null && child.signalCode === null){
             child.kill("SIGTERM") // fast shutdown: the master stops its workers and exits
@@ -296,5 +302,17 @@ test("phoenix.js over SSE (web/sse-transport.js) through nginx to three instance
   await withNginxCluster("nginx-sse", async (group, ngx) => {
     await lobbyKillScenario({group, front: front(group, ngx), label: "nginx SSE kill -9",
       clientSpec: [["L1", "sse"], ["L2", "sse"], ["L3", "sse"], ["L4", "sse"], ["S1", "sse"], ["S2", "sse"]]})
+  })
+})
+
+test("phoenix.js over WebSocket through nginx's /socket/websocket to three instances, kill -9 of one mid-way: its sockets reconnect elsewhere and rejoin, the others keep theirs, every message once and in order", {timeout: 60_000}, async (t) => {
+  if(!needNginx(t)){ return }
+  await withNginxCluster("nginx-ws", async (group, ngx) => {
+    await lobbyKillScenario({group, front: front(group, ngx), label: "nginx WebSocket kill -9",
+      clientSpec: [["L1", "websocket"], ["L2", "websocket"], ["L3", "websocket"], ["L4", "websocket"], ["S1", "websocket"], ["S2", "websocket"]]})
+    // nginx logs an upgraded request when its connection ends: every one of them was a 101
+    const upgrades = () => ngx.access().filter((r) => r.uri === "/socket/websocket")
+    await until(() => upgrades().length >= 6, "nginx logs the 6 WebSocket connections", SHORT).catch(() => {})
+    assert.ok(upgrades().length >= 6 && upgrades().every((r) => r.status === 101), `WebSocket requests in nginx's log:\n${upgrades().map((r) => r.line).join("\n")}`)
   })
 })

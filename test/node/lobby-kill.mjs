@@ -2,22 +2,25 @@
 // rrproxy.mjs) over several sluice instances sharing one Redis (standalone or Cluster), with a
 // kill -9 of one instance half-way; for cluster-nginx.test.mjs and cluster-rediscluster.test.mjs.
 //
-// Unmodified phoenix.js clients, over LongPoll or over Sluice's SSETransport (web/sse-transport.js
-// with the npm `eventsource`), join sala:lobby with a phoenix.js Presence; two of them push
-// numbered nuevo_mensaje and an API client POSTs numbered /api/broadcast anuncios, all the time.
-// Half-way, the instance holding the most open requests (waiting polls and streams, from its
-// /metrics) is killed with SIGKILL. Then, for every client none of whose own requests failed at
-// the front (a POST in flight at the killed instance gets a 502 there, and phoenix.js legitimately
-// reconnects): one session throughout, no transport or channel error, one join, every numbered
-// message exactly once and in the same order as every other such client, and presence never
-// shows a live client leaving. A client that reconnected: no duplicate, nothing out of order, and
-// it works again. A client reconnecting without a failed request of its own fails the test.
+// Unmodified phoenix.js clients, over LongPoll, over Sluice's SSETransport (web/sse-transport.js
+// with the npm `eventsource`) or over WebSocket (the npm `ws`), join sala:lobby with a phoenix.js
+// Presence; two of them push numbered nuevo_mensaje and an API client POSTs numbered
+// /api/broadcast anuncios, all the time. Half-way, the instance holding the most open requests
+// (waiting polls, streams and WebSockets, from its /metrics) is killed with SIGKILL. Then, for
+// every client that had no reason to reconnect: one session throughout, no transport or channel
+// error, one join, every numbered message exactly once and in the same order as every other such
+// client, and presence never shows a live client leaving. A reason to reconnect is a request of its
+// own that failed at the front (a POST in flight at the killed instance gets a 502 there), or, for
+// a WebSocket, being connected to the killed instance (WebSocket has no resume; as many WebSocket
+// clients reconnect as the instance held). A client that reconnected: no duplicate, nothing out of
+// order, joined again, and it works. A client reconnecting for no such reason fails the test.
 
 import assert from "node:assert/strict"
 import {execFileSync} from "node:child_process"
 import {randomBytes} from "node:crypto"
 import {EventSource} from "eventsource"
 import {Presence, LongPoll} from "phoenix"
+import WebSocket from "ws"
 import {SSETransport} from "../../web/sse-transport.js"
 import {SLUICE_BIN, SHORT, openClient, closeAllClients, join, push, pushOk, until, sleep, newUserId} from "./helpers.mjs"
 import {startInstance, deleteKeysWithPrefix, countKeysWithPrefix, sessionOf} from "./cluster-helpers.mjs"
@@ -60,11 +63,11 @@ export async function startInstances({n = 3, redisUrl, label}){
   }
 }
 
-/** An instance's sluice_open_requests gauge: {sse, longpoll}. */
+/** An instance's sluice_open_requests gauge: {sse, longpoll, websocket}. */
 async function openRequests(inst){
   const res = await fetch(`${inst.base}/metrics`, {signal: AbortSignal.timeout(SHORT)})
   const text = await res.text()
-  const out = {sse: 0, longpoll: 0}
+  const out = {sse: 0, longpoll: 0, websocket: 0}
   for(const m of text.matchAll(/^sluice_open_requests\{[^}]*transport="(\w+)"[^}]*\}\s+(\S+)$/gm)){ out[m[1]] = Number(m[2]) }
   return out
 }
@@ -102,8 +105,9 @@ function requestsOf(c){
 /** A client's requests that failed at the front: a 5xx or a failed connection (not its own aborts). */
 const failedRequests = (c) => requestsOf(c).filter((r) => r.http >= 500 || (r.failure && r.failure !== "aborted"))
 
-/** The sessions a client used, in order of first use. */
+/** The sessions a client used, in order of first use (none for WebSocket, which has no session id). */
 function sessionsOf(c){
+  if(c.transport === "websocket"){ return [] }
   if(c.transport === "sse"){ return [...new Set(c.rec.streams.map((s) => s.session))] }
   const enc = encodeURIComponent(c.token)
   return [...new Set(netLog.filter((r) => r.url.includes(enc)).map((r) => sessionOf(r.url)).filter(Boolean))]
@@ -144,7 +148,7 @@ async function openLobbyClient(group, front, name, transport){
   const rec = {streamReqs: [], streams: [], gone: [], unavailable: [], esErrors: [], closes: [], chErrors: []}
   const userId = newUserId()
   const token = group.token(userId, name)
-  const socketOpts = {transport: transport === "sse" ? recordingSSE(rec) : LongPoll}
+  const socketOpts = {transport: {sse: recordingSSE(rec), websocket: WebSocket, longpoll: LongPoll}[transport]}
   const client = await openClient({socketUrl: `${front}/socket`}, {userId, name, token, socketOpts})
   Object.assign(client, {transport, rec, firstConn: client.socket.conn})
   client.socket.onClose((ev) => rec.closes.push({at: Date.now(), code: ev?.code, reason: ev?.reason}))
@@ -236,7 +240,7 @@ function assertSameSession(c){
   assert.deepEqual(c.rec.closes, [], `${c.name}: phoenix.js saw the transport close`)
   assert.deepEqual(c.rec.chErrors, [], `${c.name}: the channel errored`)
   assert.equal(c.socket.conn, c.firstConn, `${c.name}: the socket replaced its transport`)
-  assert.equal(sessionsOf(c).length, 1, `${c.name}: several sessions ${JSON.stringify(sessionsOf(c))}`)
+  if(c.transport !== "websocket"){ assert.equal(sessionsOf(c).length, 1, `${c.name}: several sessions ${JSON.stringify(sessionsOf(c))}`) }
   assert.equal(c.ch.joinReplies.length, 1, `${c.name}: the channel rejoined`)
   assert.ok(c.ch.isJoined(), `${c.name}: the channel is not joined`)
   if(c.transport === "sse"){
@@ -268,7 +272,7 @@ function assertExactlyOnce(c, senders){
 
 /**
  * Runs the scenario. `front` is {url, failuresAt(i)}: the proxy's base URL, and how many requests
- * it saw fail at (or retried away from) instance i. `clientSpec` is [[name, "longpoll"|"sse"]];
+ * it saw fail at (or retried away from) instance i. `clientSpec` is [[name, "longpoll"|"sse"|"websocket"]];
  * names starting with "S" also push. Returns a report (lines); a failure carries diagnostics.
  */
 export async function lobbyKillScenario({group, front, clientSpec, label}){
@@ -298,11 +302,11 @@ export async function lobbyKillScenario({group, front, clientSpec, label}){
     const deadline = Date.now() + SHORT
     for(;;){
       open = await Promise.all(group.instances.map(openRequests))
-      const total = open.map((o) => o.sse + o.longpoll)
+      const total = open.map((o) => o.sse + o.longpoll + o.websocket)
       if(Math.max(...total) >= 2 || Date.now() > deadline){ break }
       await sleep(50)
     }
-    const total = open.map((o) => o.sse + o.longpoll)
+    const total = open.map((o) => o.sse + o.longpoll + o.websocket)
     const victim = total.indexOf(Math.max(...total))
     assert.ok(total[victim] >= 2, `no instance holds 2 open requests to cut: ${JSON.stringify(open)}`)
     const killAt = Date.now()
@@ -313,14 +317,19 @@ export async function lobbyKillScenario({group, front, clientSpec, label}){
     await sleep(3000)
     await senders.stop()
 
-    // who may have reconnected: a client one of whose own requests failed at the front
+    // who may have reconnected: a client one of whose own requests failed at the front, or a
+    // WebSocket client connected to the killed instance (as many as it held)
     const reconnected = clients.filter((c) => c.rec.closes.length > 0 || c.errors.length > 0 || sessionsOf(c).length > 1)
-    for(const c of reconnected){
+    const wsCut = reconnected.filter((c) => c.transport === "websocket" && failedRequests(c).length === 0)
+    for(const c of reconnected.filter((x) => !wsCut.includes(x))){
       assert.ok(failedRequests(c).length > 0, `${c.name} (${c.transport}) lost its session with no failed request of its own: ` +
         `sessions ${JSON.stringify(sessionsOf(c))}, closes ${JSON.stringify(c.rec.closes)}, errors ${c.errors.length}`)
     }
+    const cutAt = (c) => c.rec.closes[0]?.at ?? c.errors[0]?.at
+    for(const c of wsCut){ assert.ok(cutAt(c) >= killAt, `${c.name}'s WebSocket closed before the kill: ${JSON.stringify(c.rec.closes)}`) }
+    assert.equal(wsCut.length, open[victim].websocket, `WebSocket clients closed by the kill: ${wsCut.map((c) => c.name)}; the instance held ${open[victim].websocket}`)
     const intact = clients.filter((c) => !reconnected.includes(c))
-    assert.ok(intact.length >= clients.length / 2, `only ${intact.map((c) => c.name)} kept their session`)
+    assert.ok(intact.length >= 2, `only ${intact.map((c) => c.name)} kept their session`)
     for(const c of intact){ assertSameSession(c) }
     for(const k of Object.keys(senders.sent).filter((k) => !reconnected.some((c) => c.name === k))){
       const after = senders.sent[k].filter((r) => r.ok && r.start > killAt + 500).length
@@ -354,10 +363,11 @@ export async function lobbyKillScenario({group, front, clientSpec, label}){
         assert.ok(at >= 0, `${c.name} (reconnected) got ${id} out of the reference order`)
         k = at + 1
       }
-      await until(() => c.ch.isJoined(), `${c.name} (reconnected) is joined again`, 2 * SHORT)
+      await until(() => c.ch.isJoined() && c.ch.joinReplies.length >= 2, `${c.name} (reconnected) is joined again`, 2 * SHORT)
       assert.deepEqual(await pushOk(c.ch, "ping", {de: c.name}), {de: c.name}, `${c.name} (reconnected) works again`)
       const fr = failedRequests(c)[0]
-      report.push(`${c.name} (${c.transport}) reconnected after its ${fr.method} failed at +${fr.at - t0} ms (${fr.http ?? fr.failure}); ` +
+      const why = fr ? `its ${fr.method} failed at +${fr.at - t0} ms (${fr.http ?? fr.failure})` : `its WebSocket closed at +${cutAt(c) - t0} ms (${c.rec.closes[0]?.code ?? "error"})`
+      report.push(`${c.name} (${c.transport}) reconnected after ${why}, joined again at +${c.ch.joinReplies.at(-1).at - t0} ms; ` +
         `got ${ids.length} of ${refIds.length}, no duplicate, in order`)
     }
 

@@ -58,6 +58,16 @@ const (
 
 var b64 = base64.RawURLEncoding.Strict() // Strict: one encoding per byte string
 
+// decodeB64 decodes one part of a token. encoding/base64 skips CR and LF even
+// when Strict, so a token with a line break in its signature would verify as
+// another spelling of a genuine one: refuse them, as Phoenix does.
+func decodeB64(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("line break in base64")
+	}
+	return b64.DecodeString(s)
+}
+
 // Signer signs and verifies tokens for one secret key base and salt. It
 // derives the key once, in [NewSigner], since PBKDF2 costs about a thousand
 // HMACs. A Signer is immutable and safe for concurrent use.
@@ -154,11 +164,11 @@ func (s *Signer) verify(tok string, maxAge time.Duration, capped bool, now time.
 	default:
 		return nil, fmt.Errorf("%w: unknown header %q", ErrInvalid, parts[0])
 	}
-	plain, err := b64.DecodeString(parts[1])
+	plain, err := decodeB64(parts[1])
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload: %v", ErrInvalid, err)
 	}
-	sig, err := b64.DecodeString(parts[2])
+	sig, err := decodeB64(parts[2])
 	if err != nil {
 		return nil, fmt.Errorf("%w: signature: %v", ErrInvalid, err)
 	}

@@ -1,42 +1,313 @@
-// Sluice's SSE transport for phoenix.js: Server-Sent Events down, HTTP POST up.
+// Sluice's transports for phoenix.js: Server-Sent Events down and HTTP POST up (SSETransport),
+// and a LongPoll that survives lost responses (ResilientLongPoll).
 //
-//   import {Socket, LongPoll} from "phoenix"
-//   import {SSETransport} from "/js/sse-transport.js"
+//   import {Socket} from "phoenix"
+//   import {SSETransport, ResilientLongPoll} from "/js/sse-transport.js"
 //
+//   // SSE, falling back to ResilientLongPoll where a proxy holds the stream (recommended)
+//   const socket = new Socket("/socket", {transport: SSETransport.withFallback(), params: {token}})
+//   // or one of them alone
 //   const socket = new Socket("/socket", {transport: SSETransport, params: {token}})
-//   // or: try SSE, fall back to LongPoll when a proxy holds the stream
-//   const socket = new Socket("/socket", {transport: SSETransport.withFallback(LongPoll), params: {token}})
+//   const socket = new Socket("/socket", {transport: ResilientLongPoll, params: {token}})
 //
 // phoenix.js drives a transport like a WebSocket: `new Transport(endPointURL, protocols)`, then
 // it sets onopen/onerror/onmessage/onclose, `timeout` and `binaryType`, reads `readyState`
 // (0 connecting, 1 open, 2 closing, 3 closed), `skipHeartbeat` and `bufferedAmount`, and calls
 // send(frame) and close(code, reason). Any close it did not ask for, whatever the code, makes it
-// reconnect with backoff and rejoin its channels. The server side is sse/sse.go.
+// reconnect with backoff and rejoin its channels: a new session, which starts each channel at
+// its topic's head, so whatever was published meanwhile is missed. These transports therefore
+// close only when the session is really gone or the network stayed broken for `retryMs`: a lost
+// response, a 502, a cut or corrupted stream is repaired under phoenix's feet, safely, because
+// Sluice de-duplicates frames by (session, topic, ref) and re-delivers from the client's cursor
+// (the SSE event id, the long-poll token). The server side is sse/sse.go and longpoll/longpoll.go.
 
 const CONNECTING = 0
 const OPEN = 1
 const CLOSING = 2
 const CLOSED = 3
-const ES_CLOSED = 2 // EventSource.CLOSED: it will not reconnect by itself
 const MAX_BATCH = 100 // frames per POST: the server's limit, and phoenix's LongPoll's
 const AUTH_TOKEN_PREFIX = "base64url.bearer.phx."
+// the SSE session credential goes in this header, never in a URL
+const SESSION_HEADER = "X-Sluice-Session"
+// the long-poll session token, likewise (phoenix.js 1.9's header; Sluice reads it first)
+const LONGPOLL_TOKEN_HEADER = "X-Phoenix-Longpoll-Token"
+// retries: the first waits about RETRY_BASE_MS, each later one twice as long, at most RETRY_MAX_MS
+const RETRY_BASE_MS = 100
+const RETRY_MAX_MS = 2000
+const MAX_ATTEMPTS = 12
+// consecutive undecodable events (with no good one between) before the socket is given up
+const MAX_BAD_EVENTS = 5
 const noop = () => {}
+
+/**
+ * Whether an HTTP outcome is worth repeating as is: no answer (0), a timeout, a 5xx (a proxy's
+ * 502 page, an instance draining, a store not answering), 408, 425 or 429.
+ * @param {number|string} status
+ */
+export function retryable(status){
+  return status === 0 || status === "timeout" || status === 408 || status === 425 || status === 429 ||
+    (typeof status === "number" && status >= 500 && status <= 599)
+}
+
+/**
+ * Whether `data` is a frame phoenix.js can decode: for vsn 2 a JSON array of 5 whose join_ref and
+ * ref are strings or null and whose topic and event are strings; for vsn 1 such an object.
+ * Anything else (a cut event glued to the next one by a proxy, a proxy's error page) must never
+ * reach phoenix.js, whose JSON.parse would throw into the page.
+ * @param {string} data
+ * @param {string} [vsn="2.0.0"]
+ */
+export function validFrame(data, vsn = "2.0.0"){
+  if(typeof data !== "string"){ return false }
+  let msg
+  try { msg = JSON.parse(data) } catch { return false }
+  const refLike = (v) => v === null || v === undefined || typeof v === "string"
+  if(String(vsn).startsWith("1.")){
+    return msg !== null && typeof msg === "object" && !Array.isArray(msg) &&
+      typeof msg.topic === "string" && typeof msg.event === "string" && refLike(msg.ref)
+  }
+  return Array.isArray(msg) && msg.length === 5 && refLike(msg[0]) && refLike(msg[1]) &&
+    typeof msg[2] === "string" && typeof msg[3] === "string"
+}
+
+// A wait before retry `attempt` (0-based): exponential, with "equal jitter" (between half and
+// all of it) so that clients failed together do not return together.
+function backoff(attempt, baseMs = RETRY_BASE_MS, maxMs = RETRY_MAX_MS){
+  const d = Math.min(maxMs, baseMs * 2 ** attempt)
+  return d / 2 + Math.random() * d / 2
+}
+
+// Retry-After in ms (seconds only), capped.
+function retryAfterMs(value){
+  const s = Number(value)
+  return Number.isFinite(s) && s > 0 ? Math.min(s * 1000, 10000) : 0
+}
+
+// The outcome of a POST: 200, or what says why not (0: no answer, "timeout").
+function postOutcome(r){
+  if(r.failure){ return r.failure }
+  if(r.http === 200 && r.json && r.json.status === 200){ return 200 }
+  if(r.http !== 200){ return r.http }
+  return r.json && typeof r.json.status === "number" ? r.json.status : 0
+}
+
+// The close that phoenix gets when a POST failed for good.
+function closeFor(status){
+  return status === 410 ? [3410, "session_gone"] : status === "timeout" ? [1005, "timeout"] : [1011, "internal server error"]
+}
+
+function authTokenOf(protocols){
+  if(protocols && protocols.length === 2 && String(protocols[1]).startsWith(AUTH_TOKEN_PREFIX)){
+    return atob(protocols[1].slice(AUTH_TOKEN_PREFIX.length))
+  }
+  return undefined
+}
+
+/**
+ * What SSETransport and ResilientLongPoll share: phoenix's callbacks and states, and the upstream
+ * pipeline. Frames sent in the same tick go in one POST (at most 100 frames); one POST is in flight
+ * at a time and the others wait, so the server gets them in order; a POST that gets no answer, a
+ * timeout, a 5xx or a 429 is repeated with the same batch (the server drops frames it already
+ * applied) for up to `retryMs`, before a later batch may go.
+ */
+class HTTPTransport {
+  constructor(){
+    this.readyState = CONNECTING
+    this.timeout = 20000 // phoenix sets its longpollerTimeout here; bounds each request
+    this.binaryType = "arraybuffer"
+    this.onopen = noop
+    this.onerror = noop
+    this.onmessage = noop
+    this.onclose = noop
+    // the same names as phoenix's LongPoll, which tools that wait for a socket to flush read
+    this.currentBatch = null
+    this.currentBatchTimer = null
+    this.batchBuffer = []
+    this.awaitingBatchAck = false
+    this.inFlight = 0 // frames POSTed and not yet acknowledged
+    this.reqs = new Set()
+    this.waits = new Set()
+    this.messageTimers = new Set()
+    /** How long a failing request is repeated before the socket is given up, in ms. */
+    this.retryMs = this.constructor.retryMs
+    this.withCredentials = this.constructor.withCredentials
+  }
+
+  /** Frames handed to send() and not yet acknowledged by the server; phoenix waits for 0 before closing. */
+  get bufferedAmount(){
+    return this.inFlight + this.batchBuffer.length + (this.currentBatch ? this.currentBatch.length : 0)
+  }
+
+  isActive(){ return this.readyState === OPEN || this.readyState === CONNECTING }
+
+  /**
+   * Sends one frame, batched with the others of this tick.
+   * @param {string|ArrayBuffer} body - a serialized frame
+   */
+  send(body){
+    // as phoenix's LongPoll does; Sluice refuses binary frames with a clear 400
+    if(typeof body !== "string"){ body = arrayBufferToBase64(body) }
+    if(this.currentBatch){
+      this.currentBatch.push(body)
+    } else if(this.awaitingBatchAck){
+      this.batchBuffer.push(body)
+    } else {
+      this.currentBatch = [body]
+      this.currentBatchTimer = setTimeout(() => {
+        const batch = this.currentBatch
+        this.currentBatch = null
+        this.batchSend(batch)
+      }, 0)
+    }
+  }
+
+  async batchSend(frames){
+    this.awaitingBatchAck = true
+    for(let i = 0; i < frames.length; i += MAX_BATCH){
+      const status = await this.postWithRetry(frames.slice(i, i + MAX_BATCH))
+      if(status === null){ return } // stopped meanwhile
+      if(status !== 200){
+        const [code, reason] = closeFor(status)
+        return this.fail(status, code, reason)
+      }
+      if(this.afterBatch && this.afterBatch(frames.slice(i + MAX_BATCH))){ return }
+    }
+    if(this.batchBuffer.length > 0){
+      const next = this.batchBuffer
+      this.batchBuffer = []
+      this.batchSend(next)
+    } else {
+      this.awaitingBatchAck = false
+    }
+  }
+
+  // Resolves 200, the status that failed for good, or null once stopped.
+  async postWithRetry(batch){
+    const started = Date.now()
+    this.inFlight += batch.length
+    for(let attempt = 0; ; attempt++){
+      const target = this.postTarget()
+      const r = await this.request("POST", target.url, {"Content-Type": "application/x-ndjson", ...target.headers}, batch.join("\n"))
+      if(r === null){ return null }
+      const status = postOutcome(r)
+      if(status === 200){
+        this.inFlight -= batch.length
+        return 200
+      }
+      if(!retryable(status) || attempt + 1 >= MAX_ATTEMPTS || Date.now() - started >= this.retryMs){ return status }
+      if(!(await this.wait(Math.max(backoff(attempt), r.retryAfter)))){ return null }
+    }
+  }
+
+  /**
+   * One HTTP request with `timeout`. Resolves {http, json, retryAfter, failure} (failure: 0 for no
+   * answer, "timeout"), or null if the transport stopped meanwhile.
+   */
+  async request(method, url, headers, body){
+    const controller = new AbortController()
+    this.reqs.add(controller)
+    let timedOut = false
+    const timer = this.timeout ? setTimeout(() => { timedOut = true; controller.abort() }, this.timeout) : null
+    let out
+    try {
+      const res = await globalThis.fetch(url, {
+        method, headers, body, signal: controller.signal, cache: "no-store",
+        credentials: this.withCredentials ? "include" : "same-origin",
+      })
+      const text = await res.text()
+      let json = null
+      try { json = text === "" ? null : JSON.parse(text) } catch { json = null }
+      out = {http: res.status, json, retryAfter: retryAfterMs(res.headers.get("retry-after")), failure: null}
+    } catch {
+      out = {http: 0, json: null, retryAfter: 0, failure: timedOut ? "timeout" : 0}
+    } finally {
+      clearTimeout(timer)
+    }
+    return this.reqs.delete(controller) ? out : null
+  }
+
+  // Resolves true after ms, or false as soon as the transport stops.
+  wait(ms){
+    return new Promise((resolve) => {
+      const w = {resolve, timer: setTimeout(() => { this.waits.delete(w); resolve(true) }, ms)}
+      this.waits.add(w)
+    })
+  }
+
+  // Each frame in its own task, as a WebSocket delivers them (see phoenix's LongPoll): promise
+  // callbacks of one message run before the next message is handled.
+  deliver(data){
+    const timer = setTimeout(() => {
+      this.messageTimers.delete(timer)
+      this.onmessage({data})
+    }, 0)
+    this.messageTimers.add(timer)
+  }
+
+  /**
+   * Fails the transport: onerror, then an unclean close with `code` (never 1000), after which
+   * phoenix reconnects with backoff and rejoins its channels.
+   * @param {*} error - passed to onerror (phoenix passes it to the socket's onError callbacks)
+   * @param {number} code
+   * @param {string} reason
+   */
+  fail(error, code, reason){
+    if(this.readyState === CLOSED || this.readyState === CLOSING){ return }
+    // no longer open while the callbacks run, as a failed WebSocket; onerror may close us
+    this.stop(CLOSING)
+    this.onerror(error)
+    if(this.readyState === CLOSING){
+      this.readyState = CLOSED
+      this.emitClose(code, reason, false)
+    }
+  }
+
+  stop(readyState){
+    this.readyState = readyState
+    const reqs = this.reqs
+    this.reqs = new Set()
+    for(const controller of reqs){ controller.abort() }
+    for(const w of this.waits){ clearTimeout(w.timer); w.resolve(false) }
+    this.waits.clear()
+    for(const timer of this.messageTimers){ clearTimeout(timer) }
+    this.messageTimers.clear()
+    clearTimeout(this.currentBatchTimer)
+    this.currentBatchTimer = null
+    this.currentBatch = null
+    this.batchBuffer = []
+    this.awaitingBatchAck = false
+    this.inFlight = 0
+  }
+
+  emitClose(code, reason, wasClean){
+    const init = {code, reason, wasClean}
+    this.onclose(typeof CloseEvent !== "undefined" ? new CloseEvent("close", init) : init)
+  }
+}
 
 /**
  * phoenix.js transport over Sluice's `/socket/sse` endpoint, for `new Socket(url, {transport: SSETransport})`.
  *
- * One `EventSource` carries every server frame (one unnamed event each, whose id resumes the
- * stream exactly); client frames are POSTed as `application/x-ndjson` batches, in order, to
- * the URL named by the stream's `session` event. When the stream drops or the server ends it
- * (its maximum lifetime), EventSource reconnects by itself and sends Last-Event-ID: the same
- * session resumes with nothing lost or repeated, and phoenix.js never notices. The socket
- * only sees a close (and reconnects, rejoining its channels) when the session is gone, a POST
- * fails, or the EventSource gives up (a non-200 answer such as a 403).
+ * An `EventSource` carries every server frame (one unnamed event each, whose id resumes the stream
+ * exactly); client frames are POSTed as `application/x-ndjson` batches, in order, to the path named
+ * by the stream's `session` event, with the session's credential in the `X-Sluice-Session` header
+ * (a server that sends no credential names a `?session=` URL instead, which is used as is).
+ *
+ * The transport manages the stream itself rather than leaving reconnection to EventSource: when a
+ * stream ends, drops or is refused, it closes it and opens a new one at
+ * `?lastEventId=<id of the last event it handed to phoenix>` (so a proxy that strips the
+ * Last-Event-ID header changes nothing, and a 502 does not stop it as it stops a native
+ * EventSource), after a short jittered wait that grows while streams keep failing. Every event
+ * is checked before phoenix sees it: one that is not a decodable frame with a new id (a cut event
+ * glued to the next stream by a proxy) closes the stream, which resumes from the last good id.
+ * The socket only sees a close (and reconnects, rejoining its channels) when the session is gone,
+ * a stream is refused for good (a 4xx the polyfill reports), the first stream failed
+ * `streamAttempts` times, or streams or a POST kept failing for `retryMs`.
  *
  * Options are static properties, so that a subclass can carry its own:
  * `class MySSE extends SSETransport { static withCredentials = true }`.
  */
-export class SSETransport {
+export class SSETransport extends HTTPTransport {
   /**
    * EventSource constructor to use; `null` uses `globalThis.EventSource`. Set it where there
    * is none, e.g. in Node: `SSETransport.EventSource = (await import("eventsource")).EventSource`.
@@ -54,52 +325,50 @@ export class SSETransport {
   /** How many of the server's first heartbeats are judged for buffering. @type {number} */
   static probeHeartbeats = 4
 
+  /** How long streams, or a POST, may keep failing before the socket is given up, in ms. @type {number} */
+  static retryMs = 15000
+
+  /** Attempts at the first stream before the socket is given up (withFallback then tries long-polling). @type {number} */
+  static streamAttempts = 3
+
   /**
    * @param {string} endPoint - phoenix's endPointURL(): `ws(s)://host/socket/websocket?params&vsn=2.0.0`
    * @param {string[]} [protocols] - `["phoenix", "base64url.bearer.phx.<token>"]` when the socket has an authToken
    */
   constructor(endPoint, protocols){
+    super()
     const options = this.constructor
-    this.readyState = CONNECTING
     // phoenix.js sends its own heartbeat every 30 s over any transport but LongPoll. We keep it:
     // it is a tiny POST whose reply must come back down the stream, so it proves the whole loop
     // works and bounds how long a stream that silently stopped delivering (half-open TCP, a
-    // proxy that started buffering, an EventSource retrying against a dead server) passes for
-    // open. The server needs no more: an open stream keeps the session alive by itself.
+    // proxy that started buffering) passes for open.
     this.skipHeartbeat = false
-    this.timeout = 20000 // phoenix sets its longpollerTimeout here; bounds each POST
-    this.binaryType = "arraybuffer"
-    this.onopen = noop
-    this.onerror = noop
-    this.onmessage = noop
-    this.onclose = noop
     /** Called (by withFallback) when the heartbeats show a buffering proxy. */
     this.onbuffering = null
-    this.withCredentials = options.withCredentials
     this.lateMs = options.lateMs
     this.probeHeartbeats = options.probeHeartbeats
-    if(protocols && protocols.length === 2 && String(protocols[1]).startsWith(AUTH_TOKEN_PREFIX)){
-      this.authToken = atob(protocols[1].slice(AUTH_TOKEN_PREFIX.length))
-    }
+    this.streamAttempts = options.streamAttempts
+    this.authToken = authTokenOf(protocols)
     this.streamURL = SSETransport.streamURL(endPoint, this.authToken)
+    this.vsn = new URL(this.streamURL).searchParams.get("vsn") || "2.0.0"
     this.sessionId = null
-    this.postURL = null
     this.credential = null
+    this.postURL = null
+    /** The id of the last event handed to phoenix (or of the session event): where a new stream resumes. */
+    this.lastEventId = null
     this.es = null
-    // the same names as LongPoll's, which tools that wait for a socket to flush already read
-    this.currentBatch = null
-    this.currentBatchTimer = null
-    this.batchBuffer = []
-    this.awaitingBatchAck = false
-    this.inFlight = 0 // frames POSTed and not yet acknowledged
-    this.reqs = new Set()
-    this.messageTimers = new Set()
+    this.streamStarted = false // the current stream sent its session event
+    this.streamFailures = 0 // streams in a row that ended before their session event, or corrupt
+    this.failingSince = null
+    this.badEvents = 0
+    this.reopenTimer = null
+    this.handoff = null
     this.heartbeats = 0
     this.lagMin = Infinity
     this.lagMax = -Infinity
     // like LongPoll: start on the next tick, once phoenix has set our callbacks (it may also
     // close us first), and so that a missing EventSource is reported as an error, not thrown
-    this.startTimer = setTimeout(() => this.start(), 0)
+    this.startTimer = setTimeout(() => this.openStream(), 0)
   }
 
   /**
@@ -117,72 +386,127 @@ export class SSETransport {
     return url.href
   }
 
-  /** Frames handed to send() and not yet acknowledged by the server; phoenix waits for 0 before closing. */
-  get bufferedAmount(){
-    return this.inFlight + this.batchBuffer.length + (this.currentBatch ? this.currentBatch.length : 0)
+  /** The URL of the next stream: streamURL, resuming after lastEventId (a public event id, not a credential). */
+  resumeURL(){
+    if(!this.lastEventId){ return this.streamURL }
+    const url = new URL(this.streamURL)
+    url.searchParams.set("lastEventId", this.lastEventId)
+    return url.href
   }
 
-  start(){
-    if(this.readyState !== CONNECTING){ return }
+  openStream(){
+    this.reopenTimer = null
+    if(!this.isActive() || this.handoff){ return }
     const EventSourceImpl = this.constructor.EventSource || globalThis.EventSource
     let es
     try {
       if(!EventSourceImpl){ throw new Error("no EventSource in this environment") }
-      es = new EventSourceImpl(this.streamURL, {withCredentials: this.withCredentials})
+      es = new EventSourceImpl(this.resumeURL(), {withCredentials: this.withCredentials})
     } catch(err){
       return this.fail(err, 1006, "no EventSource")
     }
     this.es = es
-    // events of an EventSource we already closed are ignored (a polyfill may still dispatch
-    // the rest of a chunk it was parsing)
+    this.streamStarted = false
+    // events of a stream we closed are ignored (a polyfill may still dispatch the rest of a
+    // chunk it was parsing)
     const mine = (fn) => (ev) => { if(this.es === es){ fn(ev) } }
     es.addEventListener("session", mine((ev) => this.onSession(ev)))
     es.addEventListener("heartbeat", mine((ev) => this.onHeartbeat(ev)))
     es.addEventListener("session_gone", mine(() => this.fail(410, 3410, "session_gone")))
-    es.addEventListener("message", mine((ev) => this.deliver(ev.data)))
-    es.addEventListener("error", mine(() => {
-      if(this.readyState === CONNECTING){
-        // the stream never opened: fail like a WebSocket that cannot connect, so that phoenix
-        // backs off and reports it (and withFallback tries LongPoll)
-        this.fail("stream error", 1006, "sse stream failed")
-      } else if(es.readyState === ES_CLOSED){
-        // EventSource gave up (a 4xx/5xx or wrong content type): phoenix reconnects afresh
-        this.fail("stream closed", 1011, "sse stream closed")
-      }
-      // otherwise the stream dropped or ended (the server's max lifetime) and EventSource
-      // reconnects by itself with Last-Event-ID, resuming the same session: nothing to do
-    }))
+    es.addEventListener("message", mine((ev) => this.onFrame(ev)))
+    es.addEventListener("error", mine((ev) => this.onStreamEnd(ev)))
+  }
+
+  closeStream(){
+    if(this.es){
+      const es = this.es
+      this.es = null
+      es.close()
+    }
+  }
+
+  // An EventSource error: the stream ended (the server's maximum lifetime, a drain), dropped, or
+  // was refused. EventSource would reconnect by itself with Last-Event-ID (unless refused); we
+  // close it and resume ourselves, with the id in the URL.
+  onStreamEnd(ev){
+    const started = this.streamStarted
+    this.closeStream()
+    // the npm polyfill says which HTTP status refused the stream; browsers do not
+    const status = ev && typeof ev.code === "number" ? ev.code : 0
+    if(status >= 400 && status < 500 && !retryable(status)){
+      // a bad token, another user's session, a malformed id: repeating cannot help
+      return this.fail(status, this.sessionId === null ? 1006 : 1011, "sse stream refused")
+    }
+    if(!started){ this.streamFailed() }
+    this.scheduleReopen()
+  }
+
+  streamFailed(){
+    this.streamFailures++
+    this.failingSince ??= Date.now()
+  }
+
+  scheduleReopen(){
+    if(!this.isActive() || this.handoff){ return }
+    if(this.sessionId === null ? this.streamFailures >= this.streamAttempts
+      : this.streamFailures > 1 && Date.now() - this.failingSince >= this.retryMs){
+      // the first stream never came, or streams kept failing: phoenix reconnects (with backoff,
+      // and withFallback tries long-polling)
+      return this.fail("stream failed", this.sessionId === null ? 1006 : 1011, "sse stream failed")
+    }
+    // a stream that ended after working resumes at once (jittered, for the herd of a drain)
+    const delay = this.streamFailures === 0 ? 20 + Math.random() * 180 : backoff(this.streamFailures - 1, 250, 5000)
+    clearTimeout(this.reopenTimer)
+    this.reopenTimer = setTimeout(() => this.openStream(), delay)
+  }
+
+  // An event that cannot be trusted: never handed to phoenix, and its id is not our resume point.
+  // The stream is corrupt from here on: resume after the last good event.
+  onBadEvent(){
+    this.closeStream()
+    if(++this.badEvents >= MAX_BAD_EVENTS){
+      return this.fail("undecodable events", 1011, "undecodable events")
+    }
+    this.streamFailed()
+    this.scheduleReopen()
   }
 
   onSession(ev){
-    let info
+    let info = null
     try { info = JSON.parse(ev.data) } catch { info = null }
-    if(!info || typeof info.session !== "string" || typeof info.post !== "string"){
-      return this.fail("bad session event", 1011, "bad session event")
+    // a stream has one session event, its first: another one is the start of a stream a proxy
+    // glued on (which replays from where that stream began), as is a garbled one
+    if(this.streamStarted || !info || typeof info.session !== "string" || typeof info.post !== "string"){ return this.onBadEvent() }
+    if(this.sessionId !== null && info.session !== this.sessionId){
+      // the server no longer had our session and started a new one: like LongPoll's 410, fail
+      // so that phoenix reconnects and rejoins its channels
+      return this.fail(410, 3410, "session_gone")
     }
+    // the credential proves the session on POSTs (a header value: printable ASCII)
+    if(typeof info.credential === "string" && /^[\x21-\x7e]+$/.test(info.credential)){ this.credential = info.credential }
+    this.postURL = new URL(info.post, this.streamURL).href
+    if(ev.lastEventId){ this.lastEventId = ev.lastEventId }
+    this.streamStarted = true
+    this.streamFailures = 0
+    this.failingSince = null
     if(this.sessionId === null){
       this.sessionId = info.session
-      this.postURL = new URL(info.post, this.streamURL).href
-      // The session's credential: sent in a header of every POST, never in a URL (proxies log URLs)
-      this.credential = typeof info.credential === "string" ? info.credential : null
       this.readyState = OPEN
       this.onopen({})
-    } else if(info.session !== this.sessionId){
-      // EventSource resumed, but the server no longer had our session and started a new one:
-      // like LongPoll's 410, fail so that phoenix reconnects and rejoins its channels
-      this.fail(410, 3410, "session_gone")
     }
-    // same session: resumed exactly after the last event we received
+    // else: the same session, resumed exactly after the last event we handed on
   }
 
-  // Each frame in its own task, as a WebSocket delivers them (see LongPoll's comment): promise
-  // callbacks of one message run before the next message is handled.
-  deliver(data){
-    const timer = setTimeout(() => {
-      this.messageTimers.delete(timer)
-      this.onmessage({data})
-    }, 0)
-    this.messageTimers.add(timer)
+  onFrame(ev){
+    const id = ev.lastEventId
+    // every frame the server sends has an id of its own: none (or the previous one, which is
+    // what a browser reports for an event without an id line) means a broken event
+    if(!this.streamStarted || !id || id === this.lastEventId || !validFrame(ev.data, this.vsn)){
+      return this.onBadEvent()
+    }
+    this.badEvents = 0
+    this.lastEventId = id
+    this.deliver(ev.data)
   }
 
   // The server sends a `heartbeat` event, its clock in unix ms, when a stream is idle. Our
@@ -203,76 +527,58 @@ export class SSETransport {
     }
   }
 
+  postTarget(){
+    return {url: this.postURL, headers: this.credential ? {[SESSION_HEADER]: this.credential} : {}}
+  }
+
+  /** The long-poll token of this session at lastEventId (the credential in place of the session id), or null. */
+  longPollToken(){
+    const id = this.lastEventId
+    if(!id || !this.sessionId || !id.startsWith(this.sessionId + ".")){ return null }
+    return this.credential ? this.credential + id.slice(this.sessionId.length) : id
+  }
+
   /**
-   * Sends one frame. Frames sent in the same tick go in one POST; one POST is in flight at a
-   * time and the others wait, so the server gets them in order (as LongPoll does).
-   * @param {string|ArrayBuffer} body - a serialized frame
+   * Stops the stream and hands the session over to a long-poll transport (withFallback, once
+   * heartbeats showed a buffering proxy): resolves {token, frames} once no POST is in flight,
+   * where token resumes the session after the last event handed to phoenix and frames were sent
+   * to us but not POSTed yet. Frames already received still reach onmessage, in order.
+   * @returns {Promise<{token: string, frames: string[]}>}
    */
-  send(body){
-    // as LongPoll does; Sluice refuses binary frames with a clear 400, which fails the socket
-    if(typeof body !== "string"){ body = arrayBufferToBase64(body) }
-    if(this.currentBatch){
-      this.currentBatch.push(body)
-    } else if(this.awaitingBatchAck){
-      this.batchBuffer.push(body)
-    } else {
-      this.currentBatch = [body]
-      this.currentBatchTimer = setTimeout(() => {
-        const batch = this.currentBatch
-        this.currentBatch = null
-        this.batchSend(batch)
-      }, 0)
-    }
-  }
-
-  async batchSend(frames){
-    this.awaitingBatchAck = true
-    for(let i = 0; i < frames.length; i += MAX_BATCH){
-      const batch = frames.slice(i, i + MAX_BATCH)
-      const status = await this.post(batch)
-      if(status === null){ return } // stopped meanwhile
-      if(status !== 200){
-        const [code, reason] = status === "timeout" ? [1005, "timeout"]
-          : status === 410 ? [3410, "session_gone"] : [1011, "internal server error"]
-        return this.fail(status, code, reason)
+  handOff(){
+    this.closeStream()
+    clearTimeout(this.reopenTimer)
+    return new Promise((resolve, reject) => {
+      const token = this.longPollToken()
+      if(!this.isActive() || token === null){ return reject(new Error("no session to hand over")) }
+      this.handoff = {resolve, reject}
+      clearTimeout(this.currentBatchTimer)
+      if(!this.awaitingBatchAck){
+        this.finishHandOff(this.currentBatch || [])
+      } else if(this.currentBatch){
+        this.batchBuffer.push(...this.currentBatch)
       }
-    }
-    if(this.batchBuffer.length > 0){
-      const next = this.batchBuffer
-      this.batchBuffer = []
-      this.batchSend(next)
-    } else {
-      this.awaitingBatchAck = false
-    }
+      this.currentBatch = null
+    })
   }
 
-  // Resolves 200, another status (0 for a network error), "timeout", or null once stopped.
-  async post(batch){
-    const controller = new AbortController()
-    this.reqs.add(controller)
-    this.inFlight += batch.length
-    let timedOut = false
-    const timer = this.timeout ? setTimeout(() => { timedOut = true; controller.abort() }, this.timeout) : null
-    let status
-    try {
-      const res = await globalThis.fetch(this.postURL, {
-        method: "POST",
-        headers: this.credential ? {"Content-Type": "application/x-ndjson", "X-Sluice-Session": this.credential} : {"Content-Type": "application/x-ndjson"},
-        body: batch.join("\n"),
-        signal: controller.signal,
-        credentials: this.withCredentials ? "include" : "same-origin",
-      })
-      const json = await res.json().catch(() => null)
-      const ok = res.status === 200 && json && json.status === 200
-      status = ok ? 200 : res.status !== 200 ? res.status : (json && json.status) || 0
-    } catch {
-      status = timedOut ? "timeout" : 0
-    } finally {
-      clearTimeout(timer)
-    }
-    if(!this.reqs.delete(controller)){ return null }
-    this.inFlight -= batch.length
-    return status
+  // batchSend calls this after each POST: during a hand-off the rest goes to the long-poll.
+  afterBatch(rest){
+    if(!this.handoff){ return false }
+    this.finishHandOff(rest.concat(this.batchBuffer))
+    return true
+  }
+
+  finishHandOff(frames){
+    const {resolve} = this.handoff
+    const token = this.longPollToken()
+    // closed for phoenix, but the frames already received keep their delivery timers
+    this.readyState = CLOSED
+    clearTimeout(this.startTimer)
+    this.batchBuffer = []
+    this.awaitingBatchAck = false
+    this.inFlight = 0
+    resolve({token, frames})
   }
 
   /**
@@ -287,91 +593,208 @@ export class SSETransport {
     this.emitClose(code || 1005, reason || "", true)
   }
 
-  /**
-   * Fails the transport: onerror, then an unclean close with `code` (never 1000), after
-   * which phoenix reconnects with backoff and rejoins its channels.
-   * @param {*} error - passed to onerror (phoenix passes it to the socket's onError callbacks)
-   * @param {number} code
-   * @param {string} reason
-   */
-  fail(error, code, reason){
-    if(this.readyState === CLOSED || this.readyState === CLOSING){ return }
-    // no longer open while the callbacks run, as a failed WebSocket; onerror may close us
-    this.stop(CLOSING)
-    this.onerror(error)
-    if(this.readyState === CLOSING){
-      this.readyState = CLOSED
-      this.emitClose(code, reason, false)
+  stop(readyState){
+    super.stop(readyState)
+    clearTimeout(this.startTimer)
+    clearTimeout(this.reopenTimer)
+    this.closeStream()
+    if(this.handoff){
+      const {reject} = this.handoff
+      this.handoff = null
+      reject(new Error("the SSE transport stopped during the hand-off"))
     }
   }
 
-  stop(readyState){
-    this.readyState = readyState
-    clearTimeout(this.startTimer)
-    if(this.es){ this.es.close(); this.es = null }
-    const reqs = this.reqs
-    this.reqs = new Set()
-    for(const controller of reqs){ controller.abort() }
-    for(const timer of this.messageTimers){ clearTimeout(timer) }
-    this.messageTimers.clear()
-    clearTimeout(this.currentBatchTimer)
-    this.currentBatchTimer = null
-    this.currentBatch = null
-    this.batchBuffer = []
-    this.awaitingBatchAck = false
-    this.inFlight = 0
-  }
-
-  emitClose(code, reason, wasClean){
-    const init = {code, reason, wasClean}
-    this.onclose(typeof CloseEvent !== "undefined" ? new CloseEvent("close", init) : init)
-  }
-
   /**
-   * A transport class that tries SSE and falls back to `LongPoll`; see {@link withFallback}.
+   * A transport class that tries SSE and falls back to long-polling; see {@link withFallback}.
    * Uses this class (or a subclass) for the SSE attempt.
-   * @param {Function} LongPoll - phoenix's LongPoll class (`import {LongPoll} from "phoenix"`)
+   * @param {Function|FallbackOptions} [LongPoll=ResilientLongPoll] - the long-poll transport class
    * @param {FallbackOptions} [opts]
    * @returns {Function}
    */
   static withFallback(LongPoll, opts = {}){
+    if(LongPoll !== null && typeof LongPoll === "object"){ [LongPoll, opts] = [undefined, LongPoll] }
     return withFallback(LongPoll, {...opts, SSE: this})
+  }
+}
+
+/**
+ * Phoenix's LongPoll protocol, made to survive lost responses: a drop-in `transport:` for
+ * phoenix.js's Socket (tested with 1.8.16), for `new Socket(url, {transport: ResilientLongPoll})`.
+ *
+ * phoenix.js's own LongPoll treats any failed request (no answer, a proxy's 502, a timeout) as
+ * the end of the session: it reconnects without its session token, so a new session starts and
+ * whatever was published meanwhile is missed. This one repeats a poll that failed with the same
+ * session token (Sluice answers it with the same messages: nothing is acknowledged until the next
+ * token is presented) and a POST that failed with the same batch (Sluice drops the frames it
+ * already applied), with jittered backoff, for up to `retryMs`; only then, or when the server
+ * says the session is gone (410), does phoenix see a close and reconnect. The session token
+ * travels in the `X-Phoenix-Longpoll-Token` header, never in the URL.
+ */
+export class ResilientLongPoll extends HTTPTransport {
+  /** How long a failing poll or POST is repeated before the socket is given up, in ms. @type {number} */
+  static retryMs = 15000
+
+  /** Send cookies cross-origin (fetch `credentials: "include"`). @type {boolean} */
+  static withCredentials = false
+
+  /**
+   * @param {string} endPoint - phoenix's endPointURL(): `ws(s)://host/socket/websocket?params&vsn=2.0.0`
+   * @param {string[]} [protocols] - `["phoenix", "base64url.bearer.phx.<token>"]` when the socket has an authToken
+   */
+  constructor(endPoint, protocols){
+    super()
+    this.authToken = authTokenOf(protocols)
+    this.token = null
+    this.skipHeartbeat = true // as phoenix's LongPoll: every poll proves the session alive
+    this.pollEndpoint = this.normalizeEndpoint(endPoint)
+    const vsn = /[?&]vsn=([^&#]*)/.exec(this.pollEndpoint)
+    this.vsn = vsn ? decodeURIComponent(vsn[1]) : "2.0.0"
+    this.startTimer = setTimeout(() => this.poll(), 0)
+  }
+
+  normalizeEndpoint(endPoint){
+    return endPoint.replace("ws://", "http://").replace("wss://", "https://").replace(/(.*)\/websocket/, "$1/longpoll")
+  }
+
+  headers(){
+    const h = {}
+    if(this.token !== null){ h[LONGPOLL_TOKEN_HEADER] = this.token }
+    if(this.authToken){ h["X-Phoenix-AuthToken"] = this.authToken }
+    return h
+  }
+
+  postTarget(){ return {url: this.pollEndpoint, headers: this.headers()} }
+
+  async poll(){
+    let failingSince = null
+    let attempt = 0
+    while(this.isActive()){
+      const r = await this.request("GET", this.pollEndpoint, {"Accept": "application/json", ...this.headers()}, null)
+      if(r === null || !this.isActive()){ return }
+      const body = r.json
+      const status = body && typeof body.status === "number" ? body.status : null
+      const ok = (status === 200 || status === 204 || status === 410) && typeof body.token === "string" &&
+        (status !== 200 || (Array.isArray(body.messages) && body.messages.every((m) => validFrame(m, this.vsn))))
+      if(!ok && status !== 403 && status !== 410){
+        // no answer, a timeout, a proxy's page, a 5xx, a store not answering (500), a garbled
+        // body: the same poll again, with the same token, which gets the same messages
+        failingSince ??= Date.now()
+        if(Date.now() - failingSince >= this.retryMs || attempt + 1 >= MAX_ATTEMPTS * 2){
+          return r.failure === "timeout" ? this.fail("timeout", 1005, "timeout") : this.fail(status ?? 500, 1011, "internal server error")
+        }
+        if(!(await this.wait(Math.max(backoff(attempt++), r.retryAfter)))){ return }
+        continue
+      }
+      failingSince = null
+      attempt = 0
+      switch(status){
+        case 200:
+          this.token = body.token
+          for(const msg of body.messages){ this.deliver(msg) }
+          break
+        case 204:
+          this.token = body.token
+          break
+        case 410:
+          if(this.token !== null){ return this.fail(410, 3410, "session_gone") }
+          if(typeof body.token !== "string"){ return this.fail(410, 1011, "no session token") }
+          this.token = body.token
+          this.readyState = OPEN
+          this.onopen({})
+          break
+        case 403:
+          this.onerror(403)
+          return this.close(1008, "forbidden", false)
+      }
+    }
+  }
+
+  /**
+   * Takes over a session another transport started (withFallback's hand-off from SSE): open at
+   * once, sending what is sent meanwhile once `ready` gives the session's token and the frames
+   * the other transport did not POST.
+   * @param {Promise<{token: string, frames: string[]}>} ready
+   */
+  adopt(ready){
+    clearTimeout(this.startTimer)
+    this.readyState = OPEN
+    this.awaitingBatchAck = true // sends wait in batchBuffer
+    ready.then(({token, frames}) => {
+      if(!this.isActive()){ return }
+      this.token = token
+      const pending = frames.concat(this.batchBuffer)
+      this.batchBuffer = []
+      if(pending.length > 0){ this.batchSend(pending) } else { this.awaitingBatchAck = false }
+      this.poll()
+    }, (err) => this.fail(err, 1011, "hand-off failed"))
+  }
+
+  /**
+   * Closes the transport and drops what was not sent, as phoenix's LongPoll#close.
+   * @param {number} [code]
+   * @param {string} [reason]
+   * @param {boolean} [wasClean=true]
+   */
+  close(code, reason, wasClean = true){
+    if(this.readyState === CLOSED){ return }
+    this.stop(CLOSED)
+    this.emitClose(code || 1005, reason || "", wasClean)
+  }
+
+  stop(readyState){
+    super.stop(readyState)
+    clearTimeout(this.startTimer)
   }
 }
 
 /**
  * @typedef {Object} FallbackOptions
  * @property {number} [fallbackMs=3000] - time for the stream to open and echo a heartbeat
+ * @property {number} [rememberMs=600000] - how long a fallback is remembered (later connections
+ *   go straight to long-polling): 10 minutes, then SSE is tried again
  * @property {?Storage} [storage] - where the decision is remembered; default `sessionStorage` when available, `null` for none
  * @property {string} [storageKey="sluice:sse-fallback"]
  * @property {Function} [SSE=SSETransport] - the SSE transport class to try
  */
 
 /**
- * Returns a phoenix.js transport class that tries SSE first and uses `LongPoll` when SSE does
- * not work on this network: `new Socket("/socket", {transport: withFallback(LongPoll)})`.
+ * Returns a phoenix.js transport class that tries SSE first and uses long-polling when SSE does
+ * not work on this network: `new Socket("/socket", {transport: withFallback()})`.
  *
  * SSE counts as working once its stream opened and a heartbeat POSTed up came back down it,
- * within `fallbackMs` (the same health check phoenix.js makes before trusting a WebSocket with
- * `longPollFallbackMs`); a proxy that buffers the stream fails it, as do a stream that errors
- * and an environment without EventSource. Until then the socket sees a transport that is still
- * connecting; on failure it silently swaps in a LongPoll, whose callbacks reach the socket as
- * if it had been the transport from the start. Heartbeats that later arrive late or batched
- * (see SSETransport#onHeartbeat) fail the open socket so that it reconnects, over LongPoll.
- * Once a fallback LongPoll opened, the decision is remembered (in `storage`, and in memory for
- * this class) and later connections go straight to LongPoll.
+ * within `fallbackMs` (the health check phoenix.js makes before trusting a WebSocket with
+ * `longPollFallbackMs`). A single dropped or refused stream, or a failed POST, is not evidence:
+ * the SSE transport repeats them itself. What makes the socket use long-polling is evidence: no
+ * echo within `fallbackMs` (a proxy that buffers the stream), the SSE transport giving up (its
+ * first stream failed `streamAttempts` times), no EventSource at all, or, once open, heartbeats
+ * that arrive late or batched (see SSETransport#onHeartbeat). Until the check passes the socket
+ * sees a transport that is still connecting; on failure a long-poll transport takes its place
+ * silently. Heartbeats that show buffering after the socket opened hand the same session over to
+ * the long-poll transport (no reconnect, no rejoin) when it can take one over (ResilientLongPoll
+ * can), else the socket reconnects over long-polling. A fallback is remembered for `rememberMs`
+ * (in `storage`, and in memory for this class), then SSE is tried again.
  *
- * @param {Function} LongPoll - phoenix's LongPoll class
+ * @param {Function|FallbackOptions} [LongPoll=ResilientLongPoll] - the long-poll transport class;
+ *   phoenix's own LongPoll works too, without its resilience
  * @param {FallbackOptions} [opts]
  * @returns {Function} a transport class for the Socket's `transport` option
  */
-export function withFallback(LongPoll, {fallbackMs = 3000, storage, storageKey = "sluice:sse-fallback", SSE = SSETransport} = {}){
+export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
+  if(LongPoll !== null && typeof LongPoll === "object"){ [LongPoll, opts] = [ResilientLongPoll, LongPoll] }
+  LongPoll ??= ResilientLongPoll
+  const {fallbackMs = 3000, rememberMs = 10 * 60 * 1000, storage, storageKey = "sluice:sse-fallback", SSE = SSETransport} = opts
   const store = storage !== undefined ? storage : defaultSessionStorage()
-  let remembered = false
-  const useLongPoll = () => remembered || safely(() => store && store.getItem(storageKey) === "LongPoll")
-  const remember = () => {
-    remembered = true
-    safely(() => store && store.setItem(storageKey, "LongPoll"))
+  let rememberedUntil = 0
+  const useLongPoll = () => {
+    if(Date.now() < rememberedUntil){ return true }
+    // {until}: anything else (an earlier version's "LongPoll", garbage) is not a decision
+    const saved = safely(() => store && JSON.parse(store.getItem(storageKey)))
+    return !!saved && typeof saved.until === "number" && saved.until > Date.now()
+  }
+  const remember = (reason) => {
+    rememberedUntil = Date.now() + rememberMs
+    safely(() => store && store.setItem(storageKey, JSON.stringify({transport: "LongPoll", reason, until: rememberedUntil})))
   }
   let probes = 0
 
@@ -386,16 +809,18 @@ export function withFallback(LongPoll, {fallbackMs = 3000, storage, storageKey =
       this.probeRef = null
       this.checked = false // SSE passed the health check, or we fell back
       this.closed = false // phoenix closed us
+      this.retiring = null // the SSE transport that handed its session over
+      this.reason = null // why we fell back
       this.fellBack = useLongPoll()
       if(this.fellBack){
         this.use(new LongPoll(endPoint, protocols))
       } else {
         this.use(new SSE(endPoint, protocols))
-        this.fallbackTimer = setTimeout(() => this.fallBack(), fallbackMs)
+        this.fallbackTimer = setTimeout(() => this.fallBack("no heartbeat echo within fallbackMs"), fallbackMs)
       }
     }
 
-    /** The transport in use: an SSETransport, or the LongPoll it fell back to. */
+    /** The transport in use: an SSETransport, or the long-poll transport it fell back to. */
     get transport(){ return this.current }
     get readyState(){
       // connecting until the health check passed, so that phoenix does not send yet
@@ -415,29 +840,29 @@ export function withFallback(LongPoll, {fallbackMs = 3000, storage, storageKey =
     use(transport){
       this.current = transport
       Object.assign(transport, this.settings)
-      // the SSE attempt is judged until it passes the health check; a LongPoll is forwarded as is
+      // the SSE attempt is judged until it passes the health check; a long-poll is forwarded as is
       const judged = () => transport instanceof SSE && !this.checked && !this.closed
       const mine = (fn) => (arg) => { if(this.current === transport){ fn(arg) } }
-      transport.onmessage = mine((ev) => judged() ? this.checkReply(ev) : this.onmessage(ev))
-      transport.onerror = mine((err) => judged() ? this.fallBack() : this.onerror(err))
-      transport.onclose = mine((ev) => judged() ? this.fallBack() : this.onclose(ev))
+      transport.onmessage = (ev) => {
+        if(this.current === transport){ return judged() ? this.checkReply(ev) : this.onmessage(ev) }
+        // frames the SSE stream received before it handed its session over
+        if(this.retiring === transport){ this.onmessage(ev) }
+      }
+      transport.onerror = mine((err) => judged() ? this.fallBack("sse failed") : this.onerror(err))
+      transport.onclose = mine((ev) => judged() ? this.fallBack("sse failed") : this.onclose(ev))
       transport.onopen = mine((ev) => {
         if(judged()){ return this.sendProbe() }
         this.checked = true
-        if(this.fellBack){ remember() }
+        if(this.reason){ remember(this.reason) }
         this.onopen(ev)
       })
-      transport.onbuffering = mine(() => {
-        remember()
-        transport.fail("buffering", 4000, "buffering proxy: reconnecting over long-polling")
-      })
+      transport.onbuffering = mine(() => this.handOver())
     }
 
     // A phoenix heartbeat with our own ref; the server's reply must come down the stream.
     sendProbe(){
       this.probeRef = `sse-probe:${++probes}`
-      const vsn = new URL(this.current.streamURL).searchParams.get("vsn") || ""
-      const frame = vsn.startsWith("1.")
+      const frame = this.current.vsn && this.current.vsn.startsWith("1.")
         ? {topic: "phoenix", event: "heartbeat", payload: {}, ref: this.probeRef}
         : [null, this.probeRef, "phoenix", "heartbeat", {}]
       this.current.send(JSON.stringify(frame))
@@ -453,13 +878,30 @@ export function withFallback(LongPoll, {fallbackMs = 3000, storage, storageKey =
       this.onopen({})
     }
 
-    fallBack(){
+    fallBack(reason){
       if(this.fellBack || this.checked || this.closed){ return }
       clearTimeout(this.fallbackTimer)
       const sse = this.current
       this.fellBack = true
+      this.reason = reason
       this.use(new LongPoll(...this.args))
       sse.close(1000, "falling back to long-polling")
+    }
+
+    // Heartbeats showed a buffering proxy after the socket opened: the long-poll transport
+    // continues the same session where it can, else the socket reconnects over long-polling.
+    handOver(){
+      const sse = this.current
+      if(this.closed || !(sse instanceof SSE)){ return }
+      remember("buffering")
+      if(typeof LongPoll.prototype.adopt !== "function" || sse.longPollToken() === null){
+        return sse.fail("buffering", 4000, "buffering proxy: reconnecting over long-polling")
+      }
+      const lp = new LongPoll(...this.args)
+      this.retiring = sse
+      this.fellBack = true
+      this.use(lp)
+      lp.adopt(sse.handOff())
     }
 
     send(data){ this.current.send(data) }
@@ -467,6 +909,7 @@ export function withFallback(LongPoll, {fallbackMs = 3000, storage, storageKey =
     close(code, reason){
       this.closed = true
       clearTimeout(this.fallbackTimer)
+      if(this.retiring){ this.retiring.stop(CLOSED) }
       this.current.close(code, reason)
     }
   }

@@ -4,9 +4,9 @@
 // with the transport self-test it runs (RegisterSelfTest).
 //
 //	<script type="module">
-//	  import {Socket, LongPoll} from "https://cdn.jsdelivr.net/npm/phoenix@1.8.16/priv/static/phoenix.mjs"
+//	  import {Socket} from "https://cdn.jsdelivr.net/npm/phoenix@1.8.16/priv/static/phoenix.mjs"
 //	  import {SSETransport} from "https://gateway.example/js/sse-transport.js"
-//	  const socket = new Socket("https://gateway.example/socket", {transport: SSETransport.withFallback(LongPoll)})
+//	  const socket = new Socket("https://gateway.example/socket", {transport: SSETransport.withFallback()})
 //	</script>
 package web
 
@@ -39,8 +39,9 @@ const (
 )
 
 // sseTransport is web/sse-transport.js: an ES module exporting SSETransport
-// (a phoenix.js transport over /socket/sse) and withFallback (SSE, else
-// Phoenix's LongPoll).
+// (a phoenix.js transport over /socket/sse), ResilientLongPoll (Phoenix's
+// LongPoll protocol, repeating lost requests instead of starting a new
+// session) and withFallback (SSE, else ResilientLongPoll).
 //
 //go:embed sse-transport.js
 var sseTransport []byte

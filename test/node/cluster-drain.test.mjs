@@ -81,7 +81,10 @@ globalThis.fetch = async (url, opts = {}) => {
   const kind = kindOf(method, u.pathname)
   const owner = ownerOf(s)
   const rec = {rid, kind, method, url: s, client: owner?.name ?? (kind === "api" ? "api" : null), at: Date.now(), end: null,
-    http: null, status: null, error: null, failure: null, session: null, lastEventId: headers.get("last-event-id"), tail: "", bytes: 0}
+    http: null, status: null, error: null, failure: null, session: null, tail: "", bytes: 0,
+    // a stream's resume point: the header of an EventSource reconnecting by itself, or the
+    // lastEventId the SSE transport puts in the URL of a stream it reopens
+    lastEventId: headers.get("last-event-id") ?? u.searchParams.get("lastEventId")}
   if(kind === "lp"){ rec.session = sessionOf(s) }
   if(kind === "post"){ rec.session = headers.get("x-sluice-session")?.slice(0, 32) ?? null }
   netLog.push(rec)
@@ -696,8 +699,8 @@ test("SIGTERM one of two instances while LongPoll and SSE clients receive number
     report.push(`LongPoll polls waiting at ${V.name} at the SIGTERM: ${lpDrained.map(({c, r, next, nextBy}) =>
       `${c.name} ${r.status} ${r.end === null ? "never" : `${r.end - termAt} ms`} after the SIGTERM (waited ${r.end - r.at} ms), polled again ${next ? `${next.at - r.end} ms later` : "never"} on ${nameOf(nextBy)}`).join("; ")}`)
 
-    // SSE: streams open at the victim ended cleanly with retry: 100, and EventSource resumed on the
-    // survivor with Last-Event-ID = the last id it had, on the same session
+    // SSE: streams open at the victim ended cleanly with retry: 100, and the transport resumed on
+    // the survivor from the last id it had (?lastEventId=), on the same session
     const sseDrained = []
     for(const c of sseClients){
       const streams = c.net.filter((r) => r.kind === "stream")
@@ -715,7 +718,7 @@ test("SIGTERM one of two instances while LongPoll and SSE clients receive number
         if(!check(next, `${c.name}'s EventSource did not reconnect after the drained stream`)){ continue }
         check(d.nextBy === survivor, () => `${c.name}'s stream resumed on ${nameOf(d.nextBy)}: ${describe(next, acc)}`)
         check(d.nextAfter !== null && d.nextAfter < 3000, `${c.name}'s EventSource came back ${d.nextAfter} ms after the stream ended`)
-        check(next.lastEventId !== null && next.lastEventId === r.lastId, `${c.name} resumed with Last-Event-ID ${next.lastEventId}; the last id of its stream was ${r.lastId}`)
+        check(next.lastEventId !== null && next.lastEventId === r.lastId, `${c.name} resumed from ${next.lastEventId}; the last id of its stream was ${r.lastId}`)
         const hello = c.sse.sessionEvents.find((e) => e.at >= next.at)
         check(hello?.data?.resumed === true && hello.data.session === c.sessionId, () => `${c.name}'s resumed stream said ${JSON.stringify(hello?.data)}`)
       }

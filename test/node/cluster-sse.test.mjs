@@ -178,15 +178,19 @@ async function startCutter(target, {minBytes = 500, maxBytes = 6000} = {}){
 
 // ---------------------------------------------------------------------------------------------
 // Clients: phoenix.js over SSETransport (not withFallback), each with its own EventSource subclass
-// that records every stream request (and its Last-Event-ID), every session event and every error.
+// that records every stream request (and its resume point), every session event and every error.
 
 function recordingTransport(rec){
   class Recorded extends SSETransport {}
+  // the last id this client's streams delivered (the transport opens one EventSource per stream)
+  const es = {lastId: null}
   Recorded.EventSource = class extends EventSource {
     constructor(url, init){
-      const es = {lastId: null}
       super(url, {...init, fetch: (u, opts) => {
-        const r = {at: Date.now(), lastEventId: opts?.headers?.["Last-Event-ID"] ?? null, lastIdSeen: es.lastId, status: null, failure: null}
+        // the resume point: the Last-Event-ID header of an EventSource reconnecting by itself, or
+        // the lastEventId the transport puts in the URL of the stream it reopens
+        const lastEventId = opts?.headers?.["Last-Event-ID"] ?? new URL(String(u)).searchParams.get("lastEventId")
+        const r = {at: Date.now(), lastEventId, lastIdSeen: es.lastId, status: null, failure: null}
         rec.streamReqs.push(r)
         return fetch(u, opts).then((res) => { r.status = res.status; return res }, (e) => { r.failure = e.cause?.code || e.message; throw e })
       }})
@@ -507,7 +511,7 @@ test("kill -9 of the instance serving SSE streams, two instances behind the roun
       assert.ok(later.every((s) => s.session === c.session && s.resumed === true), `${c.name}: ${JSON.stringify(later)}`)
       const reqs = c.rec.streamReqs.slice(reqsBefore.get(c))
       assert.ok(reqs.length >= 1 && reqs.every((r) => r.lastEventId !== null && r.lastEventId === r.lastIdSeen),
-        `${c.name}: reconnects without Last-Event-ID = the last id received: ${JSON.stringify(reqs)}`)
+        `${c.name}: reconnects without a resume point (Last-Event-ID or ?lastEventId=) = the last id received: ${JSON.stringify(reqs)}`)
       const resumedAt = streamRecords(rr, c).filter((r) => r.start > killAt && r.upstream !== null)
       assert.ok(resumedAt.length >= 1 && resumedAt.every((r) => r.upstream === survivor), `${c.name}: reconnects at ${JSON.stringify(resumedAt)}`)
     }
@@ -610,7 +614,7 @@ test("streams cut mid-event by a proxy, three instances behind the round-robin p
         assert.ok(c.rec.streams.length >= 3, `${c.name} had only ${c.rec.streams.length} streams`)
         const reqs = c.rec.streamReqs.slice(1)
         assert.ok(reqs.every((r) => r.lastEventId !== null && r.lastEventId === r.lastIdSeen),
-          `${c.name}: a reconnect without Last-Event-ID = the last id received`)
+          `${c.name}: a reconnect without a resume point (Last-Event-ID or ?lastEventId=) = the last id received`)
         for(let i = 1; i < srecs.length; i++){ resumes++; if(srecs[i].upstream !== srecs[i - 1].upstream){ moved++ } }
         perClient.push(`${c.name} ${c.rec.streams.length} streams on instances ${[...new Set(srecs.map((r) => r.upstream))].sort().join("")}`)
       }

@@ -9,12 +9,13 @@ import fs from "node:fs"
 import path from "node:path"
 import {EventSource} from "eventsource"
 import {LongPoll, Presence} from "phoenix"
-import {SSETransport, withFallback} from "../../web/sse-transport.js"
+import {SSETransport, ResilientLongPoll, withFallback} from "../../web/sse-transport.js"
 import {
   REPO_ROOT, SHORT, SESSION_TIMEOUT_MS, openClient, closeAllClients, join, push, pushOk, pushNoReply,
   memberRoom, newRoomId, newUserId, until, sleep, isoUtc, flushed,
 } from "./helpers.mjs"
 import {startSluice, startProxy, memoryStorage} from "./sse-helpers.mjs"
+import {startHostileProxy} from "./hostile-proxy.mjs"
 
 // Node 20 has no EventSource: the npm package, which resumes with Last-Event-ID like browsers.
 SSETransport.EventSource = EventSource
@@ -344,34 +345,65 @@ test("withFallback keeps SSE where the stream works", {timeout: 20_000}, async (
   assert.equal(storage.getItem("sluice:sse-fallback"), null)
 })
 
-test("withFallback: behind a proxy that holds the stream, the socket uses LongPoll within fallbackMs, and remembers", {timeout: 30_000}, async () => {
+test("withFallback: behind a proxy that holds the stream, the socket uses ResilientLongPoll within fallbackMs, and remembers it for rememberMs", {timeout: 30_000}, async () => {
   const fallbackMs = 1000
+  const rememberMs = 2000
   const proxy = await proxyFor(server, {mode: "hold"})
   const storage = memoryStorage()
-  const Transport = withFallback(LongPoll, {fallbackMs, storage})
+  const Transport = SSETransport.withFallback({fallbackMs, rememberMs, storage})
   const started = Date.now()
   const ana = await openClient(via(server, proxy), {name: "Ana", socketOpts: {transport: Transport}})
   const openedAfter = Date.now() - started
   assert.ok(proxy.stats.streams >= 1, "SSE was not tried")
-  assert.ok(ana.socket.conn.transport instanceof LongPoll, "the socket is not on LongPoll")
+  assert.ok(ana.socket.conn.transport instanceof ResilientLongPoll, "the socket is not on ResilientLongPoll")
   assert.ok(openedAfter >= fallbackMs - 50 && openedAfter < fallbackMs + 1500, `opened after ${openedAfter} ms`)
-  assert.equal(storage.getItem("sluice:sse-fallback"), "LongPoll")
+  const saved = JSON.parse(storage.getItem("sluice:sse-fallback"))
+  assert.equal(saved.transport, "LongPoll")
+  assert.ok(saved.until > Date.now() && saved.until <= Date.now() + rememberMs, `remembered until ${saved.until}`)
 
   const {channel, reply} = await ana.join("sala:lobby")
   assert.ok(Array.isArray(reply.mensajes))
   assert.deepEqual(await pushOk(channel, "ping", {n: 1}), {n: 1})
   await channel.rec.waitFor("presence_state", (s) => s[ana.key] !== undefined)
 
-  // a later connection in this "tab" goes straight to LongPoll
+  // a later connection in this "tab" goes straight to long-polling...
   const streams = proxy.stats.streams
   const t1 = Date.now()
   const beto = await openClient(via(server, proxy), {name: "Beto", socketOpts: {transport: Transport}})
   assert.ok(Date.now() - t1 < fallbackMs, "the remembered fallback waited for SSE")
-  assert.ok(beto.socket.conn.transport instanceof LongPoll)
+  assert.ok(beto.socket.conn.transport instanceof ResilientLongPoll)
   assert.equal(proxy.stats.streams, streams, "SSE was tried again")
+  // ...until rememberMs passed: then SSE is tried again (not remembered for good)
+  await sleep(saved.until - Date.now() + 50)
+  const celia = await openClient(via(server, proxy), {name: "Celia", socketOpts: {transport: Transport}})
+  assert.ok(proxy.stats.streams > streams, "SSE was not tried again after rememberMs")
+  assert.ok(celia.socket.conn.transport instanceof ResilientLongPoll, "the held stream did not make it fall back again")
 })
 
-test("withFallback: heartbeats that arrive batched after the stream opened switch the socket to LongPoll", {timeout: 30_000}, async () => {
+test("withFallback with phoenix's own LongPoll: behind a proxy that holds the stream, the socket uses it", {timeout: 30_000}, async () => {
+  const proxy = await proxyFor(server, {mode: "hold"})
+  const Transport = withFallback(LongPoll, {fallbackMs: 1000, storage: memoryStorage()})
+  const ana = await openClient(via(server, proxy), {name: "Ana", socketOpts: {transport: Transport}})
+  assert.ok(ana.socket.conn.transport instanceof LongPoll, "the socket is not on LongPoll")
+  const {channel} = await ana.join("sala:lobby")
+  assert.deepEqual(await pushOk(channel, "ping", {n: 1}), {n: 1})
+})
+
+test("withFallback: a dropped first stream is not evidence: SSE is tried again and kept, nothing remembered", {timeout: 30_000}, async () => {
+  const proxy = await proxyFor(server, {mode: "block"})
+  const storage = memoryStorage()
+  const Transport = SSETransport.withFallback({fallbackMs: 3000, storage})
+  const opening = openClient(via(server, proxy), {name: "Ana", socketOpts: {transport: Transport}})
+  await until(() => proxy.stats.blocked >= 1, "the first stream was dropped")
+  proxy.mode = "pass"
+  const ana = await opening
+  assert.ok(ana.socket.conn.transport instanceof SSETransport, "the socket fell back after one dropped stream")
+  assert.equal(storage.getItem("sluice:sse-fallback"), null)
+  const {channel} = await ana.join("sala:lobby")
+  assert.deepEqual(await pushOk(channel, "ping", {n: 1}), {n: 1})
+})
+
+test("withFallback with phoenix's LongPoll: heartbeats that arrive batched after the stream opened reconnect the socket over LongPoll", {timeout: 30_000}, async () => {
   const fast = await startSluice(["--sse-heartbeat", "250ms"])
   try {
     // a proxy that forwards the first 1.5 s of each stream, then flushes every 1.5 s
@@ -384,14 +416,88 @@ test("withFallback: heartbeats that arrive batched after the stream opened switc
     const ana = await openClient(via(fast, proxy), {name: "Ana", socketOpts: {transport: Probe.withFallback(LongPoll, {fallbackMs: 1000, storage})}})
     const seen = watch(ana.socket)
     assert.ok(ana.socket.conn.transport instanceof Probe, "the stream did not open over SSE")
+    // phoenix's LongPoll cannot take a session over: a new session
     const {channel} = await ana.join("sala:lobby")
     await until(() => ana.socket.conn?.transport instanceof LongPoll && channel.isJoined(), "switch to LongPoll and rejoin", 8000)
     assert.ok(seen.closes.some((c) => c.code === 4000), `closes: ${JSON.stringify(seen.closes)}`)
-    assert.equal(storage.getItem("sluice:sse-fallback"), "LongPoll")
+    assert.equal(JSON.parse(storage.getItem("sluice:sse-fallback")).reason, "buffering")
     assert.deepEqual(await pushOk(channel, "ping", {n: 2}), {n: 2})
   } finally {
     await closeAllClients()
     await Promise.all(proxies.splice(0).map((p) => p.stop()))
     await fast.stop()
+  }
+})
+
+test("withFallback: heartbeats that arrive batched after the stream opened hand the same session over to ResilientLongPoll: no reconnect, nothing lost or repeated", {timeout: 40_000}, async () => {
+  const fast = await startSluice(["--sse-heartbeat", "250ms"])
+  try {
+    const proxy = await proxyFor(fast, {mode: "batch", passMs: 1500, flushMs: 1500})
+    class Probe extends SSETransport {
+      static lateMs = 700
+      static probeHeartbeats = 20
+    }
+    const storage = memoryStorage()
+    const ana = await openClient(via(fast, proxy), {name: "Ana", socketOpts: {transport: Probe.withFallback({fallbackMs: 1000, storage})}})
+    const seen = watch(ana.socket)
+    const conn = ana.socket.conn
+    const sse = conn.transport
+    assert.ok(sse instanceof Probe, "the stream did not open over SSE")
+    const {topic} = await memberRoom(fast, [ana])
+    const chA = ana.channel(topic)
+    let joins = 0
+    chA.joinPush.receive("ok", () => { joins++ })
+    await join(chA)
+
+    // numbered messages before, during and after the switch
+    let n = 0
+    let after = 0
+    while(after < 20 && n < 400){
+      await fast.broadcast(topic, "numerado", {n: ++n})
+      if(n % 10 === 0){ await pushOk(chA, "ping", {n}, 10_000) }
+      if(conn.transport instanceof ResilientLongPoll){ after++ }
+      await sleep(40)
+    }
+    assert.ok(conn.transport instanceof ResilientLongPoll, "no switch to long-polling")
+    await chA.rec.waitFor("numerado", (p) => p.n === n, {timeout: 10_000})
+    await sleep(300)
+    assert.deepEqual(chA.rec.all("numerado").map((p) => p.n), Array.from({length: n}, (_, i) => i + 1), "every message exactly once, in order")
+    assert.equal(ana.socket.conn, conn, "phoenix replaced its transport")
+    assert.deepEqual(seen.closes, [], "phoenix saw a close")
+    assert.deepEqual(seen.errors, [], "phoenix saw an error")
+    assert.equal(joins, 1, "the channel rejoined")
+    assert.ok(conn.transport.token.startsWith(sse.sessionId), "the long-poll does not continue the SSE session")
+    assert.equal(JSON.parse(storage.getItem("sluice:sse-fallback")).reason, "buffering")
+    assert.deepEqual(await pushOk(chA, "ping", {last: true}), {last: true})
+  } finally {
+    await closeAllClients()
+    await Promise.all(proxies.splice(0).map((p) => p.stop()))
+    await fast.stop()
+  }
+})
+
+test("POSTs carry the session credential in X-Sluice-Session, and no URL carries it", {timeout: 20_000}, async () => {
+  // a server that sends no credential yet gets a stand-in, which it ignores
+  let credential = null
+  const proxy = await startHostileProxy([server.base], {log: true, rewrite: (text) => text.replace(
+    /^(event: session\nid: [^\n]*\ndata: )(\{[^\n]*\})$/m, (_, head, json) => {
+      const info = JSON.parse(json)
+      info.credential ??= `${info.session}${"5e55"}${"0".repeat(28)}`
+      credential = info.credential
+      return head + JSON.stringify(info)
+    })})
+  try {
+    const ana = await openSSE({...server, socketUrl: proxy.socketUrl}, {name: "Ana"})
+    const {channel} = await ana.join("sala:lobby")
+    for(let i = 0; i < 3; i++){ assert.deepEqual(await pushOk(channel, "ping", {i}), {i}) }
+    assert.ok(credential, "no session event went through the proxy")
+    assert.equal(ana.socket.conn.credential, credential)
+    const posts = proxy.log.filter((r) => r.method === "POST" && r.url.startsWith("/socket/sse"))
+    assert.ok(posts.length >= 4, `${posts.length} POSTs`)
+    assert.deepEqual(posts.filter((r) => r.session !== credential), [], "a POST without the credential header")
+    assert.deepEqual(proxy.log.filter((r) => r.url.includes(credential)), [], "the credential travelled in a URL")
+  } finally {
+    await closeAllClients()
+    await proxy.close()
   }
 })

@@ -64,7 +64,7 @@ async function startPair(label, extraArgs){
 }
 
 for(const [i, h] of HOSTILITIES.entries()){
-  test(`two instances, lossless through a proxy that does: ${h.name}`, {timeout: 90_000}, async () => {
+  test(`two instances, lossless through a proxy that does: ${h.name}`, {timeout: 120_000}, async () => {
     const pair = await startPair(`h${i}`, [...SERVER_FLAGS, ...h.server])
     try {
       const run = await runScenario({

@@ -273,10 +273,11 @@ export class Recorder {
 
 /**
  * Opens a phoenix.js Socket (LongPoll transport, or the one useTransport chose) for a user and
- * waits until it is open. Returns a client: {socket, userId, name, token, channel(topic, params),
- * close()}; `errors` records the socket's errors and `transportCloses` the closes it did not ask for.
+ * waits until it is open (at most `openTimeout` ms). Returns a client: {socket, userId, name, token,
+ * channel(topic, params), close()}; `errors` records the socket's errors and `transportCloses` the
+ * closes it did not ask for.
  */
-export async function openClient(server, {userId = newUserId(), name = `Usuario ${userId}`, token, socketOpts = {}} = {}){
+export async function openClient(server, {userId = newUserId(), name = `Usuario ${userId}`, token, socketOpts = {}, openTimeout = SHORT} = {}){
   token = token ?? server.token(userId, name)
   const socket = new Socket(server.socketUrl, {
     transport: defaultTransport,
@@ -310,7 +311,7 @@ export async function openClient(server, {userId = newUserId(), name = `Usuario 
   socket.onClose((ev) => { if(openClients.has(client)){ client.transportCloses.push({code: ev?.code, reason: ev?.reason, at: Date.now()}) } })
   openClients.add(client)
   await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`socket for user ${userId} did not open within ${SHORT} ms`)), SHORT)
+    const timer = setTimeout(() => reject(new Error(`socket for user ${userId} did not open within ${openTimeout} ms`)), openTimeout)
     socket.onOpen(() => { clearTimeout(timer); resolve() })
     socket.connect()
   })

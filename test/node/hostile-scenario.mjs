@@ -119,12 +119,14 @@ export async function runScenario({server, upstreams, hostility, seed, broadcast
     }
     await Promise.all(specs.map(async ({kind, name}) => {
       const userId = newUserId()
-      const c = await openClient(via, {userId, name, socketOpts: {transport: transportFor(kind), timeout: 10_000, reconnectAfterMs: () => 200}})
+      // a plain SSE client behind a buffering proxy opens when its first stream ends
+      const c = await openClient(via, {userId, name, openTimeout: 15_000,
+        socketOpts: {transport: transportFor(kind), timeout: 15_000, reconnectAfterMs: () => 200}})
       Object.assign(c, {kind, label: name, opens: 1, joinReplies: [], pushes: []})
       c.socket.onOpen(() => { c.opens++ })
       const ch = c.channel(TOPIC)
       ch.joinPush.receive("ok", (resp) => c.joinReplies.push(resp))
-      await join(ch, 10_000)
+      await join(ch, 15_000)
       c.ch = ch
       clients.push(c)
     }))
@@ -136,9 +138,9 @@ export async function runScenario({server, upstreams, hostility, seed, broadcast
       await sleep(k * 13) // not all in the same tick
       for(let n = 1; n <= SCENARIO.messagesPerClient; n++){
         if(n === SCENARIO.messagesPerClient / 2 + 1 && hostility.quietMs){ await sleep(hostility.quietMs) }
-        const p = {n, outcome: "pending"}
+        const p = {n, outcome: "pending", push: null}
         c.pushes.push(p)
-        c.ch.push("nuevo_mensaje", {contenido: `hs ${c.label} ${n}`}, 8000)
+        p.push = c.ch.push("nuevo_mensaje", {contenido: `hs ${c.label} ${n}`}, 15_000)
           .receive("ok", () => { p.outcome = "ok" })
           .receive("error", (e) => { p.outcome = `error ${JSON.stringify(e)}` })
           .receive("timeout", () => { p.outcome = "timeout" })
@@ -157,7 +159,7 @@ export async function runScenario({server, upstreams, hostility, seed, broadcast
     // wait until the module's clients have every published message (and stock clients too where
     // no response is lost), and the module's pushes are answered, for half a second in a row
     const waitFor = clients.filter((c) => MODULE_KINDS.includes(c.kind) || !hostility.losesResponses)
-    const deadline = Date.now() + 15_000
+    const deadline = Date.now() + 30_000
     let settledSince = null
     while(Date.now() < deadline){
       const universe = publishedIds(clients, api)
@@ -176,6 +178,8 @@ export async function runScenario({server, upstreams, hostility, seed, broadcast
     }
     const universe = publishedIds(clients, api)
     const results = clients.map((c) => judge(c, universe))
+    // pushes a lost session never answers: their timers would keep the test process alive
+    for(const c of clients){ for(const p of c.pushes){ if(p.outcome === "pending"){ p.push.cancelTimeout() } } }
     return {proxy: proxy.stats, results, api, ms: Date.now() - started}
   } finally {
     await Promise.all(clients.map((c) => c.close().catch(() => {})))

@@ -22,7 +22,7 @@ const rows = []
 after(() => { if(rows.length){ console.log(reportTable(`hostile, one instance, ${process.env.REDIS_URL ? "Redis" : "memory"} store`, seed, rows)) } })
 
 for(const h of HOSTILITIES){
-  test(`lossless through a proxy that does: ${h.name}`, {timeout: 90_000}, async () => {
+  test(`lossless through a proxy that does: ${h.name}`, {timeout: 120_000}, async () => {
     const srv = await startSluice([...SERVER_FLAGS, ...h.server])
     try {
       const run = await runScenario({
@@ -73,7 +73,7 @@ test("a proxy that splices a cut stream onto the next one: nothing undecodable r
       try { JSON.parse(raw) } catch { undecodable++ }
       return Serializer.decode(raw, callback)
     }
-    const ana = await openClient({...srv, socketUrl: proxy.socketUrl}, {name: "Ana", socketOpts: {transport: Counting, decode, timeout: 10_000}})
+    const ana = await openClient({...srv, socketUrl: proxy.socketUrl}, {name: "Ana", openTimeout: 15_000, socketOpts: {transport: Counting, decode, timeout: 10_000}})
     const closes = []
     ana.socket.onClose((ev) => closes.push(ev.code))
     const conn = ana.socket.conn
@@ -98,7 +98,7 @@ test("ResilientLongPoll: a lost poll is repeated with the same session token, wh
   const srv = await startSluice([...SERVER_FLAGS])
   const proxy = await startHostileProxy([srv.base], {seed: seededRandom(seed).fork("lp-drop").seed, dropShare: 0.25, log: true})
   try {
-    const ana = await openClient({...srv, socketUrl: proxy.socketUrl}, {name: "Ana", socketOpts: {transport: ResilientLongPoll, timeout: 10_000}})
+    const ana = await openClient({...srv, socketUrl: proxy.socketUrl}, {name: "Ana", openTimeout: 15_000, socketOpts: {transport: ResilientLongPoll, timeout: 10_000}})
     const conn = ana.socket.conn
     assert.ok(conn instanceof ResilientLongPoll)
     const count = 40
@@ -129,7 +129,7 @@ test("ResilientLongPoll: a lost poll is repeated with the same session token, wh
 test("ResilientLongPoll: a session the server ended closes with 3410, and phoenix.js reconnects and rejoins", {timeout: 30_000}, async () => {
   const srv = await startSluice([...SERVER_FLAGS])
   try {
-    const ana = await openClient(srv, {name: "Ana", socketOpts: {transport: ResilientLongPoll}})
+    const ana = await openClient(srv, {name: "Ana", openTimeout: 15_000, socketOpts: {transport: ResilientLongPoll}})
     const closes = []
     ana.socket.onClose((ev) => closes.push(ev.code))
     const first = ana.socket.conn

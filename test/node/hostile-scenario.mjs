@@ -62,8 +62,8 @@ export const HOSTILITIES = [
     losesResponses: true, bites: (s) => s.dropped > 0},
   // the module resumes with ?lastEventId= and never needs the header: what bites here is that
   // streams end (their lifetime) and resume without it
-  {name: "strip Last-Event-ID", proxy: {stripHeaders: ["last-event-id"]}, server: ["--sse-max-lifetime", "1500ms"],
-    losesResponses: false, bites: (s) => s.streams >= 6},
+  {name: "strip Last-Event-ID", proxy: {stripHeaders: ["last-event-id"]}, server: ["--sse-max-lifetime", "1s"],
+    losesResponses: false, bites: (s) => s.streams >= 4},
   {name: "strip Last-Event-ID, cut each connection after N s", proxy: {stripHeaders: ["last-event-id"], cutAfterMs: [500, 1500]}, server: [],
     losesResponses: true, bites: (s) => s.midEventCuts > 0},
   {name: "gzip the stream", proxy: {gzip: true}, server: ["--sse-max-lifetime", "2s"],
@@ -80,15 +80,31 @@ export function proxyOptions(h, seed){
   return {...base, seed: rng.fork("proxy").seed}
 }
 
-/** A transport class of `kind` for one client (fresh options and memory each). */
-function transportFor(kind){
-  switch(kind){
-    case "sse": return SSETransport.withFallback({fallbackMs: 1500, storage: memoryStorage()})
-    case "sse-only": return class extends SSETransport {}
-    case "lp": return ResilientLongPoll
-    case "stock": return LongPoll
+/** A transport class of `kind` for one client (fresh options and memory each), whose instances go to `created`. */
+function transportFor(kind, created){
+  const base = {
+    "sse": () => SSETransport.withFallback({storage: memoryStorage()}),
+    "sse-only": () => SSETransport,
+    "lp": () => ResilientLongPoll,
+    "stock": () => LongPoll,
+  }[kind]()
+  return class extends base {
+    constructor(...args){
+      super(...args)
+      created.push({at: Date.now(), t: this})
+    }
   }
-  throw new Error(`unknown transport kind ${kind}`)
+}
+
+/** What a client's transports were doing, for a failure message. */
+function describeTransports(created, t0){
+  return created.map(({at, t}) => {
+    const inner = t.transport ?? t
+    const fields = {state: t.readyState, inner: inner.constructor.name, session: inner.sessionId ?? (inner.token ? "token" : null),
+      streamFailures: inner.streamFailures, lastEventId: inner.lastEventId ? "set" : undefined, es: inner.es ? inner.es.readyState : undefined,
+      fellBack: t.fellBack, reason: t.reason}
+    return `+${at - t0}ms ${JSON.stringify(fields)}`
+  }).join("; ")
 }
 
 /** The name of the transport a client ended on. */
@@ -109,6 +125,7 @@ function transportName(client){
  */
 export async function runScenario({server, upstreams, hostility, seed, broadcast}){
   const proxy = await startHostileProxy(upstreams, proxyOptions(hostility, seed))
+  const proxyStats = () => Object.fromEntries(Object.entries(proxy.stats).filter(([, v]) => v > 0))
   const via = {...server, socketUrl: proxy.socketUrl}
   const clients = []
   try {
@@ -120,8 +137,11 @@ export async function runScenario({server, upstreams, hostility, seed, broadcast
     await Promise.all(specs.map(async ({kind, name}) => {
       const userId = newUserId()
       // a plain SSE client behind a buffering proxy opens when its first stream ends
+      const created = []
+      const t0 = Date.now()
       const c = await openClient(via, {userId, name, openTimeout: 15_000,
-        socketOpts: {transport: transportFor(kind), timeout: 15_000, reconnectAfterMs: () => 200}})
+        socketOpts: {transport: transportFor(kind, created), timeout: 15_000, reconnectAfterMs: () => 200}})
+        .catch((e) => { throw new Error(`${name}: ${e.message}; its transports: ${describeTransports(created, t0)}; proxy ${JSON.stringify(proxyStats())}`) })
       Object.assign(c, {kind, label: name, opens: 1, joinReplies: [], pushes: []})
       c.socket.onOpen(() => { c.opens++ })
       const ch = c.channel(TOPIC)

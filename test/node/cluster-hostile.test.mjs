@@ -1,5 +1,5 @@
 // The seed scenario through a hostile proxy (hostile-proxy.mjs) in front of two sluice instances
-// sharing one Redis (REDIS_URL, default redis://127.0.0.1:6379/0): the proxy sends each request
+// sharing one Redis (SLUICE_TEST_REDIS, default redis://127.0.0.1:6379/0): the proxy sends each request
 // to the next instance in turn, so every poll, POST and resumed stream may land on either. Same
 // checks as hostile.test.mjs: every published message reaches every client of the module exactly
 // once, in order per sender, with no reconnect; stock phoenix.js LongPoll is as good where no

@@ -1,5 +1,5 @@
 // The seed scenario through a hostile proxy (hostile-proxy.mjs), one sluice instance (the memory
-// store, or Redis when REDIS_URL is set): phoenix.js clients over the module's SSE
+// store, or Redis when SLUICE_TEST_REDIS is set): phoenix.js clients over the module's SSE
 // (withFallback and alone) and ResilientLongPoll, and over stock phoenix.js LongPoll, in
 // sala:lobby, each pushing numbered nuevo_mensaje while /api/broadcast messages flow. For every
 // hostility, every published message must reach every client of the module exactly once, in
@@ -12,14 +12,14 @@ import {test, after} from "node:test"
 import assert from "node:assert/strict"
 import {Serializer} from "phoenix"
 import {SSETransport, ResilientLongPoll} from "../../web/sse-transport.js"
-import {openClient, closeAllClients, join, pushOk, memberRoom, until, sleep} from "./helpers.mjs"
+import {openClient, closeAllClients, join, pushOk, memberRoom, until, sleep, TEST_REDIS} from "./helpers.mjs"
 import {startSluice} from "./sse-helpers.mjs"
 import {seededRandom, suiteSeed, startHostileProxy} from "./hostile-proxy.mjs"
 import {HOSTILITIES, SERVER_FLAGS, TOPIC, runScenario, problems, summarize, reportTable} from "./hostile-scenario.mjs"
 
 const seed = suiteSeed("hostile, one instance")
 const rows = []
-after(() => { if(rows.length){ console.log(reportTable(`hostile, one instance, ${process.env.REDIS_URL ? "Redis" : "memory"} store`, seed, rows)) } })
+after(() => { if(rows.length){ console.log(reportTable(`hostile, one instance, ${TEST_REDIS ? "Redis" : "memory"} store`, seed, rows)) } })
 
 for(const h of HOSTILITIES){
   test(`lossless through a proxy that does: ${h.name}`, {timeout: 120_000}, async () => {

@@ -509,3 +509,32 @@ export function routesOf(proxy, userToken){
   return proxy.log.filter((r) => r.url.includes("/socket/longpoll") && r.url.includes(enc))
     .map((r) => ({session: sessionOf(r.url), upstream: r.upstream, method: r.method, status: r.status, error: r.error, start: r.start}))
 }
+
+/** The numbered messages a client received, in order: [{id: "S1:4", stream, n, at}]. */
+export function received(c){
+  const out = []
+  for(const e of c.ch.rec.events){
+    let s = null
+    if(e.event === "mensaje_recibido"){
+      const m = /^seq (\S+) (\d+)$/.exec(e.payload.contenido || "")
+      if(m){ s = [m[1], Number(m[2])] }
+    } else if(e.event === "anuncio" && e.payload.origen === "api"){
+      s = ["api", e.payload.n]
+    }
+    if(s){ out.push({id: `${s[0]}:${s[1]}`, stream: s[0], n: s[1], at: e.at}) }
+  }
+  return out
+}
+
+/** Real leaves of a client's presence_diffs: refs that left and did not come back as an update. */
+export function leavesSeen(c){
+  const out = []
+  for(const e of c.ch.rec.events){
+    if(e.event !== "presence_diff"){ continue }
+    for(const [key, {metas}] of Object.entries(e.payload.leaves || {})){
+      const prevs = new Set((e.payload.joins?.[key]?.metas || []).map((m) => m.phx_ref_prev).filter(Boolean))
+      for(const m of metas){ if(!prevs.has(m.phx_ref)){ out.push({key, ref: m.phx_ref, at: e.at}) } }
+    }
+  }
+  return out
+}

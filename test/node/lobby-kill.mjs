@@ -23,7 +23,7 @@ import {Presence, LongPoll} from "phoenix"
 import WebSocket from "ws"
 import {SSETransport} from "../../web/sse-transport.js"
 import {SLUICE_BIN, SHORT, openClient, closeAllClients, join, push, pushOk, until, sleep, newUserId} from "./helpers.mjs"
-import {startInstance, deleteKeysWithPrefix, countKeysWithPrefix, sessionOf} from "./cluster-helpers.mjs"
+import {startInstance, deleteKeysWithPrefix, countKeysWithPrefix, sessionOf, received, leavesSeen} from "./cluster-helpers.mjs"
 
 const TOPIC = "sala:lobby"
 /** The instances' flags on top of cluster-helpers' (window 2s): sessions outlive any recovery here. */
@@ -206,34 +206,6 @@ function startSenders(group, front, pushers, gapMs = 30){
   }
 }
 
-/** The numbered messages a client received, in order: [{id: "S1:4", stream, n, at}]. */
-function received(c){
-  const out = []
-  for(const e of c.ch.rec.events){
-    let s = null
-    if(e.event === "mensaje_recibido"){
-      const m = /^seq (\S+) (\d+)$/.exec(e.payload.contenido || "")
-      if(m){ s = [m[1], Number(m[2])] }
-    } else if(e.event === "anuncio" && e.payload.origen === "api"){
-      s = ["api", e.payload.n]
-    }
-    if(s){ out.push({id: `${s[0]}:${s[1]}`, stream: s[0], n: s[1], at: e.at}) }
-  }
-  return out
-}
-
-/** Real leaves of a client's presence_diffs: refs that left and did not come back as an update. */
-function leavesSeen(c){
-  const out = []
-  for(const e of c.ch.rec.events){
-    if(e.event !== "presence_diff"){ continue }
-    for(const [key, {metas}] of Object.entries(e.payload.leaves || {})){
-      const prevs = new Set((e.payload.joins?.[key]?.metas || []).map((m) => m.phx_ref_prev).filter(Boolean))
-      for(const m of metas){ if(!prevs.has(m.phx_ref)){ out.push({key, ref: m.phx_ref, at: e.at}) } }
-    }
-  }
-  return out
-}
 
 // ---------------------------------------------------------------------------------------------
 // Checks

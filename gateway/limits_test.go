@@ -45,7 +45,10 @@ func TestSessionsPerUserLimit(t *testing.T) {
 }
 
 func TestPostRateLimit(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 20, 3 })
+	// One token per ~17 minutes: however slow the machine, no token comes
+	// back during the test (the refill is TestPostLimiterRefills's, on a
+	// clock of its own).
+	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 0.001, 3 })
 	a := h.connect("1", "2.0.0")
 	b := h.connect("2", "2.0.0")
 	ping := [][]byte{[]byte(`[null,"1","phoenix","heartbeat",{}]`)}
@@ -60,9 +63,21 @@ func TestPostRateLimit(t *testing.T) {
 	if err := h.gw.Handle(context.Background(), b.tok.SessionID, ping); err != nil {
 		t.Fatalf("another session was limited: %v", err)
 	}
-	time.Sleep(60 * time.Millisecond) // one token back at 20/s
-	if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); err != nil {
-		t.Fatalf("after the bucket refilled: %v", err)
+}
+
+// TestPostLimiterRefills: a spent bucket gives a token back after 1/rate,
+// on the limiter's own clock.
+func TestPostLimiterRefills(t *testing.T) {
+	p := newPostLimiter(20, 1)
+	t0 := time.Now()
+	if !p.allow("s", t0) {
+		t.Fatal("the first request must pass")
+	}
+	if p.allow("s", t0.Add(10*time.Millisecond)) {
+		t.Fatal("a request over the burst must be refused")
+	}
+	if !p.allow("s", t0.Add(60*time.Millisecond)) {
+		t.Fatal("after 1/rate a token must be back")
 	}
 }
 

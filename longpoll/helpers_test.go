@@ -227,12 +227,7 @@ func await(t *testing.T, ch <-chan asyncResp) *lpResp {
 
 // userToken signs a user token for id with the test secret.
 func userToken(t *testing.T, id string) string {
-	t.Helper()
-	tok, err := gateway.SignUserToken(testSecret, id, "", time.Hour)
-	if err != nil {
-		t.Fatalf("SignUserToken: %v", err)
-	}
-	return tok
+	return testroom.UserToken(t, testSecret, id)
 }
 
 func qe(s string) string { return url.QueryEscape(s) }

@@ -1,40 +1,21 @@
 package sse_test
 
 import (
-	"bytes"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/testroom"
 	"github.com/sluicegw/sluice/sse"
 )
-
-// lockedBuffer is a log sink safe for the server's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // Everything public about a session (its id, its event ids) read from a
 // proxy's log is not enough to write to it, and a session is refused to
 // another user even with its credential: nothing of the attempt is applied,
 // and the logs never name a session by anything that proves it.
 func TestSessionTakeoverRefused(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testroom.LogBuffer{}
 	e := newEnv(t, envConfig{Log: logs})
 	victim, vh := e.connect(t, "42", "2.0.0", "join=room:a")
 	requireJoined(t, victim.frames(t, 3), "room:a", "join:1", "42")

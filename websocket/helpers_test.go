@@ -115,12 +115,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 
 // userToken signs a user token for id with the test secret.
 func userToken(t *testing.T, id string) string {
-	t.Helper()
-	tok, err := gateway.SignUserToken(testSecret, id, "", time.Hour)
-	if err != nil {
-		t.Fatalf("SignUserToken: %v", err)
-	}
-	return tok
+	return testroom.UserToken(t, testSecret, id)
 }
 
 // query is the connect query of user with vsn.

@@ -39,7 +39,16 @@ Scenarios (S is the server's secret, K its API key, P its process id):
       sluice bench --url http://127.0.0.1:4001,http://127.0.0.1:4002,http://127.0.0.1:4003 \
         --pid P1,P2,P3 --redis redis://127.0.0.1:6379/0 ...
   (e) Redis commands per broadcast and per poll: add --redis (Sluice must be Redis's only user).
-  (f) WebSocket next to SSE: (a) and (b) again with --transport websocket.`
+  (f) WebSocket next to SSE: (a) and (b) again with --transport websocket.
+  (connect storm) 10,000 connects at 1,000/s; reports failures by kind, the time to connect them all and the
+      server's CPU per connect (with --redis, Redis commands per connect); the run ends once all are in:
+      sluice bench --scenario connect --clients 10000 --connect-rate 1000 --pid P --secret S
+
+Against Centrifugo (v6, for side-by-side figures: --target centrifugo), clients use its unidirectional SSE
+transport, GET /connection/uni_sse with cf_connect {"token":JWT,"subs":{"<topic>":{}}}, and publishers
+POST /api/publish with X-API-Key; --secret is its client.token.hmac_secret_key (HS256), --api-key its
+http_api.key. The broadcast, idle and connect scenarios run against both, with the same checks and figures.
+scripts/bench.sh writes a matching Centrifugo configuration.`
 
 // listFlag is a repeatable flag whose values may also be comma-separated.
 type listFlag []string
@@ -62,9 +71,10 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var publish string
 	var userBase, messages int
 	fs := newFlagSet("bench", benchSummary, stderr)
+	fs.string(&cfg.Target, "target", "", cfg.Target, "the server measured: sluice, or centrifugo (its uni_sse transport and HTTP API; transport sse; scenarios broadcast, idle, connect)")
 	fs.Var(&urls, "url", "base URL of a target (repeatable, or comma-separated); clients and publishers spread over them round-robin (default http://127.0.0.1:4000)")
 	fs.string(&cfg.Transport, "transport", "", cfg.Transport, "sse, longpoll, websocket, or mix (clients in turn over SSE, LongPoll and WebSocket)")
-	fs.string(&cfg.Scenario, "scenario", "", cfg.Scenario, "broadcast (API publishers to open topics), chat (clients push nuevo_mensaje in sala:<id> rooms), or idle (hold connections, publish nothing)")
+	fs.string(&cfg.Scenario, "scenario", "", cfg.Scenario, "broadcast (API publishers to open topics), chat (clients push nuevo_mensaje in sala:<id> rooms), idle (hold connections, publish nothing), or connect (a connect storm: the run ends once every client connected or failed)")
 	fs.string(&publish, "publish", "", "", "api or push: another way to say --scenario broadcast or chat")
 	fs.boolean(&idle, "idle", "", false, "same as --scenario idle")
 	fs.int(&cfg.Clients, "clients", "", cfg.Clients, "number of clients")
@@ -77,14 +87,15 @@ func benchCommand(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	fs.int(&cfg.PayloadBytes, "payload-bytes", "", 0, "pad each message's payload to about this many bytes")
 	fs.string(&cfg.Event, "event", "", cfg.Event, "event name of API broadcasts")
 	fs.duration(&cfg.Ramp, "ramp", "", cfg.Ramp, "spread the clients' connects over this long")
+	fs.float(&cfg.ConnectRate, "connect-rate", "", 0, "start clients at this many per second (replaces --ramp; 0: use --ramp)")
 	fs.duration(&cfg.ConnectTimeout, "connect-timeout", "", cfg.ConnectTimeout, "a client not connected and joined this long after it started counts as failed")
 	fs.duration(&cfg.Settle, "settle", "", cfg.Settle, "pause between the last join and the measurement window")
 	fs.duration(&cfg.Duration, "duration", "", cfg.Duration, "the measurement window: how long publishers publish (idle: how long connections are held)")
 	fs.int(&messages, "messages", "", 0, "end the window once this many messages were sent in all, if --duration has not ended it first (0: no count, the window lasts --duration)")
 	fs.duration(&cfg.Drain, "drain", "", cfg.Drain, "after the window, wait up to this long for deliveries in flight")
 	fs.duration(&cfg.PollTimeout, "poll-timeout", "", cfg.PollTimeout, "timeout of one long-poll request (keep it above the server's --longpoll-window)")
-	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "the server's token secret: the tool signs one user token per client (required)")
-	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "the server's API key, to broadcast and to create chat rooms (required unless idle)")
+	fs.string(&cfg.Secret, "secret", "SLUICE_SECRET", "", "the server's token secret: the tool signs one user token per client (required; centrifugo: its HMAC secret key)")
+	fs.string(&cfg.APIKey, "api-key", "SLUICE_API_KEY", "", "the server's API key, to broadcast and to create chat rooms (required unless idle or connect; centrifugo: http_api.key)")
 	fs.int(&userBase, "user-base", "", int(cfg.UserBase), "user id of the first client; client i is user-base+i")
 	fs.int(&cfg.SourceAddrs, "source-addrs", "", cfg.SourceAddrs, "spread client sockets over 127.0.0.1..127.0.0.N when the targets are loopback addresses (1: no spreading)")
 	fs.Var(&pids, "pid", "process id of a server to read RSS and CPU of (repeatable, or comma-separated; summed)")

@@ -44,9 +44,10 @@ type client struct {
 	rejoin   []bool
 	rejoinAt time.Time
 
-	state    atomic.Int32
-	inWindow bool // connected when the window opened: its deliveries are checked
-	check    checker
+	startedAt time.Time // when it began connecting
+	state     atomic.Int32
+	inWindow  bool // connected when the window opened: its deliveries are checked
+	check     checker
 }
 
 // topicIndex returns the local index of a topic name, or -1.
@@ -78,6 +79,7 @@ func (c *client) nextRef(prefix byte) string {
 // markConnected records that the client connected and joined every topic.
 func (c *client) markConnected() {
 	if c.state.CompareAndSwap(stateConnecting, stateConnected) {
+		c.e.connectHist.Record(time.Since(c.startedAt))
 		c.e.connected.Add(1)
 		c.e.ready.Add(1)
 	}

@@ -35,6 +35,20 @@ const (
 	// ScenarioIdle publishes nothing: clients connect and hold their
 	// connections, to measure what an idle connection costs the server.
 	ScenarioIdle = "idle"
+	// ScenarioConnect is a connect storm: clients connect (at
+	// --connect-rate) and the run ends once every one connected or failed,
+	// to measure what a connect costs the server and whether any fails.
+	ScenarioConnect = "connect"
+)
+
+// Targets: which server the tool speaks to.
+const (
+	// TargetSluice speaks Sluice's Phoenix Channels transports and API.
+	TargetSluice = "sluice"
+	// TargetCentrifugo speaks Centrifugo's (v6) unidirectional SSE
+	// transport (GET /connection/uni_sse) and its HTTP API (POST
+	// /api/publish), so that the same run can be made against both.
+	TargetCentrifugo = "centrifugo"
 )
 
 // Transports.
@@ -53,10 +67,13 @@ type Config struct {
 	// URLs are the targets' base URLs (http://host:port); clients and
 	// publishers spread over them round-robin.
 	URLs []string
+	// Target is TargetSluice or TargetCentrifugo.
+	Target string
 	// Transport is TransportSSE, TransportLongPoll, TransportWebSocket or
 	// TransportMix.
 	Transport string
-	// Scenario is ScenarioBroadcast, ScenarioChat or ScenarioIdle.
+	// Scenario is ScenarioBroadcast, ScenarioChat, ScenarioIdle or
+	// ScenarioConnect.
 	Scenario string
 	// Clients is how many clients connect.
 	Clients int
@@ -82,6 +99,9 @@ type Config struct {
 	Event string
 	// Ramp spreads the clients' connects over this long.
 	Ramp time.Duration
+	// ConnectRate, when > 0, replaces Ramp: clients start at this many per
+	// second (Ramp = Clients/ConnectRate).
+	ConnectRate float64
 	// ConnectTimeout is how long a client may take to connect and join
 	// before it counts as failed.
 	ConnectTimeout time.Duration
@@ -99,9 +119,11 @@ type Config struct {
 	Drain time.Duration
 	// PollTimeout bounds one long-poll request (phoenix.js: 20 s).
 	PollTimeout time.Duration
-	// Secret is the server's token secret; the tool signs user tokens.
+	// Secret is the server's token secret; the tool signs user tokens
+	// (Centrifugo: client.token.hmac_secret_key, for HS256 JWTs).
 	Secret string
-	// APIKey is the bearer key of the server's HTTP API.
+	// APIKey is the key of the server's HTTP API (Sluice: a bearer key;
+	// Centrifugo: http_api.key, sent in X-API-Key).
 	APIKey string
 	// UserBase is the user id of client 0; client i is UserBase+i.
 	UserBase int64
@@ -123,6 +145,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		URLs:           []string{"http://127.0.0.1:4000"},
+		Target:         TargetSluice,
 		Transport:      TransportSSE,
 		Scenario:       ScenarioBroadcast,
 		Clients:        100,
@@ -174,9 +197,21 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--transport must be sse, longpoll, websocket or mix, got %q", c.Transport)
 	}
 	switch c.Scenario {
-	case ScenarioBroadcast, ScenarioChat, ScenarioIdle:
+	case ScenarioBroadcast, ScenarioChat, ScenarioIdle, ScenarioConnect:
 	default:
-		return fmt.Errorf("--scenario must be broadcast, chat or idle, got %q", c.Scenario)
+		return fmt.Errorf("--scenario must be broadcast, chat, idle or connect, got %q", c.Scenario)
+	}
+	switch c.Target {
+	case TargetSluice:
+	case TargetCentrifugo:
+		if c.Transport != TransportSSE {
+			return fmt.Errorf("--target centrifugo speaks its uni_sse transport only: --transport must be sse, got %q", c.Transport)
+		}
+		if c.Scenario == ScenarioChat {
+			return errors.New("--target centrifugo has no chat app: the scenario must be broadcast, idle or connect")
+		}
+	default:
+		return fmt.Errorf("--target must be sluice or centrifugo, got %q", c.Target)
 	}
 	switch {
 	case c.Clients < 1:
@@ -203,11 +238,13 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--messages must not be negative (0: no count), got %d", c.Messages)
 	case c.Ramp < 0 || c.Settle < 0 || c.Drain < 0:
 		return errors.New("--ramp, --settle and --drain must not be negative")
+	case c.ConnectRate < 0:
+		return fmt.Errorf("--connect-rate must not be negative (0: use --ramp), got %g", c.ConnectRate)
 	case c.ConnectTimeout <= 0 || c.PollTimeout <= 0:
 		return errors.New("--connect-timeout and --poll-timeout must be positive")
 	case len(c.Secret) < 20:
 		return errors.New("--secret (or SLUICE_SECRET) is required: the server's token secret, at least 20 bytes")
-	case c.Scenario != ScenarioIdle && c.APIKey == "":
+	case c.publishes() && c.APIKey == "":
 		return fmt.Errorf("--api-key (or SLUICE_API_KEY) is required by the %s scenario (to %s)", c.Scenario, map[bool]string{true: "create chat rooms", false: "broadcast"}[c.Scenario == ScenarioChat])
 	case c.UserBase < 0:
 		return fmt.Errorf("--user-base must not be negative, got %d", c.UserBase)
@@ -256,6 +293,19 @@ func (c *Config) validateTopics() error {
 		}
 	}
 	return nil
+}
+
+// publishes reports whether the scenario sends messages.
+func (c *Config) publishes() bool {
+	return c.Scenario == ScenarioBroadcast || c.Scenario == ScenarioChat
+}
+
+// ramp returns how long the clients' connects are spread over.
+func (c *Config) ramp() time.Duration {
+	if c.ConnectRate > 0 {
+		return time.Duration(float64(c.Clients) / c.ConnectRate * float64(time.Second))
+	}
+	return c.Ramp
 }
 
 // TopicName returns the name of topic i.

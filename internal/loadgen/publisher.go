@@ -90,9 +90,16 @@ func (e *engine) runPublisher(ctx context.Context, w int, start, end time.Time) 
 		n := e.pubN.Add(1) - 1
 		ti := int(n % int64(cfg.Topics))
 		seq[ti]++
-		body = e.broadcastBody(body[:0], ti, w, seq[ti], time.Now().UnixNano())
-		u := cfg.URLs[int(n%int64(len(cfg.URLs)))] + "/api/broadcast"
-		if err := e.apiRequest(hc, http.MethodPost, u, body); err != nil {
+		base := cfg.URLs[int(n%int64(len(cfg.URLs)))]
+		var err error
+		if e.centrifugo {
+			body = e.publishBody(body[:0], ti, w, seq[ti], time.Now().UnixNano())
+			err = e.centrifugoPublish(hc, base+"/api/publish", body)
+		} else {
+			body = e.broadcastBody(body[:0], ti, w, seq[ti], time.Now().UnixNano())
+			err = e.apiRequest(hc, http.MethodPost, base+"/api/broadcast", body)
+		}
+		if err != nil {
 			e.sendFailed.Add(1)
 			e.errs.add("publish/"+kindOf(err), err.Error())
 			continue
@@ -107,7 +114,25 @@ func (e *engine) broadcastBody(dst []byte, topic, publisher int, seq, unixNano i
 	dst = strconv.AppendQuote(dst, e.topicNames[topic])
 	dst = append(dst, `,"event":"`...)
 	dst = append(dst, e.event...)
-	dst = append(dst, `","payload":{"p":`...)
+	dst = append(dst, `","payload":`...)
+	dst = e.benchPayload(dst, publisher, seq, unixNano)
+	return append(dst, '}')
+}
+
+// publishBody appends the body of Centrifugo's POST /api/publish, whose
+// data is the same payload as a Sluice broadcast's.
+func (e *engine) publishBody(dst []byte, topic, publisher int, seq, unixNano int64) []byte {
+	dst = append(dst, `{"channel":`...)
+	dst = strconv.AppendQuote(dst, e.topicNames[topic])
+	dst = append(dst, `,"data":`...)
+	dst = e.benchPayload(dst, publisher, seq, unixNano)
+	return append(dst, '}')
+}
+
+// benchPayload appends the measured payload: publisher, sequence, send
+// time and the padding.
+func (e *engine) benchPayload(dst []byte, publisher int, seq, unixNano int64) []byte {
+	dst = append(dst, `{"p":`...)
 	dst = strconv.AppendInt(dst, int64(publisher), 10)
 	dst = append(dst, `,"s":`...)
 	dst = strconv.AppendInt(dst, seq, 10)
@@ -118,7 +143,7 @@ func (e *engine) broadcastBody(dst []byte, topic, publisher int, seq, unixNano i
 		dst = append(dst, e.pad...)
 		dst = append(dst, '"')
 	}
-	return append(dst, "}}"...)
+	return append(dst, '}')
 }
 
 // apiRequest sends an authenticated API request and checks for a 2xx.
@@ -141,6 +166,39 @@ func (e *engine) apiRequest(hc *http.Client, method, u string, body []byte) erro
 		return &kindError{kind: "http_" + strconv.Itoa(resp.StatusCode), err: fmt.Errorf("%s %s: %d %s", method, u, resp.StatusCode, bytes.TrimSpace(msg))}
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
+	return nil
+}
+
+var cfErrorKeys = []string{"error"}
+
+// centrifugoPublish sends one publish to Centrifugo's HTTP API, which
+// answers 200 with {"error":{"code":..,"message":..}} when it refuses.
+func (e *engine) centrifugoPublish(hc *http.Client, u string, body []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build POST %s: %w", u, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-API-Key", e.cfg.APIKey)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return &kindError{kind: errorKind(err), err: fmt.Errorf("POST %s: %w", u, err)}
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode/100 != 2 {
+		return &kindError{kind: "http_" + strconv.Itoa(resp.StatusCode), err: fmt.Errorf("POST %s: %d %s", u, resp.StatusCode, bytes.TrimSpace(answer))}
+	}
+	var vals [1][]byte
+	if err := objectFields(answer, cfErrorKeys, vals[:]); err != nil {
+		return &kindError{kind: "bad_answer", err: fmt.Errorf("POST %s: %w: %.200s", u, err, answer)}
+	}
+	if vals[0] != nil {
+		return &kindError{kind: "api_error", err: fmt.Errorf("POST %s: refused: %.200s", u, vals[0])}
+	}
 	return nil
 }
 

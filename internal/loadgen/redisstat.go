@@ -27,6 +27,7 @@ type redisProbe struct {
 
 // redisSample is one reading of the counters.
 type redisSample struct {
+	at    time.Time
 	total int64            // total_commands_processed
 	calls map[string]int64 // per command, from INFO commandstats
 }
@@ -55,7 +56,7 @@ func (p *redisProbe) close() error { return p.client.Close() }
 func (p *redisProbe) sample(ctx context.Context) (redisSample, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	s := redisSample{calls: map[string]int64{}}
+	s := redisSample{at: time.Now(), calls: map[string]int64{}}
 	stats, err := p.client.Info(ctx, "stats").Result()
 	if err != nil {
 		return s, fmt.Errorf("redis INFO stats: %w", err)
@@ -91,12 +92,20 @@ func (p *redisProbe) sample(ctx context.Context) (redisSample, error) {
 	return s, nil
 }
 
-// RedisStats is what Redis did during the window (and drain).
+// RedisStats is what Redis did during the window (and drain), or during
+// the connect phase.
 type RedisStats struct {
 	// Commands is the number of commands Redis processed (INFO
 	// total_commands_processed, which counts the commands Lua scripts run),
 	// less the tool's own INFO calls.
 	Commands int64 `json:"commands"`
+	// Seconds is the wall time between the two readings.
+	Seconds float64 `json:"seconds"`
+	// PerSecond is Commands per second: with no message published (the
+	// idle scenario), what idle connections cost Redis.
+	PerSecond float64 `json:"per_second"`
+	// PerConnect is Commands per client connected (connect phase only).
+	PerConnect float64 `json:"per_connect,omitempty"`
 	// PerBroadcast is Commands per message published (broadcast or push).
 	PerBroadcast float64 `json:"per_broadcast,omitempty"`
 	// PerRoundTrip is Commands per long-poll round trip.
@@ -115,7 +124,10 @@ type RedisCommand struct {
 
 // redisDelta compares two samples.
 func redisDelta(before, after redisSample) *RedisStats {
-	rs := &RedisStats{Commands: max(0, after.total-before.total-probeReads)}
+	rs := &RedisStats{Commands: max(0, after.total-before.total-probeReads), Seconds: after.at.Sub(before.at).Seconds()}
+	if rs.Seconds > 0 {
+		rs.PerSecond = float64(rs.Commands) / rs.Seconds
+	}
 	for name, n := range after.calls {
 		if name == "info" {
 			continue

@@ -13,6 +13,8 @@ import (
 // Report is the result of a run. Rates are per second of the measurement
 // window; latencies are in milliseconds.
 type Report struct {
+	// Target is the kind of server measured: sluice or centrifugo.
+	Target    string `json:"target"`
 	Scenario  string `json:"scenario"`
 	Transport string `json:"transport"`
 	// TopicPattern names the topics (Config.TopicPattern).
@@ -21,16 +23,25 @@ type Report struct {
 	Interrupted  bool     `json:"interrupted,omitempty"`
 
 	// Clients.
-	Clients          int                   `json:"clients"`
-	Started          int                   `json:"started"`
-	Connected        int                   `json:"connected"`
-	ConnectedSSE     int                   `json:"connected_sse"`
-	ConnectedLP      int                   `json:"connected_longpoll"`
-	ConnectedWS      int                   `json:"connected_websocket"`
-	Failed           int                   `json:"failed"`
-	FailedByKind     map[string]ErrorCount `json:"failed_by_kind,omitempty"`
-	JoinedAtEnd      int                   `json:"joined_at_end"`
-	ConnectSeconds   float64               `json:"connect_seconds"`
+	Clients      int                   `json:"clients"`
+	Started      int                   `json:"started"`
+	Connected    int                   `json:"connected"`
+	ConnectedSSE int                   `json:"connected_sse"`
+	ConnectedLP  int                   `json:"connected_longpoll"`
+	ConnectedWS  int                   `json:"connected_websocket"`
+	Failed       int                   `json:"failed"`
+	FailedByKind map[string]ErrorCount `json:"failed_by_kind,omitempty"`
+	JoinedAtEnd  int                   `json:"joined_at_end"`
+	// ConnectSeconds is from the first connect to the last client
+	// connected or failed.
+	ConnectSeconds float64 `json:"connect_seconds"`
+	// RampSeconds is what the connects were spread over, and ConnectRate
+	// the connects per second asked for (0: --ramp was given instead).
+	RampSeconds float64 `json:"ramp_seconds"`
+	ConnectRate float64 `json:"connect_rate_target,omitempty"`
+	// ConnectLatency is each connected client's time from its start to
+	// connected and subscribed (for a long-poll client, its first polls).
+	ConnectLatency   LatencyStats          `json:"connect_latency_ms"`
 	Topics           int                   `json:"topics"`
 	Joins            int                   `json:"joins_per_client"`
 	Publishers       int                   `json:"publishers"`
@@ -60,6 +71,9 @@ type Report struct {
 	Server           *ServerStats          `json:"server,omitempty"`
 	Tool             ToolStats             `json:"tool"`
 	Redis            *RedisStats           `json:"redis,omitempty"`
+	// RedisConnect is what Redis did from the run's start until every
+	// client connected or failed.
+	RedisConnect *RedisStats `json:"redis_connect,omitempty"`
 
 	// OK is false when a message was missed, duplicated or out of order,
 	// more than --max-failed clients failed, or the run was interrupted.
@@ -95,9 +109,12 @@ type ServerStats struct {
 	CPUPercent float64 `json:"cpu_percent"`
 	// CPUPerMillion is CPU seconds per million messages delivered.
 	CPUPerMillion float64 `json:"cpu_seconds_per_million_deliveries,omitempty"`
-	// CPUConnectSeconds is CPU seconds from the first connect to the
-	// window (connecting and joining every client).
+	// CPUConnectSeconds is CPU seconds from the first connect to the last
+	// client connected or failed (connecting and joining every client).
 	CPUConnectSeconds float64 `json:"cpu_connect_seconds"`
+	// CPUPerConnectMs is CPUConnectSeconds per client connected, in
+	// milliseconds.
+	CPUPerConnectMs float64 `json:"cpu_ms_per_connect,omitempty"`
 }
 
 // ToolStats is what the load generator itself used, for judging whether it
@@ -128,13 +145,16 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	head := func(s string) { fmt.Fprintf(tw, "%s\n", s) }
 
-	title := fmt.Sprintf("sluice bench: %s over %s, %d clients, %s", r.Scenario, r.Transport, r.Clients, strings.Join(r.URLs, ", "))
+	title := fmt.Sprintf("sluice bench: %s over %s, %d clients, %s %s", r.Scenario, r.Transport, r.Clients, r.Target, strings.Join(r.URLs, ", "))
 	if r.Interrupted {
 		title += " (interrupted)"
 	}
 	head(title)
 	head("clients")
-	line("connected", "%d of %d (sse %d, longpoll %d, websocket %d) in %.1fs", r.Connected, r.Clients, r.ConnectedSSE, r.ConnectedLP, r.ConnectedWS, r.ConnectSeconds)
+	line("connected", "%d of %d (sse %d, longpoll %d, websocket %d) in %.1fs (ramp %.1fs)", r.Connected, r.Clients, r.ConnectedSSE, r.ConnectedLP, r.ConnectedWS, r.ConnectSeconds, r.RampSeconds)
+	if l := r.ConnectLatency; l.Count > 0 {
+		line("connect ms", "p50 %.1f  p90 %.1f  p99 %.1f  max %.1f", l.P50, l.P90, l.P99, l.Max)
+	}
 	if r.Started < r.Clients {
 		line("not started", "%d", r.Clients-r.Started)
 	}
@@ -149,8 +169,10 @@ func (r *Report) WriteText(w io.Writer) error {
 	line("rejoins", "%d", r.Rejoins)
 	line("file limit", "%d (source addresses %d)", r.FileLimit, r.SourceAddrs)
 
-	head(fmt.Sprintf("window %.1fs, drain %.1fs", r.WindowSeconds, r.DrainSeconds))
-	if r.Scenario != ScenarioIdle {
+	if r.Scenario != ScenarioConnect {
+		head(fmt.Sprintf("window %.1fs, drain %.1fs", r.WindowSeconds, r.DrainSeconds))
+	}
+	if r.Scenario == ScenarioBroadcast || r.Scenario == ScenarioChat {
 		rate := "as fast as possible"
 		if r.RateTarget > 0 {
 			rate = fmt.Sprintf("%g/s", r.RateTarget)
@@ -173,15 +195,21 @@ func (r *Report) WriteText(w io.Writer) error {
 		line("RSS baseline", "%s", mib(s.RSSBaselineBytes))
 		line("RSS connected", "%s  (%s per connection above baseline)", mib(s.RSSIdleBytes), kib(s.RSSIdlePerConn))
 		line("RSS at end", "%s  (%s per connection above baseline)", mib(s.RSSEndBytes), kib(s.RSSEndPerConn))
-		line("CPU connecting", "%.2fs", s.CPUConnectSeconds)
-		line("CPU window+drain", "%.2fs (%.0f%% of a core)", s.CPUSeconds, s.CPUPercent)
+		line("CPU connecting", "%.2fs (%.2f ms per connect)", s.CPUConnectSeconds, s.CPUPerConnectMs)
+		if r.Scenario != ScenarioConnect {
+			line("CPU window+drain", "%.2fs (%.0f%% of a core)", s.CPUSeconds, s.CPUPercent)
+		}
 		if s.CPUPerMillion > 0 {
 			line("CPU per million deliveries", "%.1fs", s.CPUPerMillion)
 		}
 	}
+	if rs := r.RedisConnect; rs != nil {
+		head("redis while connecting")
+		line("commands", "%d (%.2f per connect, %.1f/s)", rs.Commands, rs.PerConnect, rs.PerSecond)
+	}
 	if rs := r.Redis; rs != nil {
-		head("redis")
-		line("commands", "%d", rs.Commands)
+		head("redis during the window")
+		line("commands", "%d (%.1f/s)", rs.Commands, rs.PerSecond)
 		if rs.PerBroadcast > 0 {
 			line("per broadcast", "%.2f", rs.PerBroadcast)
 		}

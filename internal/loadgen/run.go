@@ -24,10 +24,12 @@ type engine struct {
 	pad        string
 	topicNames []string
 
-	hist      Histogram
-	errs      errorTable
-	failKinds errorTable
-	measuring atomic.Bool
+	hist        Histogram
+	connectHist Histogram // each client's time from its start to connected
+	centrifugo  bool      // the target is Centrifugo
+	errs        errorTable
+	failKinds   errorTable
+	measuring   atomic.Bool
 
 	delivered, dups, reconnects, rejoins, roundTrips atomic.Int64
 	emptyPolls                                       atomic.Int64 // round trips answered 204
@@ -48,6 +50,7 @@ type runner interface {
 func (c *sseClient) core() *client { return &c.client }
 func (c *lpClient) core() *client  { return &c.client }
 func (c *wsClient) core() *client  { return &c.client }
+func (c *cfClient) core() *client  { return &c.client }
 
 // userTokenMaxAge is the max age the tool signs user tokens with.
 const userTokenMaxAge = 24 * time.Hour
@@ -85,11 +88,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	toolStart, _ := ReadProcs([]int{0})
 
 	e := &engine{
-		cfg:    &cfg,
-		signer: token.NewSigner(cfg.Secret, gateway.UserSocketSalt),
-		event:  cfg.Event,
-		chat:   cfg.Scenario == ScenarioChat,
-		sent:   make([]atomic.Int64, cfg.Topics),
+		cfg:        &cfg,
+		signer:     token.NewSigner(cfg.Secret, gateway.UserSocketSalt),
+		event:      cfg.Event,
+		chat:       cfg.Scenario == ScenarioChat,
+		centrifugo: cfg.Target == TargetCentrifugo,
+		sent:       make([]atomic.Int64, cfg.Topics),
 	}
 	if e.chat {
 		e.event = "mensaje_recibido"
@@ -109,13 +113,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer e.pool.close()
 
 	var probe *redisProbe
-	var redisBefore redisSample
+	var redisStart, redisBefore redisSample
 	if cfg.RedisURL != "" {
 		if probe, err = newRedisProbe(cfg.RedisURL); err != nil {
 			return nil, err
 		}
 		defer probe.close()
-		if _, err := probe.sample(ctx); err != nil {
+		if redisStart, err = probe.sample(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -131,6 +135,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		var c *client
 		switch cfg.TransportOf(i) {
 		case TransportSSE:
+			if e.centrifugo {
+				cc := &cfClient{}
+				clients[i], c = cc, &cc.client
+				break
+			}
 			sc := &sseClient{}
 			clients[i], c = sc, &sc.client
 		case TransportWebSocket:
@@ -149,12 +158,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	defer stopClients()
 	var clientWG sync.WaitGroup
 	launched := make(chan struct{})
+	ramp := cfg.ramp()
 	rampStart := time.Now()
-	logf("connecting %d %s clients over %s to %s", cfg.Clients, cfg.Transport, cfg.Ramp, strings.Join(cfg.URLs, ", "))
+	logf("connecting %d %s clients over %s to %s %s", cfg.Clients, cfg.Transport, ramp, cfg.Target, strings.Join(cfg.URLs, ", "))
 	go func() {
 		defer close(launched)
 		for i, r := range clients {
-			at := rampStart.Add(cfg.Ramp * time.Duration(i) / time.Duration(len(clients)))
+			at := rampStart.Add(ramp * time.Duration(i) / time.Duration(len(clients)))
 			if !sleepCtx(ctx, time.Until(at)) {
 				return
 			}
@@ -168,14 +178,27 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}()
 
 	rep := &Report{
+		Target: cfg.Target, ConnectRate: cfg.ConnectRate, RampSeconds: ramp.Seconds(),
 		Scenario: cfg.Scenario, Transport: cfg.Transport, TopicPattern: cfg.TopicPattern, URLs: cfg.URLs, Clients: cfg.Clients,
 		Topics: cfg.Topics, Joins: cfg.Joins, RateTarget: cfg.Rate, FileLimit: limit, SourceAddrs: addrs,
 	}
 	interrupted := !e.waitConnected(ctx, launched, logf)
 	connectedAt := time.Now()
+	connected, _ := ReadProcs(cfg.PIDs)
 	rep.ConnectSeconds = connectedAt.Sub(rampStart).Seconds()
 	logf("connected %d, failed %d, in %.1fs", e.connected.Load(), e.failed.Load(), rep.ConnectSeconds)
-	if !interrupted && !sleepCtx(ctx, cfg.Settle) {
+	if probe != nil {
+		if s, err := probe.sample(context.WithoutCancel(ctx)); err != nil {
+			logf("warning: %v", err)
+		} else {
+			rep.RedisConnect = redisDelta(redisStart, s)
+			if n := e.connected.Load(); n > 0 {
+				rep.RedisConnect.PerConnect = float64(rep.RedisConnect.Commands) / float64(n)
+			}
+		}
+	}
+	connectOnly := cfg.Scenario == ScenarioConnect
+	if !interrupted && !connectOnly && !sleepCtx(ctx, cfg.Settle) {
 		interrupted = true
 	}
 
@@ -196,7 +219,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	windowEnd := windowStart
 	if e.connected.Load() == 0 {
 		logf("no client connected: nothing to measure")
-	} else if !interrupted {
+	} else if !interrupted && !connectOnly {
 		e.measuring.Store(true)
 		end := windowStart.Add(cfg.Duration)
 		wctx, cancel := context.WithDeadline(ctx, end)
@@ -236,7 +259,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		} else {
 			logf("window: %s for %s", cfg.Scenario, cfg.Duration)
 		}
-		if cfg.Messages > 0 && cfg.Scenario != ScenarioIdle {
+		if cfg.Messages > 0 && cfg.publishes() {
 			// Publishers return early once Messages were sent: the window ends.
 			go func() { pubWG.Wait(); cancel() }()
 		}
@@ -253,7 +276,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		after, err := probe.sample(context.WithoutCancel(ctx))
 		if err != nil {
 			logf("warning: %v", err)
-		} else {
+		} else if !connectOnly {
 			rep.Redis = redisDelta(redisBefore, after)
 		}
 	}
@@ -284,7 +307,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			RSSIdleBytes:      idle.RSSBytes,
 			RSSEndBytes:       end.RSSBytes,
 			CPUSeconds:        end.CPUSeconds - idle.CPUSeconds,
-			CPUConnectSeconds: idle.CPUSeconds - baseline.CPUSeconds,
+			CPUConnectSeconds: connected.CPUSeconds - baseline.CPUSeconds,
+		}
+		if rep.Connected > 0 {
+			s.CPUPerConnectMs = 1000 * s.CPUConnectSeconds / float64(rep.Connected)
 		}
 		if rep.Connected > 0 {
 			s.RSSIdlePerConn = float64(idle.RSSBytes-baseline.RSSBytes) / float64(rep.Connected)
@@ -340,16 +366,21 @@ func (e *engine) initClient(c *client, i int) {
 // start runs one client: sign its token, then connect and receive.
 func (e *engine) start(ctx context.Context, r runner) {
 	c := r.core()
-	data := any(c.user)
-	if n, err := strconv.ParseInt(c.user, 10, 64); err == nil {
-		data = n // as gateway.SignUserToken signs an all-digits user id
+	c.startedAt = time.Now()
+	if e.centrifugo {
+		c.token = centrifugoToken(c.user, e.cfg.Secret, c.startedAt, userTokenMaxAge)
+	} else {
+		data := any(c.user)
+		if n, err := strconv.ParseInt(c.user, 10, 64); err == nil {
+			data = n // as gateway.SignUserToken signs an all-digits user id
+		}
+		tok, err := e.signer.Sign(data, c.startedAt, userTokenMaxAge)
+		if err != nil {
+			c.markFailed("token", err.Error())
+			return
+		}
+		c.token = tok
 	}
-	tok, err := e.signer.Sign(data, time.Now(), userTokenMaxAge)
-	if err != nil {
-		c.markFailed("token", err.Error())
-		return
-	}
-	c.token = tok
 	r.prepare()
 	r.run(ctx)
 	// A client stopped before it connected (the run ended) counts as
@@ -441,7 +472,7 @@ func (e *engine) fillClients(rep *Report, clients []runner) {
 		c := r.core()
 		if c.state.Load() == stateConnected {
 			switch r.(type) {
-			case *sseClient:
+			case *sseClient, *cfClient:
 				rep.ConnectedSSE++
 			case *wsClient:
 				rep.ConnectedWS++
@@ -452,7 +483,7 @@ func (e *engine) fillClients(rep *Report, clients []runner) {
 				rep.JoinedAtEnd++
 			}
 		}
-		if !c.inWindow || e.cfg.Scenario == ScenarioIdle {
+		if !c.inWindow || !e.cfg.publishes() {
 			continue
 		}
 		v := c.check.verdict(e.expectedOf(c))
@@ -481,12 +512,17 @@ func (e *engine) fillMessages(rep *Report) {
 		rep.DeliveredPerSec = float64(rep.Delivered) / w
 		rep.RoundTripsPerSec = float64(rep.RoundTrips) / w
 	}
-	h := &e.hist
-	rep.Latency = LatencyStats{
+	rep.Latency = latencyOf(&e.hist)
+	rep.ConnectLatency = latencyOf(&e.connectHist)
+	rep.Errors = e.errs.snapshot()
+}
+
+// latencyOf summarizes a histogram in milliseconds.
+func latencyOf(h *Histogram) LatencyStats {
+	return LatencyStats{
 		Count: h.Count(), Mean: ms(h.Mean()), P50: ms(h.Percentile(0.5)), P90: ms(h.Percentile(0.9)),
 		P99: ms(h.Percentile(0.99)), Max: ms(h.Max()),
 	}
-	rep.Errors = e.errs.snapshot()
 }
 
 // claim reserves one send against Config.Messages and reports whether the

@@ -159,18 +159,23 @@ func (c *sseClient) stream(ctx context.Context, deadline time.Time) error {
 
 // readLine returns the next line without its line ending. The slice is
 // valid until the next call.
-func (c *sseClient) readLine() ([]byte, error) {
-	line, err := c.br.ReadSlice('\n')
+func (c *sseClient) readLine() ([]byte, error) { return readSSELine(c.br, &c.long) }
+
+// readSSELine returns the next line of an event stream without its line
+// ending, assembling a line longer than br's buffer in *long. The slice is
+// valid until the next call.
+func readSSELine(br *bufio.Reader, long *[]byte) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
 	if errors.Is(err, bufio.ErrBufferFull) {
-		c.long = append(c.long[:0], line...)
+		*long = append((*long)[:0], line...)
 		for errors.Is(err, bufio.ErrBufferFull) {
-			line, err = c.br.ReadSlice('\n')
-			c.long = append(c.long, line...)
-			if len(c.long) > maxPayloadBytes*2 {
+			line, err = br.ReadSlice('\n')
+			*long = append(*long, line...)
+			if len(*long) > maxPayloadBytes*2 {
 				return nil, fmt.Errorf("an SSE line longer than %d bytes", maxPayloadBytes*2)
 			}
 		}
-		line = c.long
+		line = *long
 	}
 	if err != nil {
 		return nil, err

@@ -2,15 +2,46 @@
 # Runs the load scenarios of BENCHMARKS.md on this machine, on loopback only,
 # and prints one line per run; each run's full report is kept as JSON.
 #
-#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] [c] [d] [e] [f]   (default: all)
+#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] ... [i]   (default: all)
+#
+# Scenarios:
+#   a  10,000 idle SSE streams (memory store): server RSS per connection.
+#   b  one topic, 2,000 and 5,000 SSE subscribers, broadcasts at $BENCH_RATES.
+#   c  2,000 long-poll chat clients in 100 rooms, 10% pushing.
+#   d  b and c against three instances sharing Redis (direct and via a proxy).
+#   e  Redis round trips per operation (Go benchmarks).
+#   f  WebSocket next to SSE (idle 10,000; 2,000 subscribers at 10, 100/s, max).
+# Side by side with Centrifugo v6 (its uni_sse transport), each run made
+# against a fresh Sluice and then a fresh Centrifugo, both on the same Redis:
+#   g  idle SSE streams, 1,000, 10,000 and 20,000 ($BENCH_IDLE_COUNTS) at
+#      1,000 connects/s, held $BENCH_IDLE_WINDOW: RSS and CPU per connection,
+#      and Redis operations per second while idle.
+#   h  connect storm: 10,000 SSE connects at 1,000/s, three times: failures by
+#      kind, time to connect all, server CPU per connect, Redis commands per
+#      connect (and, Sluice only, the same for 10,000 long-poll first polls).
+#   i  fan-out: 2,000 subscribers of one topic at 10 and 100 broadcasts/s,
+#      5,000 at 10 and 40/s: latency, CPU per million deliveries.
+# g, h and i end with a side-by-side table (Sluice, Centrifugo, and their
+# ratio) in side-by-side.txt. Centrifugo's configuration is written to
+# centrifugo.json in the output folder. Without a Centrifugo binary
+# ($CENTRIFUGO_BIN, default ~/go/bin/centrifugo; install it with
+# `go install github.com/centrifugal/centrifugo/v6@v6.9.1`), the script
+# says so once and runs Sluice alone.
 #
 # Every run starts fresh servers and stops them; nothing is left running.
-# (d) and (e) need Redis at $BENCH_REDIS (default redis://127.0.0.1:6379/0);
-# their keys use a prefix of their own and are deleted afterwards.
+# (d), (e), (g), (h) and (i) need Redis at $BENCH_REDIS (default
+# redis://127.0.0.1:6379/0); their keys use a prefix of their own and are
+# deleted afterwards. Redis command counts are Redis-wide (INFO): only
+# meaningful when nothing else uses that Redis during the run.
 # Environment: SLUICE_BIN (default bin/sluice), BENCH_OUT (default
 # bench-results/<date>), BENCH_DURATION (default 15s), BENCH_RATES (the
 # broadcast rates of b and d, default "10 25 50 100 200 400 0"; 0 is as fast
-# as possible).
+# as possible), CENTRIFUGO_BIN, BENCH_IDLE_COUNTS (default "1000 10000
+# 20000"), BENCH_IDLE_WINDOW (default 30s), BENCH_STORM_RUNS (default 3),
+# BENCH_STORM_CLIENTS (default 10000), BENCH_FANOUT_CLIENTS (the two
+# subscriber counts of i, default "2000 5000"). A small trial of g, h and i:
+#   BENCH_IDLE_COUNTS=300 BENCH_IDLE_WINDOW=10s BENCH_STORM_RUNS=1 BENCH_STORM_CLIENTS=300 \
+#   BENCH_FANOUT_CLIENTS="300 300" BENCH_DURATION=5s scripts/bench.sh g h i
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,6 +50,12 @@ OUT=${BENCH_OUT:-bench-results/$(date -u +%Y%m%d-%H%M%S)}
 DURATION=${BENCH_DURATION:-15s}
 RATES=${BENCH_RATES:-10 25 50 100 200 400 0}
 REDIS=${BENCH_REDIS:-redis://127.0.0.1:6379/0}
+CF_BIN=${CENTRIFUGO_BIN:-$HOME/go/bin/centrifugo}
+IDLE_COUNTS=${BENCH_IDLE_COUNTS:-1000 10000 20000}
+IDLE_WINDOW=${BENCH_IDLE_WINDOW:-30s}
+STORM_RUNS=${BENCH_STORM_RUNS:-3}
+STORM_CLIENTS=${BENCH_STORM_CLIENTS:-10000}
+read -r FANOUT_SMALL FANOUT_LARGE <<<"${BENCH_FANOUT_CLIENTS:-2000 5000}"
 # The servers and the tool get their settings from flags only: no SLUICE_*
 # variable of the person running this changes a run.
 for v in $(compgen -e | grep '^SLUICE_' || true); do unset "$v"; done
@@ -26,6 +63,8 @@ SECRET=bench-secret-bench-secret-bench-secret
 KEY=bench-key
 mkdir -p "$OUT"
 [ -x "$BIN" ] || { echo "no $BIN: run scripts/build.sh $BIN" >&2; exit 1; }
+# Every client and every server connection is a file: use the hard limit.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 PIDS=()
 cleanup(){ for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
@@ -53,7 +92,11 @@ run(){
     const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")), s = r.server || {}, l = r.latency_ms || {}
     const kib = (b) => b == null ? "-" : (b / 1024).toFixed(1)
     const f = (x, d = 0) => x == null ? "-" : Number(x).toFixed(d)
-    console.log([process.argv[2].padEnd(22), `clients ${r.connected}/${r.clients}`, `sent/s ${f(r.sent_per_second, 1)}`,
+    const rc = r.redis_connect, rw = r.redis
+    console.log([process.argv[2].padEnd(22), `clients ${r.connected}/${r.clients}`,
+      `connect ${f(r.connect_seconds, 1)}s p99 ${f((r.connect_latency_ms || {}).p99, 1)} ms cpu ${f(s.cpu_connect_seconds, 2)}s (${f(s.cpu_ms_per_connect, 2)} ms/conn)`,
+      rc ? `redis cmds/connect ${f(rc.per_connect, 2)}` : "", rw ? `redis/s ${f(rw.per_second, 1)}` : "",
+      `sent/s ${f(r.sent_per_second, 1)}`,
       `deliv/s ${f(r.delivered_per_second)}`, `rt/s ${f(r.poll_round_trips_per_second)}`,
       `p50 ${f(l.p50, 1)} p90 ${f(l.p90, 1)} p99 ${f(l.p99, 1)} max ${f(l.max, 1)} ms`,
       `missed ${r.missed} dup ${r.duplicated} ooo ${r.out_of_order}`,
@@ -67,6 +110,103 @@ run(){
 ramp_for(){ echo "$(( ($1 + 249) / 250 ))s"; }
 
 redis_clean(){ redis-cli -u "$REDIS" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null; }
+
+# --- Centrifugo, side by side ---------------------------------------------
+CF_PORT=4390
+CF_PREFIX="sluicebench-cf-$$"
+HAVE_CF=0
+if [ -f "$CF_BIN" ] && [ -x "$CF_BIN" ]; then
+  HAVE_CF=1
+else
+  echo "no Centrifugo binary at $CF_BIN (set CENTRIFUGO_BIN, or go install github.com/centrifugal/centrifugo/v6@v6.9.1): the side-by-side scenarios run Sluice alone"
+fi
+
+# write_centrifugo_config: Centrifugo v6 with the uni_sse transport, the
+# Redis engine on the same Redis as Sluice (its own key prefix), the same
+# token secret (HS256) and API key, and bench:* channels any connected user
+# may subscribe to from the connect request, as Sluice's --open-topics.
+write_centrifugo_config(){
+  cat >"$OUT/centrifugo.json" <<JSON
+{
+  "http_server": {"address": "127.0.0.1", "port": $CF_PORT},
+  "log": {"level": "warn"},
+  "usage_stats": {"disabled": true},
+  "health": {"enabled": true},
+  "client": {"token": {"hmac_secret_key": "$SECRET"}},
+  "http_api": {"key": "$KEY"},
+  "uni_sse": {"enabled": true},
+  "engine": {"type": "redis", "redis": {"address": ["$REDIS"], "prefix": "$CF_PREFIX"}},
+  "channel": {
+    "without_namespace": {"allow_subscribe_for_client": true},
+    "namespaces": [{"name": "bench", "allow_subscribe_for_client": true}]
+  }
+}
+JSON
+  "$CF_BIN" checkconfig --config "$OUT/centrifugo.json" >>"$OUT/centrifugo.log" 2>&1 || {
+    echo "centrifugo rejects $OUT/centrifugo.json:" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1; }
+}
+
+start_centrifugo(){
+  [ -f "$OUT/centrifugo.json" ] || write_centrifugo_config
+  "$CF_BIN" --config "$OUT/centrifugo.json" >>"$OUT/centrifugo.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$CF_PORT/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "centrifugo did not start" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1
+}
+
+# pair NAME [bench flags...]: the same run against a fresh Sluice on Redis,
+# then (when installed) a fresh Centrifugo on the same Redis; each run's
+# report is NAME.sluice.json and NAME.centrifugo.json.
+pair(){
+  local name=$1; shift
+  local prefix="sluicebench:$RANDOM$RANDOM:"
+  start_server 4300 --redis "$REDIS" --redis-prefix "$prefix"
+  run "$name.sluice" --url http://127.0.0.1:4300 --redis "$REDIS" "$@"
+  cleanup; redis_clean "$prefix"
+  if [ "$HAVE_CF" = 1 ]; then
+    start_centrifugo
+    run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$REDIS" "$@"
+    cleanup; redis_clean "$CF_PREFIX"
+  fi
+}
+
+# side_by_side PREFIX: a table of the pairs whose names start with PREFIX.
+side_by_side(){
+  node -e '
+    const fs = require("fs"), path = require("path"), [dir, prefix] = process.argv.slice(1)
+    const read = (f) => { try { return JSON.parse(fs.readFileSync(path.join(dir, f), "utf8")) } catch { return null } }
+    const names = fs.readdirSync(dir).filter((f) => f.startsWith(prefix) && f.endsWith(".sluice.json")).sort()
+      .map((f) => f.slice(0, -".sluice.json".length))
+    const g = (o, p) => p.split(".").reduce((x, k) => x == null ? null : x[k], o)
+    const metrics = {
+      idle: [["RSS per connection, KiB", "server.rss_idle_per_connection_bytes", 1 / 1024, 1], ["CPU idle, % of a core", "server.cpu_percent", 1, 1],
+        ["Redis ops/s while idle", "redis.per_second", 1, 1], ["CPU per connect, ms", "server.cpu_ms_per_connect", 1, 2], ["failed", "failed", 1, 0]],
+      connect: [["failed", "failed", 1, 0], ["time to connect all, s", "connect_seconds", 1, 1], ["connect p99, ms", "connect_latency_ms.p99", 1, 1],
+        ["CPU connecting, s", "server.cpu_connect_seconds", 1, 2], ["CPU per connect, ms", "server.cpu_ms_per_connect", 1, 3],
+        ["Redis commands per connect", "redis_connect.per_connect", 1, 2]],
+      broadcast: [["delivered/s", "delivered_per_second", 1, 0], ["p50, ms", "latency_ms.p50", 1, 1], ["p99, ms", "latency_ms.p99", 1, 1],
+        ["max, ms", "latency_ms.max", 1, 1], ["CPU per million deliveries, s", "server.cpu_seconds_per_million_deliveries", 1, 2],
+        ["CPU, % of a core", "server.cpu_percent", 1, 0], ["Redis commands per broadcast", "redis.per_broadcast", 1, 2],
+        ["missed + dup + out of order", null, 1, 0]],
+    }
+    const out = []
+    for (const n of names) {
+      const s = read(n + ".sluice.json"), c = read(n + ".centrifugo.json")
+      if (!s) continue
+      out.push(`${n}  (sluice ${s.ok ? "ok" : "FAILED"}${c ? ", centrifugo " + (c.ok ? "ok" : "FAILED") : ", no centrifugo run"})`)
+      out.push(`  ${"".padEnd(32)}${"Sluice".padStart(12)}${"Centrifugo".padStart(12)}${"S/C".padStart(10)}`)
+      for (const [label, p, k, d] of metrics[s.scenario] || []) {
+        const v = (r) => r == null ? null : p == null ? r.missed + r.duplicated + r.out_of_order : g(r, p) == null ? null : g(r, p) * k
+        const a = v(s), b = v(c)
+        const fmt = (x) => x == null ? "-" : x.toFixed(d)
+        const r = a != null && b != null && b !== 0 ? a / b : null
+        const ratio = r == null ? "-" : r >= 1000 ? r.toExponential(1) : r.toFixed(2)
+        out.push(`  ${label.padEnd(32)}${fmt(a).padStart(12)}${fmt(b).padStart(12)}${ratio.padStart(10)}`)
+      }
+    }
+    console.log(out.join("\n"))
+  ' "$OUT" "$1" | tee -a "$OUT/side-by-side.txt"
+}
 
 scenario_a(){
   start_server 4300
@@ -168,8 +308,50 @@ scenario_f(){
   done
 }
 
+# (g) idle streams side by side, with Redis operations per second.
+scenario_g(){
+  local n need
+  for n in $IDLE_COUNTS; do
+    need=$((n + 200))
+    if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$need" ]; then
+      echo "g-idle-sse-$n: skipped: $n streams need an open-file limit of about $need (ulimit -Hn is $(ulimit -Hn))" | tee -a "$OUT/summary.txt"
+      continue
+    fi
+    pair "g-idle-sse-$n" --scenario idle --clients "$n" --connect-rate 1000 --duration "$IDLE_WINDOW"
+  done
+  side_by_side g-
+}
+
+# (h) connect storms side by side: 10,000 SSE connects at 1,000/s, timing
+# out at 10 s, $STORM_RUNS times; then Sluice's long-poll first polls.
+scenario_h(){
+  local k
+  for k in $(seq "$STORM_RUNS"); do
+    pair "h-connect-sse-$STORM_CLIENTS-run$k" --scenario connect --clients "$STORM_CLIENTS" --connect-rate 1000 --connect-timeout 10s
+  done
+  local prefix="sluicebench:$RANDOM$RANDOM:"
+  start_server 4300 --redis "$REDIS" --redis-prefix "$prefix"
+  run "h-connect-lp-$STORM_CLIENTS.sluice" --scenario connect --transport longpoll --url http://127.0.0.1:4300 --redis "$REDIS" \
+    --clients "$STORM_CLIENTS" --connect-rate 1000 --connect-timeout 10s
+  cleanup; redis_clean "$prefix"
+  side_by_side h-
+}
+
+# (i) fan-out side by side: one topic, 2,000 subscribers at 10 and 100
+# broadcasts/s, 5,000 at 10 and 40/s.
+scenario_i(){
+  local rate
+  for rate in 10 100; do
+    pair "i-sse-$FANOUT_SMALL-rate-$rate" --clients "$FANOUT_SMALL" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
+  done
+  for rate in 10 40; do
+    pair "i-sse-$FANOUT_LARGE-rate-$rate" --clients "$FANOUT_LARGE" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
+  done
+  side_by_side i-
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(a b c d e f)
+[ ${#want[@]} -gt 0 ] || want=(a b c d e f g h i)
 echo "results in $OUT"
 for s in "${want[@]}"; do "scenario_$s"; done
 echo "summary: $OUT/summary.txt"

@@ -154,20 +154,34 @@ start_centrifugo(){
   echo "centrifugo did not start" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1
 }
 
-# pair NAME [bench flags...]: the same run against a fresh Sluice on Redis,
-# then (when installed) a fresh Centrifugo on the same Redis; each run's
-# report is NAME.sluice.json and NAME.centrifugo.json.
+# pair NAME [bench flags...]: the same run against a fresh Sluice on Redis
+# and (when installed) a fresh Centrifugo on the same Redis, one after the
+# other, which one goes first alternating from pair to pair (so that neither
+# always gets the cooler machine); each run's report is NAME.sluice.json and
+# NAME.centrifugo.json.
+PAIRS=0
 pair(){
+  local name=$1; shift
+  PAIRS=$((PAIRS + 1))
+  if [ "$HAVE_CF" = 1 ] && [ $((PAIRS % 2)) = 0 ]; then
+    pair_centrifugo "$name" "$@"; pair_sluice "$name" "$@"
+  else
+    pair_sluice "$name" "$@"; [ "$HAVE_CF" = 1 ] && pair_centrifugo "$name" "$@"
+  fi
+  return 0
+}
+pair_sluice(){
   local name=$1; shift
   local prefix="sluicebench:$RANDOM$RANDOM:"
   start_server 4300 --redis "$REDIS" --redis-prefix "$prefix"
   run "$name.sluice" --url http://127.0.0.1:4300 --redis "$REDIS" "$@"
   cleanup; redis_clean "$prefix"
-  if [ "$HAVE_CF" = 1 ]; then
-    start_centrifugo
-    run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$REDIS" "$@"
-    cleanup; redis_clean "$CF_PREFIX"
-  fi
+}
+pair_centrifugo(){
+  local name=$1; shift
+  start_centrifugo
+  run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$REDIS" "$@"
+  cleanup; redis_clean "$CF_PREFIX"
 }
 
 # side_by_side PREFIX: a table of the pairs whose names start with PREFIX.

@@ -265,6 +265,11 @@ func TestRunConnectScenario(t *testing.T) {
 	if rep.ConnectLatency.Count != 30 || rep.ConnectLatency.Max <= 0 {
 		t.Errorf("connect latency %+v", rep.ConnectLatency)
 	}
+	// The time to connect all ends with the last client in: after the last
+	// start (at 29/30 of the ramp) and after the slowest connect.
+	if rep.ConnectSeconds < 0.29 || rep.ConnectSeconds*1000 < rep.ConnectLatency.Max-0.01 {
+		t.Errorf("connected all in %.3fs, with a 0.3 s ramp and a slowest connect of %.1f ms", rep.ConnectSeconds, rep.ConnectLatency.Max)
+	}
 	s := rep.Server
 	if s == nil || s.CPUConnectSeconds < 0 || s.CPUPerConnectMs != 1000*s.CPUConnectSeconds/30 {
 		t.Errorf("server %+v", s)

@@ -82,6 +82,7 @@ func (c *client) markConnected() {
 		c.e.connectHist.Record(time.Since(c.startedAt))
 		c.e.connected.Add(1)
 		c.e.ready.Add(1)
+		c.e.noteReady()
 	}
 }
 
@@ -90,6 +91,7 @@ func (c *client) markFailed(kind, example string) {
 	if c.state.CompareAndSwap(stateConnecting, stateFailed) {
 		c.e.failed.Add(1)
 		c.e.ready.Add(1)
+		c.e.noteReady()
 		c.e.failKinds.add(kind, example)
 	}
 }

@@ -12,7 +12,8 @@
 #   e  Redis round trips per operation (Go benchmarks).
 #   f  WebSocket next to SSE (idle 10,000; 2,000 subscribers at 10, 100/s, max).
 # Side by side with Centrifugo v6 (its uni_sse transport), each run made
-# against a fresh Sluice and then a fresh Centrifugo, both on the same Redis:
+# against a fresh Sluice and a fresh Centrifugo one after the other (which
+# goes first alternates from pair to pair), both on the same Redis:
 #   g  idle SSE streams, 1,000, 10,000 and 20,000 ($BENCH_IDLE_COUNTS) at
 #      1,000 connects/s, held $BENCH_IDLE_WINDOW: RSS and CPU per connection,
 #      and Redis operations per second while idle.
@@ -29,19 +30,22 @@
 # says so once and runs Sluice alone.
 #
 # Every run starts fresh servers and stops them; nothing is left running.
-# (d), (e), (g), (h) and (i) need Redis at $BENCH_REDIS (default
-# redis://127.0.0.1:6379/0); their keys use a prefix of their own and are
-# deleted afterwards. Redis command counts are Redis-wide (INFO): only
-# meaningful when nothing else uses that Redis during the run.
+# (d) and (e) need Redis at $BENCH_REDIS (default redis://127.0.0.1:6379/0);
+# their keys use a prefix of their own and are deleted afterwards. (g), (h)
+# and (i) start a private redis-server on 127.0.0.1:$BENCH_PRIVATE_REDIS_PORT
+# (default 6391; no persistence; stopped at the end), since Redis counts
+# commands Redis-wide (INFO) and the figures must be these servers' alone;
+# with BENCH_REDIS set, or without redis-server, they use $BENCH_REDIS.
 # Environment: SLUICE_BIN (default bin/sluice), BENCH_OUT (default
 # bench-results/<date>), BENCH_DURATION (default 15s), BENCH_RATES (the
 # broadcast rates of b and d, default "10 25 50 100 200 400 0"; 0 is as fast
 # as possible), CENTRIFUGO_BIN, BENCH_IDLE_COUNTS (default "1000 10000
 # 20000"), BENCH_IDLE_WINDOW (default 30s), BENCH_STORM_RUNS (default 3),
+# BENCH_CENTRIFUGO_PORT (default 4390; Sluice listens on 4300-4303),
 # BENCH_STORM_CLIENTS (default 10000), BENCH_FANOUT_CLIENTS (the two
 # subscriber counts of i, default "2000 5000"). A small trial of g, h and i:
 #   BENCH_IDLE_COUNTS=300 BENCH_IDLE_WINDOW=10s BENCH_STORM_RUNS=1 BENCH_STORM_CLIENTS=300 \
-#   BENCH_FANOUT_CLIENTS="300 300" BENCH_DURATION=5s scripts/bench.sh g h i
+#   BENCH_FANOUT_CLIENTS="300 400" BENCH_DURATION=5s scripts/bench.sh g h i
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -67,12 +71,27 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 PIDS=()
-cleanup(){ for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
+cleanup(){
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
 trap cleanup EXIT
+
+# port_free PORT: fails, saying so, when something already listens on PORT
+# (another program's server would answer the health check and be measured).
+port_free(){
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is already in use on 127.0.0.1: stop what listens there first" >&2
+    return 1
+  fi
+}
 
 # start_server PORT [serve flags...]: starts a server, waits for /healthz.
 start_server(){
   local port=$1; shift
+  port_free "$port"
   "$BIN" serve --addr "127.0.0.1:$port" --secret "$SECRET" --api-key "$KEY" --open-topics 'bench:*' \
     --log-level warn "$@" >>"$OUT/servers.log" 2>&1 &
   PIDS+=($!)
@@ -109,10 +128,31 @@ run(){
 # ramp_for N: connect ramp for N clients (about 250 per second).
 ramp_for(){ echo "$(( ($1 + 249) / 250 ))s"; }
 
-redis_clean(){ redis-cli -u "$REDIS" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -u "$REDIS" del >/dev/null; }
+# redis_clean PREFIX [REDIS URL]: deletes the keys under PREFIX.
+redis_clean(){ local u=${2:-$REDIS}; redis-cli -u "$u" --scan --pattern "$1*" | xargs -r -n 500 redis-cli -u "$u" del >/dev/null; }
 
 # --- Centrifugo, side by side ---------------------------------------------
-CF_PORT=4390
+# SIDE_REDIS is the Redis of g, h and i: a private one when possible.
+SIDE_REDIS=
+REDIS_PID=
+side_redis(){
+  [ -z "$SIDE_REDIS" ] || return 0
+  local port=${BENCH_PRIVATE_REDIS_PORT:-6391}
+  if [ -n "${BENCH_REDIS:-}" ] || ! command -v redis-server >/dev/null; then
+    SIDE_REDIS=$REDIS
+    echo "g, h, i use the Redis at $REDIS: its command counts include whatever else uses it"
+    return 0
+  fi
+  port_free "$port"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no >"$OUT/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && { SIDE_REDIS="redis://127.0.0.1:$port/0"; return 0; }; sleep 0.1; done
+  echo "private redis-server on $port did not start" >&2; tail -5 "$OUT/redis.log" >&2; return 1
+}
+stop_side_redis(){ [ -z "$REDIS_PID" ] || { kill -TERM "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; REDIS_PID=; }; }
+trap 'cleanup; stop_side_redis' EXIT
+
+CF_PORT=${BENCH_CENTRIFUGO_PORT:-4390}
 CF_PREFIX="sluicebench-cf-$$"
 HAVE_CF=0
 if [ -f "$CF_BIN" ] && [ -x "$CF_BIN" ]; then
@@ -135,7 +175,7 @@ write_centrifugo_config(){
   "client": {"token": {"hmac_secret_key": "$SECRET"}},
   "http_api": {"key": "$KEY"},
   "uni_sse": {"enabled": true},
-  "engine": {"type": "redis", "redis": {"address": ["$REDIS"], "prefix": "$CF_PREFIX"}},
+  "engine": {"type": "redis", "redis": {"address": ["$SIDE_REDIS"], "prefix": "$CF_PREFIX"}},
   "channel": {
     "without_namespace": {"allow_subscribe_for_client": true},
     "namespaces": [{"name": "bench", "allow_subscribe_for_client": true}]
@@ -148,6 +188,7 @@ JSON
 
 start_centrifugo(){
   [ -f "$OUT/centrifugo.json" ] || write_centrifugo_config
+  port_free "$CF_PORT"
   "$CF_BIN" --config "$OUT/centrifugo.json" >>"$OUT/centrifugo.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$CF_PORT/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -172,16 +213,18 @@ pair(){
 }
 pair_sluice(){
   local name=$1; shift
+  side_redis
   local prefix="sluicebench:$RANDOM$RANDOM:"
-  start_server 4300 --redis "$REDIS" --redis-prefix "$prefix"
-  run "$name.sluice" --url http://127.0.0.1:4300 --redis "$REDIS" "$@"
-  cleanup; redis_clean "$prefix"
+  start_server 4300 --redis "$SIDE_REDIS" --redis-prefix "$prefix"
+  run "$name.sluice" --url http://127.0.0.1:4300 --redis "$SIDE_REDIS" "$@"
+  cleanup; redis_clean "$prefix" "$SIDE_REDIS"
 }
 pair_centrifugo(){
   local name=$1; shift
+  side_redis
   start_centrifugo
-  run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$REDIS" "$@"
-  cleanup; redis_clean "$CF_PREFIX"
+  run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$SIDE_REDIS" "$@"
+  cleanup; redis_clean "$CF_PREFIX" "$SIDE_REDIS"
 }
 
 # side_by_side PREFIX: a table of the pairs whose names start with PREFIX.
@@ -343,11 +386,8 @@ scenario_h(){
   for k in $(seq "$STORM_RUNS"); do
     pair "h-connect-sse-$STORM_CLIENTS-run$k" --scenario connect --clients "$STORM_CLIENTS" --connect-rate 1000 --connect-timeout 10s
   done
-  local prefix="sluicebench:$RANDOM$RANDOM:"
-  start_server 4300 --redis "$REDIS" --redis-prefix "$prefix"
-  run "h-connect-lp-$STORM_CLIENTS.sluice" --scenario connect --transport longpoll --url http://127.0.0.1:4300 --redis "$REDIS" \
+  pair_sluice "h-connect-lp-$STORM_CLIENTS" --scenario connect --transport longpoll \
     --clients "$STORM_CLIENTS" --connect-rate 1000 --connect-timeout 10s
-  cleanup; redis_clean "$prefix"
   side_by_side h-
 }
 

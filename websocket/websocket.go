@@ -287,7 +287,7 @@ func (t *Transport) serve(c echo.Context) error {
 	w.Status, w.Committed = http.StatusSwitchingProtocols, true
 	handedOver = true
 	obs.Open(transportName, 1)
-	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{}), br: hj.br, out: hj.out}
+	s := &socket{t: t, conn: conn, tok: tok, br: hj.br, out: hj.out}
 	s.lastRead.Store(time.Now().UnixNano())
 	if hj.out != nil {
 		s.readable = readableWaiter(hj.out.Conn, hj.br)
@@ -343,8 +343,9 @@ type socket struct {
 	// closing: no more writes; a close frame went out (or the connection
 	// broke) and the reader is finishing.
 	closing bool
-	// done is closed with closing, for waits of the reader.
-	done chan struct{}
+	// done is set with closing, for the reader (an atomic, not a channel: a
+	// channel would be 96 bytes more per idle connection).
+	done atomic.Bool
 	// queued: a delivery task is scheduled and has not started.
 	queued atomic.Bool
 	beat   *time.Timer
@@ -352,10 +353,17 @@ type socket struct {
 	deadline time.Time
 	// lastRead is when a frame last arrived (unix nanoseconds).
 	lastRead atomic.Int64
-	// br is the connection's read buffer, and readable waits until it or
-	// the connection has something to read (nil: not possible here).
+	// br is the connection's buffered reader, and readable waits until it
+	// or the connection has something to read (nil: not possible here).
+	// With readable, br holds a buffer only while frames are read (see
+	// borrowReadBuffer).
 	br       *bufio.Reader
 	readable func() error
+	// lent is the pooled reader whose buffer br uses while reading.
+	lent *bufio.Reader
+	// reading waits for readFrames' goroutine, readErr is what it returned.
+	reading sync.WaitGroup
+	readErr error
 	// out is the connection gorilla writes to (nil if the upgrader kept
 	// net/http's buffers).
 	out *outConn
@@ -438,7 +446,11 @@ func (s *socket) read() {
 		s.lastRead.Store(time.Now().UnixNano())
 		return s.extendRead()
 	})
-	errc := make(chan error)
+	if s.readable != nil && s.br.Buffered() == 0 {
+		// Idle, the connection holds no read buffer: the one the upgrade
+		// needed goes (readFrames borrows one while it reads).
+		*s.br = bufio.Reader{}
+	}
 	for {
 		if err := s.extendRead(); err != nil {
 			return
@@ -448,16 +460,54 @@ func (s *socket) read() {
 				return // closed, broken, or idle too long
 			}
 		}
-		go func() { errc <- s.readFrames() }()
-		if err := <-errc; err != nil {
+		s.reading.Add(1)
+		go func() {
+			defer s.reading.Done()
+			s.readErr = s.readFrames()
+		}()
+		s.reading.Wait()
+		if s.readErr != nil {
 			return // closed by either side, broken, idle too long, or too big (1009 sent)
 		}
 	}
 }
 
+// readBuffers lends read buffers (as bufio.Readers of readBufferSize) to
+// connections while they read frames.
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+
+// borrowReadBuffer gives br a pooled buffer, before frames are read. Only
+// readFrames calls it (gorilla reads br only there), on its short-lived
+// stack: the pool's work must not grow the waiting goroutine's stack.
+func (s *socket) borrowReadBuffer() {
+	if s.lent != nil {
+		return
+	}
+	s.lent = readBuffers.Get().(*bufio.Reader)
+	s.lent.Reset(s.out)
+	*s.br = *s.lent
+}
+
+// returnReadBuffer takes br's buffer back to the pool once br holds no
+// unread bytes; br is then empty (Buffered is 0) until the next borrow.
+// Only readFrames calls it.
+func (s *socket) returnReadBuffer() {
+	if s.lent == nil || s.br.Buffered() > 0 {
+		return // not used up (the reader is ending): keep it
+	}
+	*s.br = bufio.Reader{}
+	s.lent.Reset(nil)
+	readBuffers.Put(s.lent)
+	s.lent = nil
+}
+
 // readFrames reads and applies frames until what arrived is used up (or,
 // with no shallow wait, one frame).
 func (s *socket) readFrames() error {
+	if s.readable != nil {
+		s.borrowReadBuffer()
+		defer s.returnReadBuffer()
+	}
 	for {
 		typ, p, err := s.conn.ReadMessage()
 		if err != nil {
@@ -493,14 +543,7 @@ func (s *socket) extendRead() error {
 	return s.conn.SetReadDeadline(time.Now().Add(s.t.cfg.IdleTimeout))
 }
 
-func (s *socket) isClosing() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
+func (s *socket) isClosing() bool { return s.done.Load() }
 
 // refuse closes the connection for bad input, counted by reason.
 func (s *socket) refuse(reason string, code int, text string) {
@@ -526,12 +569,11 @@ func (s *socket) handle(frame []byte) {
 			return
 		case errors.Is(err, gateway.ErrRateLimited):
 			obs.Refused(transportName, "rate_limited")
-			select {
-			case <-time.After(rateLimitWait):
-				continue
-			case <-s.done:
+			time.Sleep(rateLimitWait)
+			if s.isClosing() {
 				return
 			}
+			continue
 		case errors.Is(err, gateway.ErrNoSession):
 			obs.Refused(transportName, "no_session")
 			s.mu.Lock()
@@ -697,7 +739,7 @@ func (s *socket) stopLocked() {
 		return
 	}
 	s.closing = true
-	close(s.done)
+	s.done.Store(true)
 	if s.beat != nil {
 		s.beat.Stop()
 	}

@@ -6,6 +6,8 @@
 //
 //   // SSE, falling back to ResilientLongPoll where a proxy holds the stream (recommended)
 //   const socket = new Socket("/socket", {transport: SSETransport.withFallback(), params: {token}})
+//   // a WebSocket first, then SSE, then ResilientLongPoll (phoenix.js's longPollFallbackMs, with SSE between)
+//   const socket = new Socket("/socket", {transport: SSETransport.withFallback({webSocket: true}), params: {token}})
 //   // or one of them alone
 //   const socket = new Socket("/socket", {transport: SSETransport, params: {token}})
 //   const socket = new Socket("/socket", {transport: ResilientLongPoll, params: {token}})
@@ -750,9 +752,14 @@ export class ResilientLongPoll extends HTTPTransport {
 
 /**
  * @typedef {Object} FallbackOptions
- * @property {number} [fallbackMs=3000] - time for the stream to open and echo a heartbeat
+ * @property {boolean|Function} [webSocket=false] - try a WebSocket first (`/socket/websocket`, the
+ *   transport phoenix.js uses by default), then SSE, then long-polling: `true` uses the global
+ *   `WebSocket` (none: SSE first); a class with the browser WebSocket's API (npm `ws` in Node) is used instead
+ * @property {number} [webSocketMs=3000] - time for the WebSocket to open and echo a heartbeat
+ *   (phoenix.js's `longPollFallbackMs`)
+ * @property {number} [fallbackMs=3000] - time for the SSE stream to open and echo a heartbeat
  * @property {number} [rememberMs=600000] - how long a fallback is remembered (later connections
- *   go straight to long-polling): 10 minutes, then SSE is tried again
+ *   go straight to the transport that worked): 10 minutes, then the first choice is tried again
  * @property {?Storage} [storage] - where the decision is remembered; default `sessionStorage` when available, `null` for none
  * @property {string} [storageKey="sluice:sse-fallback"]
  * @property {Function} [SSE=SSETransport] - the SSE transport class to try
@@ -760,20 +767,34 @@ export class ResilientLongPoll extends HTTPTransport {
 
 /**
  * Returns a phoenix.js transport class that tries SSE first and uses long-polling when SSE does
- * not work on this network: `new Socket("/socket", {transport: withFallback()})`.
+ * not work on this network: `new Socket("/socket", {transport: withFallback()})`. With
+ * `{webSocket: true}` it tries a WebSocket before SSE: the choice phoenix.js's
+ * `longPollFallbackMs` makes, with SSE between the two.
  *
- * SSE counts as working once its stream opened and a heartbeat POSTed up came back down it,
- * within `fallbackMs` (the health check phoenix.js makes before trusting a WebSocket with
- * `longPollFallbackMs`). A single dropped or refused stream, or a failed POST, is not evidence:
- * the SSE transport repeats them itself. What makes the socket use long-polling is evidence: no
- * echo within `fallbackMs` (a proxy that buffers the stream), the SSE transport giving up (its
- * first stream failed `streamAttempts` times), no EventSource at all, or, once open, heartbeats
- * that arrive late or batched (see SSETransport#onHeartbeat). Until the check passes the socket
- * sees a transport that is still connecting; on failure a long-poll transport takes its place
- * silently. Heartbeats that show buffering after the socket opened hand the same session over to
- * the long-poll transport (no reconnect, no rejoin) when it can take one over (ResilientLongPoll
- * can), else the socket reconnects over long-polling. A fallback is remembered for `rememberMs`
- * (in `storage`, and in memory for this class), then SSE is tried again.
+ * A transport on trial counts as working once it opened and a heartbeat sent up came back down
+ * it, within its window (`webSocketMs` for the WebSocket, `fallbackMs` for SSE: the health check
+ * phoenix.js makes before trusting a WebSocket with `longPollFallbackMs`). Until the check passes
+ * the socket sees a transport that is still connecting, so phoenix.js sends nothing (it keeps
+ * its pushes and joins until the socket opens); on failure the next transport takes its place
+ * silently, and nothing sent by the app is lost or sent twice.
+ *
+ * The WebSocket fails its trial when it errors or closes before its echo (a proxy that answers
+ * the upgrade with an error), or no echo came within `webSocketMs` (a proxy that swallows the
+ * upgrade or the frames); then SSE is tried. Once a WebSocket passed, the class keeps using
+ * WebSocket without trials: a later WebSocket that does not open (a restart, a drain) is a close
+ * for phoenix.js, which reconnects with backoff and rejoins its channels, over WebSocket again.
+ *
+ * For SSE, a single dropped or refused stream, or a failed POST, is not evidence: the SSE
+ * transport repeats them itself. What makes the socket use long-polling is evidence: no echo
+ * within `fallbackMs` (a proxy that buffers the stream), the SSE transport giving up (its first
+ * stream failed `streamAttempts` times), no EventSource at all, or, once open, heartbeats that
+ * arrive late or batched (see SSETransport#onHeartbeat). Heartbeats that show buffering after the
+ * socket opened hand the same session over to the long-poll transport (no reconnect, no rejoin)
+ * when it can take one over (ResilientLongPoll can), else the socket reconnects over long-polling.
+ *
+ * A fallback is remembered once the transport fallen back to works: for `rememberMs`, in
+ * `storage` and in memory for this class, later connections start with it (SSE or long-polling);
+ * then the first choice is tried again.
  *
  * @param {Function|FallbackOptions} [LongPoll=ResilientLongPoll] - the long-poll transport class;
  *   phoenix's own LongPoll works too, without its resilience
@@ -783,18 +804,27 @@ export class ResilientLongPoll extends HTTPTransport {
 export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
   if(LongPoll !== null && typeof LongPoll === "object"){ [LongPoll, opts] = [ResilientLongPoll, LongPoll] }
   LongPoll ??= ResilientLongPoll
-  const {fallbackMs = 3000, rememberMs = 10 * 60 * 1000, storage, storageKey = "sluice:sse-fallback", SSE = SSETransport} = opts
+  const {
+    webSocket = false, webSocketMs = 3000, fallbackMs = 3000, rememberMs = 10 * 60 * 1000,
+    storage, storageKey = "sluice:sse-fallback", SSE = SSETransport,
+  } = opts
   const store = storage !== undefined ? storage : defaultSessionStorage()
-  let rememberedUntil = 0
-  const useLongPoll = () => {
-    if(Date.now() < rememberedUntil){ return true }
+  // the WebSocket class to try first, or null (looked up late: a test may install one)
+  const webSocketClass = () => webSocket === true ? (globalThis.WebSocket ?? null) : (typeof webSocket === "function" ? webSocket : null)
+  // the remembered fallback of this class ({transport, until}), also kept in storage
+  let remembered = null
+  // a WebSocket of this class passed its trial: later ones are not judged
+  let webSocketWorked = false
+  const recall = () => {
+    if(remembered && remembered.until > Date.now()){ return remembered.transport }
     // {until}: anything else (an earlier version's "LongPoll", garbage) is not a decision
     const saved = safely(() => store && JSON.parse(store.getItem(storageKey)))
-    return !!saved && typeof saved.until === "number" && saved.until > Date.now()
+    if(!saved || typeof saved.until !== "number" || saved.until <= Date.now()){ return null }
+    return saved.transport === "SSE" ? "SSE" : "LongPoll"
   }
-  const remember = (reason) => {
-    rememberedUntil = Date.now() + rememberMs
-    safely(() => store && store.setItem(storageKey, JSON.stringify({transport: "LongPoll", reason, until: rememberedUntil})))
+  const remember = (transport, reason) => {
+    remembered = {transport, until: Date.now() + rememberMs}
+    safely(() => store && store.setItem(storageKey, JSON.stringify({transport, reason, until: remembered.until})))
   }
   let probes = 0
 
@@ -805,22 +835,30 @@ export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
       this.onmessage = noop
       this.onclose = noop
       this.args = [endPoint, protocols]
+      const vsn = /[?&]vsn=([^&#]*)/.exec(endPoint)
+      this.vsn = vsn ? decodeURIComponent(vsn[1]) : "2.0.0"
       this.settings = {}
       this.probeRef = null
-      this.checked = false // SSE passed the health check, or we fell back
+      this.trial = null // the transport on trial (a WebSocket or SSE) until it echoes a heartbeat
+      this.checked = false // the transport passed its trial, or is the last resort
       this.closed = false // phoenix closed us
       this.retiring = null // the SSE transport that handed its session over
       this.reason = null // why we fell back
-      this.fellBack = useLongPoll()
-      if(this.fellBack){
-        this.use(new LongPoll(endPoint, protocols))
-      } else {
-        this.use(new SSE(endPoint, protocols))
-        this.fallbackTimer = setTimeout(() => this.fallBack("no heartbeat echo within fallbackMs"), fallbackMs)
+      this.fellBack = false // on long-polling
+      const WebSocketImpl = webSocketClass()
+      if(WebSocketImpl && webSocketWorked){
+        this.checked = true
+        this.use(new WebSocketImpl(endPoint, protocols))
+        return
+      }
+      switch(recall() ?? (WebSocketImpl ? "WebSocket" : "SSE")){
+        case "WebSocket": this.tryWebSocket(WebSocketImpl); break
+        case "SSE": this.trySSE(); break
+        default: this.useLongPoll()
       }
     }
 
-    /** The transport in use: an SSETransport, or the long-poll transport it fell back to. */
+    /** The transport in use: a WebSocket, an SSETransport, or the long-poll transport. */
     get transport(){ return this.current }
     get readyState(){
       // connecting until the health check passed, so that phoenix does not send yet
@@ -837,32 +875,59 @@ export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
     set binaryType(t){ this.settings.binaryType = t; this.current.binaryType = t }
     get binaryType(){ return this.current.binaryType }
 
+    tryWebSocket(WebSocketImpl){
+      let ws
+      try {
+        ws = new WebSocketImpl(...this.args)
+      } catch {
+        // a WebSocket the page may not open (a content security policy, a bad URL)
+        this.reason = "no websocket"
+        return this.trySSE()
+      }
+      this.trial = ws
+      this.use(ws)
+      this.fallbackTimer = setTimeout(() => this.fallBack("no heartbeat echo within webSocketMs"), webSocketMs)
+    }
+
+    trySSE(){
+      this.trial = new SSE(...this.args)
+      this.use(this.trial)
+      this.fallbackTimer = setTimeout(() => this.fallBack("no heartbeat echo within fallbackMs"), fallbackMs)
+    }
+
+    useLongPoll(){
+      this.trial = null
+      this.fellBack = true
+      this.use(new LongPoll(...this.args))
+    }
+
     use(transport){
       this.current = transport
       Object.assign(transport, this.settings)
-      // the SSE attempt is judged until it passes the health check; a long-poll is forwarded as is
-      const judged = () => transport instanceof SSE && !this.checked && !this.closed
+      // the transport on trial is judged until it passes; the last resort is forwarded as is
+      const judged = () => this.trial === transport && !this.checked && !this.closed
       const mine = (fn) => (arg) => { if(this.current === transport){ fn(arg) } }
       transport.onmessage = (ev) => {
         if(this.current === transport){ return judged() ? this.checkReply(ev) : this.onmessage(ev) }
         // frames the SSE stream received before it handed its session over
         if(this.retiring === transport){ this.onmessage(ev) }
       }
-      transport.onerror = mine((err) => judged() ? this.fallBack("sse failed") : this.onerror(err))
-      transport.onclose = mine((ev) => judged() ? this.fallBack("sse failed") : this.onclose(ev))
+      const failed = () => this.fallBack(transport instanceof SSE ? "sse failed" : "websocket failed")
+      transport.onerror = mine((err) => judged() ? failed() : this.onerror(err))
+      transport.onclose = mine((ev) => judged() ? failed() : this.onclose(ev))
       transport.onopen = mine((ev) => {
         if(judged()){ return this.sendProbe() }
         this.checked = true
-        if(this.reason){ remember(this.reason) }
+        if(this.reason){ remember("LongPoll", this.reason) }
         this.onopen(ev)
       })
-      transport.onbuffering = mine(() => this.handOver())
+      if(transport instanceof SSE){ transport.onbuffering = mine(() => this.handOver()) }
     }
 
-    // A phoenix heartbeat with our own ref; the server's reply must come down the stream.
+    // A phoenix heartbeat with our own ref; the server's reply must come back.
     sendProbe(){
-      this.probeRef = `sse-probe:${++probes}`
-      const frame = this.current.vsn && this.current.vsn.startsWith("1.")
+      this.probeRef = `sluice-probe:${++probes}`
+      const frame = this.vsn.startsWith("1.")
         ? {topic: "phoenix", event: "heartbeat", payload: {}, ref: this.probeRef}
         : [null, this.probeRef, "phoenix", "heartbeat", {}]
       this.current.send(JSON.stringify(frame))
@@ -875,17 +940,27 @@ export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
       if(ref !== this.probeRef){ return }
       clearTimeout(this.fallbackTimer)
       this.checked = true
+      if(this.current instanceof SSE){
+        if(this.reason){ remember("SSE", this.reason) }
+      } else {
+        webSocketWorked = true
+      }
       this.onopen({})
     }
 
+    // The transport on trial failed it: the next one takes its place, phoenix sees nothing.
     fallBack(reason){
-      if(this.fellBack || this.checked || this.closed){ return }
+      const failed = this.current
+      if(this.checked || this.closed || failed !== this.trial){ return }
       clearTimeout(this.fallbackTimer)
-      const sse = this.current
-      this.fellBack = true
       this.reason = reason
-      this.use(new LongPoll(...this.args))
-      sse.close(1000, "falling back to long-polling")
+      if(failed instanceof SSE){
+        this.useLongPoll()
+        failed.close(1000, "falling back to long-polling")
+      } else {
+        this.trySSE()
+        failed.close(1000, "falling back to SSE")
+      }
     }
 
     // Heartbeats showed a buffering proxy after the socket opened: the long-poll transport
@@ -893,12 +968,13 @@ export function withFallback(LongPoll = ResilientLongPoll, opts = {}){
     handOver(){
       const sse = this.current
       if(this.closed || !(sse instanceof SSE)){ return }
-      remember("buffering")
+      remember("LongPoll", "buffering")
       if(typeof LongPoll.prototype.adopt !== "function" || sse.longPollToken() === null){
         return sse.fail("buffering", 4000, "buffering proxy: reconnecting over long-polling")
       }
       const lp = new LongPoll(...this.args)
       this.retiring = sse
+      this.trial = null
       this.fellBack = true
       this.use(lp)
       lp.adopt(sse.handOff())

@@ -25,9 +25,10 @@ import (
 )
 
 // TestMain fails the package if any goroutine outlives the tests: a socket
-// that never noticed its client left, a delivery task, a client reader.
+// that never noticed its client left, a delivery task, a client reader. The
+// idle poller's one goroutine lives as long as the process, by design.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(websocket.IdlePollerLoop))
 }
 
 const testSecret = "websocket-test-secret-key-base-0123456789abcdef"

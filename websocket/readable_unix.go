@@ -49,3 +49,29 @@ func readableWaiter(conn net.Conn, br *bufio.Reader) func() error {
 		return peekErr
 	}
 }
+
+// rawConnOf returns conn's raw connection, or nil if it is not a plain
+// socket.
+func rawConnOf(conn net.Conn) syscall.RawConn {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// pending reports whether raw's connection can be read without waiting
+// (bytes, the end of the stream, or an error); it does not read.
+func pending(raw syscall.RawConn) bool {
+	var b [1]byte
+	ready := true
+	err := raw.Control(func(fd uintptr) {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		ready = !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR)
+	})
+	return ready || err != nil
+}

@@ -12,12 +12,14 @@
 // to resume a session over a new WebSocket, so when the connection ends the
 // session ends at once (its presences leave).
 //
-// Framing is github.com/gorilla/websocket's. Like a parked SSE stream, an
-// idle connection holds no handler goroutine and no write buffer: one
-// goroutine with a small stack waiting for the connection to be readable
-// (which notices the client leaving), a 512-byte read buffer, a timer, and
-// its subscription. Reading and applying frames, and deliveries, run as
-// short tasks.
+// Framing is github.com/gorilla/websocket's. An idle connection holds no
+// goroutine, no read buffer and no write buffer: on Linux one goroutine per
+// process waits (epoll) for any idle connection to become readable (which
+// also notices a client leaving) and starts a short read turn for it, which
+// borrows a 512-byte read buffer while it reads; elsewhere each connection
+// keeps one goroutine with a small stack waiting for that. What stays is
+// gorilla's connection, a timer, and the subscription. Reading and applying
+// frames, and deliveries, run as short tasks.
 package websocket
 
 import (
@@ -32,6 +34,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -134,6 +137,12 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 func (t *Transport) Register(e *echo.Echo, path string) {
 	e.GET(path, t.serve)
 }
+
+// IdlePollerLoop is the function of the goroutine that waits for idle
+// connections to become readable (on Linux). It is started with the first
+// connection and lives as long as the process, as the runtime's own poller:
+// leak checks (goleak.IgnoreAnyFunction) may ignore it.
+const IdlePollerLoop = "github.com/sluicegw/sluice/websocket.(*idlePoller).loop"
 
 // transportName labels this transport's metrics.
 const transportName = "websocket"
@@ -287,15 +296,31 @@ func (t *Transport) serve(c echo.Context) error {
 	w.Status, w.Committed = http.StatusSwitchingProtocols, true
 	handedOver = true
 	obs.Open(transportName, 1)
-	s := &socket{t: t, conn: conn, tok: tok, done: make(chan struct{}), br: hj.br, out: hj.out}
+	s := &socket{t: t, conn: conn, tok: tok, br: hj.br, out: hj.out}
 	s.lastRead.Store(time.Now().UnixNano())
 	if hj.out != nil {
 		s.readable = readableWaiter(hj.out.Conn, hj.br)
+		if s.raw = rawConnOf(hj.out.Conn); s.readable != nil && s.raw != nil {
+			s.poller = sharedIdlePoller(t.cfg.Logger)
+		}
 	}
+	if s.readable != nil && s.br.Buffered() == 0 {
+		// Idle, the connection holds no read buffer: the one the upgrade
+		// needed goes (readFrames borrows one while it reads).
+		*s.br = bufio.Reader{}
+	}
+	s.setUpReads()
 	s.start()
-	// The handler returns: net/http's request, buffers and goroutine go,
-	// and the socket's goroutine serves the connection.
-	go s.run()
+	// The handler returns: net/http's request, buffers and goroutine go.
+	// With the idle poller, a read turn serves the connection while
+	// something arrives, and nothing while it is idle; else the socket's
+	// goroutine does.
+	if s.poller != nil {
+		s.poller.add(s)
+		go s.readTurn()
+	} else {
+		go s.run()
+	}
 	return nil
 }
 
@@ -343,8 +368,9 @@ type socket struct {
 	// closing: no more writes; a close frame went out (or the connection
 	// broke) and the reader is finishing.
 	closing bool
-	// done is closed with closing, for waits of the reader.
-	done chan struct{}
+	// done is set with closing, for the reader (an atomic, not a channel: a
+	// channel would be 96 bytes more per idle connection).
+	done atomic.Bool
 	// queued: a delivery task is scheduled and has not started.
 	queued atomic.Bool
 	beat   *time.Timer
@@ -352,10 +378,25 @@ type socket struct {
 	deadline time.Time
 	// lastRead is when a frame last arrived (unix nanoseconds).
 	lastRead atomic.Int64
-	// br is the connection's read buffer, and readable waits until it or
-	// the connection has something to read (nil: not possible here).
+	// br is the connection's buffered reader, and readable waits until it
+	// or the connection has something to read (nil: not possible here).
+	// With readable, br holds a buffer only while frames are read (see
+	// borrowReadBuffer).
 	br       *bufio.Reader
 	readable func() error
+	// lent is the pooled reader whose buffer br uses while reading.
+	lent *bufio.Reader
+	// poller, when set, holds the connection while it is idle (see
+	// idlePoller): raw is its connection, turn says who has it (turnReading,
+	// turnParked, turnDone), pollID and armed are the poller's.
+	poller *idlePoller
+	raw    syscall.RawConn
+	turn   atomic.Int32
+	pollID uint64
+	armed  bool
+	// reading waits for readFrames' goroutine, readErr is what it returned.
+	reading sync.WaitGroup
+	readErr error
 	// out is the connection gorilla writes to (nil if the upgrader kept
 	// net/http's buffers).
 	out *outConn
@@ -388,11 +429,64 @@ func (s *socket) start() {
 	s.deliverLocked()
 }
 
-// run reads until the connection ends, then ends the session.
-func (s *socket) run() {
-	t := s.t
-	s.read()
+// Who has a connection served by the idle poller.
+const (
+	// turnReading: a read turn runs (or is about to).
+	turnReading int32 = iota
+	// turnParked: registered with the poller, no goroutine.
+	turnParked
+	// turnDone: the connection ended.
+	turnDone
+)
 
+// readTurn reads what arrived, then parks the connection again, or ends it.
+func (s *socket) readTurn() {
+	if !s.isClosing() && !pending(s.raw) {
+		s.park() // woken for nothing (a stale wake-up)
+		return
+	}
+	if err := s.extendRead(); err == nil {
+		if err = s.readFrames(); err == nil {
+			s.park()
+			return
+		}
+	}
+	s.finish()
+}
+
+// park hands the idle connection to the poller: it holds no goroutine until
+// it becomes readable or something closes it (unpark).
+func (s *socket) park() {
+	s.turn.Store(turnParked)
+	var armErr error
+	err := s.raw.Control(func(fd uintptr) { armErr = s.poller.arm(int(fd), s) })
+	if err != nil || armErr != nil {
+		s.unpark() // closed meanwhile: the turn finds out and finishes
+	}
+}
+
+// unpark starts a read turn for a parked connection: the poller saw it
+// readable, or it was closed here. Nothing happens if a turn runs.
+func (s *socket) unpark() {
+	if s.poller != nil && s.turn.CompareAndSwap(turnParked, turnReading) {
+		go s.readTurn()
+	}
+}
+
+// run reads until the connection ends, then ends the session (without the
+// idle poller).
+func (s *socket) run() {
+	s.read()
+	s.finish()
+}
+
+// finish ends the session of a connection whose reading ended.
+func (s *socket) finish() {
+	t := s.t
+	s.turn.Store(turnDone)
+	if s.poller != nil {
+		s.poller.remove(s)
+	}
 	s.mu.Lock()
 	s.stopLocked()
 	s.mu.Unlock()
@@ -426,19 +520,21 @@ func (s *socket) run() {
 	t.gw.Observer().Open(transportName, -1)
 }
 
+// setUpReads sets the message limit and the pong handler.
+func (s *socket) setUpReads() {
+	s.conn.SetReadLimit(s.t.cfg.MaxMessageBytes)
+	s.conn.SetPongHandler(func(string) error {
+		s.lastRead.Store(time.Now().UnixNano())
+		return s.extendRead()
+	})
+}
+
 // read reads frames until the connection ends, handing each text message
 // to the gateway as one frame, in order. While nothing arrives it waits
 // for the connection to become readable on a shallow stack; the frames are
 // read and applied by a short-lived goroutine, whose deep stack goes with
 // it, one batch at a time.
 func (s *socket) read() {
-	conn, cfg := s.conn, &s.t.cfg
-	conn.SetReadLimit(cfg.MaxMessageBytes)
-	conn.SetPongHandler(func(string) error {
-		s.lastRead.Store(time.Now().UnixNano())
-		return s.extendRead()
-	})
-	errc := make(chan error)
 	for {
 		if err := s.extendRead(); err != nil {
 			return
@@ -448,16 +544,54 @@ func (s *socket) read() {
 				return // closed, broken, or idle too long
 			}
 		}
-		go func() { errc <- s.readFrames() }()
-		if err := <-errc; err != nil {
+		s.reading.Add(1)
+		go func() {
+			defer s.reading.Done()
+			s.readErr = s.readFrames()
+		}()
+		s.reading.Wait()
+		if s.readErr != nil {
 			return // closed by either side, broken, idle too long, or too big (1009 sent)
 		}
 	}
 }
 
+// readBuffers lends read buffers (as bufio.Readers of readBufferSize) to
+// connections while they read frames.
+var readBuffers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+
+// borrowReadBuffer gives br a pooled buffer, before frames are read. Only
+// readFrames calls it (gorilla reads br only there), on its short-lived
+// stack: the pool's work must not grow the waiting goroutine's stack.
+func (s *socket) borrowReadBuffer() {
+	if s.lent != nil {
+		return
+	}
+	s.lent = readBuffers.Get().(*bufio.Reader)
+	s.lent.Reset(s.out)
+	*s.br = *s.lent
+}
+
+// returnReadBuffer takes br's buffer back to the pool once br holds no
+// unread bytes; br is then empty (Buffered is 0) until the next borrow.
+// Only readFrames calls it.
+func (s *socket) returnReadBuffer() {
+	if s.lent == nil || s.br.Buffered() > 0 {
+		return // not used up (the reader is ending): keep it
+	}
+	*s.br = bufio.Reader{}
+	s.lent.Reset(nil)
+	readBuffers.Put(s.lent)
+	s.lent = nil
+}
+
 // readFrames reads and applies frames until what arrived is used up (or,
 // with no shallow wait, one frame).
 func (s *socket) readFrames() error {
+	if s.readable != nil {
+		s.borrowReadBuffer()
+		defer s.returnReadBuffer()
+	}
 	for {
 		typ, p, err := s.conn.ReadMessage()
 		if err != nil {
@@ -493,14 +627,7 @@ func (s *socket) extendRead() error {
 	return s.conn.SetReadDeadline(time.Now().Add(s.t.cfg.IdleTimeout))
 }
 
-func (s *socket) isClosing() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
-}
+func (s *socket) isClosing() bool { return s.done.Load() }
 
 // refuse closes the connection for bad input, counted by reason.
 func (s *socket) refuse(reason string, code int, text string) {
@@ -526,12 +653,11 @@ func (s *socket) handle(frame []byte) {
 			return
 		case errors.Is(err, gateway.ErrRateLimited):
 			obs.Refused(transportName, "rate_limited")
-			select {
-			case <-time.After(rateLimitWait):
-				continue
-			case <-s.done:
+			time.Sleep(rateLimitWait)
+			if s.isClosing() {
 				return
 			}
+			continue
 		case errors.Is(err, gateway.ErrNoSession):
 			obs.Refused(transportName, "no_session")
 			s.mu.Lock()
@@ -613,7 +739,14 @@ func (s *socket) heartbeat() {
 	if s.closing {
 		return
 	}
-	if time.Since(time.Unix(0, s.lastRead.Load())) >= 2*interval {
+	silent := time.Since(time.Unix(0, s.lastRead.Load()))
+	if silent >= s.t.cfg.IdleTimeout {
+		// A parked connection has no read deadline: the idle timeout is
+		// kept here.
+		s.abortLocked()
+		return
+	}
+	if silent >= 2*interval {
 		if err := s.conn.WriteControl(gws.PingMessage, nil, time.Now().Add(s.t.cfg.WriteTimeout)); err != nil {
 			s.abortLocked()
 			return
@@ -681,7 +814,10 @@ func (s *socket) closeLocked(code int, reason string) {
 	_ = s.conn.WriteControl(gws.CloseMessage, gws.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 	// Whatever the reader's deadline, the connection ends closeGrace from now.
 	netConn := s.conn.NetConn()
-	time.AfterFunc(closeGrace, func() { _ = netConn.Close() })
+	time.AfterFunc(closeGrace, func() {
+		_ = netConn.Close()
+		s.unpark() // a parked connection is not read: a turn sees it closed
+	})
 }
 
 // abortLocked closes the connection without a close frame: it is broken, or
@@ -689,6 +825,7 @@ func (s *socket) closeLocked(code int, reason string) {
 func (s *socket) abortLocked() {
 	s.stopLocked()
 	_ = s.conn.NetConn().Close()
+	s.unpark()
 }
 
 // stopLocked marks the connection closing: no more writes or timers.
@@ -697,7 +834,7 @@ func (s *socket) stopLocked() {
 		return
 	}
 	s.closing = true
-	close(s.done)
+	s.done.Store(true)
 	if s.beat != nil {
 		s.beat.Stop()
 	}

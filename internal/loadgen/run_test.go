@@ -26,7 +26,8 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	// The WebSocket transport's idle poller lives as long as the process.
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction(websocket.IdlePollerLoop))
 }
 
 const (

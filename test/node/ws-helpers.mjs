@@ -20,15 +20,37 @@ export function useWebSocket(){ useTransport(WebSocket) }
  *   "pass"   forwarded, and the two connections spliced after the 101;
  *   "refuse" answered `400 Bad Request` (a proxy that does not speak WebSocket);
  *   "hold"   never answered (a middlebox that swallows the upgrade), until the proxy stops.
- * `proxy.stats` counts the upgrades by outcome; `proxy.socketUrl` is for phoenix.js's Socket.
+ * and SSE streams (GET /socket/sse) according to `proxy.sse`:
+ *   "pass"   forwarded as they come;
+ *   "buffer" held, headers included, until the upstream ends them (a proxy that buffers whole
+ *            responses: a stream that stays open never arrives);
+ *   "refuse" answered `502 Bad Gateway` (a proxy that drops long-lived responses).
+ * `proxy.stats` counts the upgrades by outcome, and the SSE streams and long-polls (`streams`,
+ * `polls`); `proxy.socketUrl` is for phoenix.js's Socket.
  */
-export async function startUpgradeProxy(target, {mode = "pass"} = {}){
+export async function startUpgradeProxy(target, {mode = "pass", sse = "pass"} = {}){
   const base = new URL(target)
   const held = new Set()
-  const proxy = {mode, stats: {passed: 0, refused: 0, held: 0}}
+  const proxy = {mode, sse, stats: {passed: 0, refused: 0, held: 0, streams: 0, polls: 0}}
   const server = http.createServer((req, res) => {
+    const pathname = new URL(req.url, "http://proxy").pathname
+    const isStream = pathname.endsWith("/socket/sse") && req.method === "GET"
+    if(isStream){ proxy.stats.streams++ }
+    if(pathname.endsWith("/socket/longpoll") && req.method === "GET"){ proxy.stats.polls++ }
+    if(isStream && proxy.sse === "refuse"){
+      res.writeHead(502, {"content-type": "text/plain"})
+      res.end("bad gateway\n")
+      return
+    }
+    const buffer = isStream && proxy.sse === "buffer"
     const up = http.request({hostname: base.hostname, port: base.port, method: req.method, path: req.url,
       headers: {...req.headers, host: base.host}, agent: false}, (ures) => {
+      if(buffer){
+        const chunks = []
+        ures.on("data", (c) => chunks.push(c))
+        ures.on("end", () => { res.writeHead(ures.statusCode, ures.headers); res.end(Buffer.concat(chunks)) })
+        return
+      }
       res.writeHead(ures.statusCode, ures.headers)
       ures.pipe(res)
     })

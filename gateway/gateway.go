@@ -72,6 +72,8 @@ type Gateway struct {
 	// this instance's subscribers.
 	records *recordCache
 	keys    sessionKeys
+	// keeper keeps the sessions of held subscriptions alive.
+	keeper *keeper
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -172,7 +174,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}, nil
+	g := &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}
+	g.keeper = newKeeper(g)
+	return g, nil
 }
 
 // SessionTimeout returns the configured session timeout.

@@ -112,6 +112,23 @@ func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) (*
 	return ms.s.clone(), nil
 }
 
+// TouchMany implements SessionStore, under one hold of the store's mutex.
+func (m *MemoryStore) TouchMany(_ context.Context, ids []string, deadline time.Time) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var gone []string
+	for _, id := range ids {
+		ms, ok := m.sessions[id]
+		if !ok {
+			gone = append(gone, id)
+			continue
+		}
+		ms.deadline = deadline
+		m.sessions[id] = ms
+	}
+	return gone, nil
+}
+
 // Lock implements SessionStore.
 func (m *MemoryStore) Lock(ctx context.Context, id string) (func(), error) {
 	for {

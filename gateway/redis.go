@@ -399,6 +399,40 @@ func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) (
 	return decodeSession(data)
 }
 
+// TouchMany implements SessionStore. One round trip: a pipeline of PEXPIRE
+// (0: the session is gone) and ZADD XX (never re-adds a removed id; see
+// Touch) per id; on a Cluster, go-redis sends each node its share in
+// parallel. A gone id is reported only on PEXPIRE's answer, not on an error.
+func (r *RedisStore) TouchMany(ctx context.Context, ids []string, deadline time.Time) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	exps := make([]*redis.BoolCmd, len(ids))
+	zadds := make([]*redis.IntCmd, len(ids))
+	ttl, score := sessionTTL(deadline), deadlineScore(deadline)
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			exps[i] = p.PExpire(ctx, r.sessionKey(id), ttl)
+			zadds[i] = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: score, Member: id}}})
+		}
+		return nil
+	})
+	var gone []string
+	for i, id := range ids {
+		ok, err := exps[i].Result()
+		if err == nil {
+			err = zadds[i].Err()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redis: touch %d sessions: %s: %w", len(ids), SessionHandle(id), err)
+		}
+		if !ok {
+			gone = append(gone, id)
+		}
+	}
+	return gone, nil
+}
+
 // unlockScript deletes a lock only if it still holds the caller's token, so
 // an unlock after the lock expired never frees another holder's lock.
 var unlockScript = redis.NewScript(`

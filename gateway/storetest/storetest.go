@@ -65,6 +65,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"SaveGoneSessionDoesNotRevive", testSaveGoneDoesNotRevive},
 		{"TouchMovesDeadline", testTouchMovesDeadline},
 		{"TouchUnknown", testTouchUnknown},
+		{"TouchManyMovesDeadlines", testTouchManyMovesDeadlines},
+		{"TouchManyReportsGone", testTouchManyReportsGone},
 		{"ClaimOnlyExpired", testClaimOnlyExpired},
 		{"ClaimRespectsLimit", testClaimRespectsLimit},
 		{"ClaimLeases", testClaimLeases},
@@ -510,6 +512,55 @@ func testTouchUnknown(t *testing.T, st Store) {
 	wantGone(t, st, sid(2), "user_socket:2", "after Touch of a removed session")
 	if _, err := st.Load(t.Context(), sid(1)); !errors.Is(err, gateway.ErrNoSession) {
 		t.Errorf("Touch created a session: Load = %v", err)
+	}
+}
+
+func testTouchManyMovesDeadlines(t *testing.T, st Store) {
+	d := base()
+	made := make([]*gateway.Session, 3)
+	for i := range made {
+		made[i] = fullSession(sid(i), `1`)
+		create(t, st, made[i], d)
+	}
+	gone, err := st.TouchMany(t.Context(), []string{sid(0), sid(1)}, d.Add(10*time.Minute))
+	if err != nil || len(gone) != 0 {
+		t.Fatalf("TouchMany of live sessions = %v, %v; want none gone", gone, err)
+	}
+	if got := claim(t, st, d.Add(5*time.Minute), 10); !slices.Equal(ids(got), []string{sid(2)}) {
+		t.Errorf("Claim between the old and the new deadline = %v, want only the untouched [%s]", ids(got), sid(2))
+	}
+	if got := slices.Sorted(slices.Values(ids(claim(t, st, d.Add(11*time.Minute), 10)))); !slices.Equal(got, []string{sid(0), sid(1)}) {
+		t.Errorf("Claim after the new deadline = %v, want [%s %s]", got, sid(0), sid(1))
+	}
+	// The session's data is untouched.
+	wantSession(t, "after TouchMany", made[0], load(t, st, sid(0)))
+	if gone, err := st.TouchMany(t.Context(), nil, d); err != nil || len(gone) != 0 {
+		t.Errorf("TouchMany of no ids = %v, %v; want nothing", gone, err)
+	}
+}
+
+func testTouchManyReportsGone(t *testing.T, st Store) {
+	d := base()
+	create(t, st, minimalSession(sid(1), `1`), d)
+	create(t, st, minimalSession(sid(2), `2`), d)
+	if _, err := st.Remove(t.Context(), sid(2)); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	gone, err := st.TouchMany(t.Context(), []string{sid(3), sid(1), sid(2)}, d.Add(time.Hour))
+	if err != nil {
+		t.Fatalf("TouchMany: %v", err)
+	}
+	slices.Sort(gone)
+	if want := []string{sid(2), sid(3)}; !slices.Equal(gone, want) {
+		t.Errorf("TouchMany gone = %v, want the removed and the never-created %v", gone, want)
+	}
+	// Neither revived nor created.
+	wantGone(t, st, sid(2), "user_socket:2", "after TouchMany of a removed session")
+	if _, err := st.Load(t.Context(), sid(3)); !errors.Is(err, gateway.ErrNoSession) {
+		t.Errorf("TouchMany created a session: Load = %v", err)
+	}
+	if got := claim(t, st, d.Add(2*time.Hour), 10); !slices.Equal(ids(got), []string{sid(1)}) {
+		t.Errorf("Claim after every deadline = %v, want only the live [%s]", ids(got), sid(1))
 	}
 }
 

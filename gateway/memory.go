@@ -154,6 +154,20 @@ func (m *MemoryStore) Lock(ctx context.Context, id string) (func(), error) {
 	}
 }
 
+// LockLoad implements SessionStore.
+func (m *MemoryStore) LockLoad(ctx context.Context, id string) (func(), *Session, error) {
+	unlock, err := m.Lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := m.Load(ctx, id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, s, nil
+}
+
 // Claim implements SessionStore.
 func (m *MemoryStore) Claim(_ context.Context, now time.Time, lease time.Duration, limit int) ([]*Session, error) {
 	m.mu.Lock()

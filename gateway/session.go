@@ -216,6 +216,11 @@ type SessionStore interface {
 	// Lock serializes the handling of one session's messages across
 	// instances. It waits up to ctx's deadline; unlock releases it.
 	Lock(ctx context.Context, id string) (unlock func(), err error)
+	// LockLoad is Lock then Load, in one round trip per attempt (a batch's
+	// handling starts with both): it returns the session as it is under
+	// the lock. If the session is gone it returns ErrNoSession, holding no
+	// lock.
+	LockLoad(ctx context.Context, id string) (unlock func(), s *Session, err error)
 	// Claim returns up to limit sessions whose deadline is not after now,
 	// and moves each one's deadline to now+lease so that no other Claim
 	// returns it meanwhile. The claimer ends each session and Removes it; if

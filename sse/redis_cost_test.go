@@ -59,3 +59,30 @@ func TestIdleParkedStreamsCostRedisNothing(t *testing.T) {
 		s.expect(t, news(room, 1))
 	}
 }
+
+// TestConnectRoundTrips counts the Redis round trips of an SSE connect that
+// joins a channel at once (GET ?join=, until the join's reply, presence
+// diff and state are on the stream): the connect, the join (applied under
+// the session's lock, with its presence), the subscription and its first
+// read. It fails if a change adds one; lower the budget when one goes.
+func TestConnectRoundTrips(t *testing.T) {
+	// Connect 2 (the mailbox's head; the session); join 12 (load,
+	// lock+load, the channel's head, the test room's presence list, put
+	// and list, save, publish the reply, the diff and the presence_state
+	// in order, clear the outbox, unlock); subscribe 1 (touch+load); first
+	// read 1. It was 18 before the session's create and its lock+load went
+	// to one round trip each.
+	const budget = 16
+	e, counter := redisEnv(t, envConfig{SessionTimeout: time.Hour})
+	// The first connect loads the scripts into Redis; count the second.
+	s, _ := e.connect(t, "1", "2.0.0", "join=room:warm")
+	requireJoined(t, s.frames(t, 3), "room:warm", "join:1", "1")
+	trips, cmds := counter.Measure(func() {
+		s, _ := e.connect(t, "2", "2.0.0", "join=room:cold")
+		requireJoined(t, s.frames(t, 3), "room:cold", "join:1", "2")
+	})
+	t.Logf("an SSE connect with a join: %d round trips, %d commands", trips, cmds)
+	if trips > budget {
+		t.Errorf("an SSE connect with a join took %d Redis round trips (%d commands), more than its budget of %d", trips, cmds, budget)
+	}
+}

@@ -78,6 +78,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"CreateLimitPerSocket", testCreateLimit},
 		{"ConcurrentCreatesRespectLimit", testConcurrentCreatesLimit},
 		{"LockExcludes", testLockExcludes},
+		{"LockLoad", testLockLoad},
 		{"LockDeadline", testLockDeadline},
 		{"LocksOfDifferentIDsAreIndependent", testLocksIndependent},
 		{"LockMutualExclusionUnderContention", testLockContention},
@@ -922,6 +923,47 @@ func lock(t *testing.T, st Store, id string) func() {
 		t.Fatalf("Lock(%s): %v", id, err)
 	}
 	return unlock
+}
+
+func testLockLoad(t *testing.T, st Store) {
+	d := base()
+	made := fullSession(sid(1), `1`)
+	create(t, st, made, d)
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	unlock, got, err := st.LockLoad(ctx, sid(1))
+	if err != nil {
+		t.Fatalf("LockLoad: %v", err)
+	}
+	wantSession(t, "LockLoad", made, got)
+	// It holds the lock: a Lock waits for it (here, until its deadline).
+	short, cancelShort := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	if u, err := st.Lock(short, sid(1)); err == nil {
+		u()
+		t.Error("Lock succeeded while LockLoad held the lock")
+	}
+	cancelShort()
+	// A change saved under the lock is what the next LockLoad reads.
+	got.NextSlot = 7
+	if err := st.Save(ctx, got); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	unlock()
+	unlock2, again, err := st.LockLoad(ctx, sid(1))
+	if err != nil {
+		t.Fatalf("LockLoad after unlock: %v", err)
+	}
+	if again.NextSlot != 7 {
+		t.Errorf("LockLoad after a Save read NextSlot %d, want 7", again.NextSlot)
+	}
+	unlock2()
+
+	// A session that is gone: ErrNoSession, and no lock left held.
+	if _, _, err := st.LockLoad(ctx, sid(2)); !errors.Is(err, gateway.ErrNoSession) {
+		t.Errorf("LockLoad of an unknown session = %v, want ErrNoSession", err)
+	}
+	lock(t, st, sid(2))()
+	lock(t, st, sid(1))()
 }
 
 func testLockExcludes(t *testing.T, st Store) {

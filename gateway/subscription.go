@@ -111,9 +111,9 @@ func (sub *Subscription) Token() SessionToken { return sub.tok }
 func (sub *Subscription) Close() {
 	sub.release()
 	// Give the session only the timeout from now, not from the end of a
-	// wait its client gave up.
+	// wait its client gave up (TouchMany: a touch without loading it).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_, _ = sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, time.Now().Add(sub.g.cfg.SessionTimeout))
+	_, _ = sub.g.cfg.Sessions.TouchMany(ctx, []string{sub.tok.SessionID}, time.Now().Add(sub.g.cfg.SessionTimeout))
 	cancel()
 }
 

@@ -72,6 +72,8 @@ type Gateway struct {
 	// this instance's subscribers.
 	records *recordCache
 	keys    sessionKeys
+	// keeper keeps the sessions of held subscriptions alive.
+	keeper *keeper
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -172,7 +174,9 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
-	return &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}, nil
+	g := &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}
+	g.keeper = newKeeper(g)
+	return g, nil
 }
 
 // SessionTimeout returns the configured session timeout.
@@ -273,8 +277,10 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 			return &BatchError{Index: i, Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, n, g.cfg.MaxPayloadBytes)}
 		}
 	}
+	// Reload under the lock (one round trip with it): another request may
+	// have changed the session.
 	lctx, cancel := context.WithTimeout(ctx, lockWait)
-	unlock, err := g.cfg.Sessions.Lock(lctx, sessionID)
+	unlock, s, err := g.cfg.Sessions.LockLoad(lctx, sessionID)
 	cancel()
 	if err != nil {
 		return err
@@ -285,10 +291,6 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	// retry is dropped as a duplicate) without delivering their replies.
 	ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), lockWait)
 	defer cancel()
-	// Reload under the lock: another request may have changed the session.
-	if s, err = g.cfg.Sessions.Load(ctx, sessionID); err != nil {
-		return err
-	}
 	// An earlier batch was applied but not all it sent was published (its
 	// request failed): publish that first, before anything this batch sends.
 	if err := g.publishOutbox(ctx, s); err != nil {
@@ -576,18 +578,14 @@ func (g *Gateway) EndSession(ctx context.Context, sessionID, reason string) (boo
 // presence leaves are exact, so a second attempt announces nothing twice.
 func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, error) {
 	lctx, cancel := context.WithTimeout(ctx, lockWait)
-	unlock, err := g.cfg.Sessions.Lock(lctx, id)
+	unlock, s, err := g.cfg.Sessions.LockLoad(lctx, id)
 	cancel()
-	if err != nil {
-		return false, err
-	}
-	defer unlock()
-	s, err := g.cfg.Sessions.Load(ctx, id)
 	if errors.Is(err, ErrNoSession) {
 		return false, nil
 	} else if err != nil {
 		return false, err
 	}
+	defer unlock()
 	fx := &effects{}
 	topicsOf := slices.Sorted(maps.Keys(s.Channels))
 	for _, t := range topicsOf {

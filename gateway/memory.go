@@ -112,6 +112,23 @@ func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) (*
 	return ms.s.clone(), nil
 }
 
+// TouchMany implements SessionStore, under one hold of the store's mutex.
+func (m *MemoryStore) TouchMany(_ context.Context, ids []string, deadline time.Time) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var gone []string
+	for _, id := range ids {
+		ms, ok := m.sessions[id]
+		if !ok {
+			gone = append(gone, id)
+			continue
+		}
+		ms.deadline = deadline
+		m.sessions[id] = ms
+	}
+	return gone, nil
+}
+
 // Lock implements SessionStore.
 func (m *MemoryStore) Lock(ctx context.Context, id string) (func(), error) {
 	for {
@@ -135,6 +152,20 @@ func (m *MemoryStore) Lock(ctx context.Context, id string) (func(), error) {
 			return nil, fmt.Errorf("lock session %s: %w", id, ctx.Err())
 		}
 	}
+}
+
+// LockLoad implements SessionStore.
+func (m *MemoryStore) LockLoad(ctx context.Context, id string) (func(), *Session, error) {
+	unlock, err := m.Lock(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := m.Load(ctx, id)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, s, nil
 }
 
 // Claim implements SessionStore.

@@ -140,8 +140,9 @@ func sessionTTL(deadline time.Time) time.Duration {
 	return max(time.Until(deadline), 0) + sessionGrace
 }
 
-// Create implements SessionStore. Two round trips: the deadline and the data
-// (SET NX) together, then the socket index (reserveScript). Over the
+// Create implements SessionStore. One round trip on one server: the
+// deadline, the data (SET NX) and then the socket index (reserveScript),
+// pipelined; on a Cluster, two (the index once the data is written). Over the
 // per-socket limit, two more: the liveness of the listed sessions, and
 // reserveScript again without the dead ones; then, if still refused, one to
 // take the data back.
@@ -166,11 +167,20 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 		return fmt.Errorf("redis: encode session: %w", err)
 	}
 	key, score := r.sessionKey(s.ID), deadlineScore(deadline)
+	sock := s.SocketID()
+	// On one server, the socket index goes in the same pipeline, after the
+	// data: one connection runs them in order. A Cluster may send them to
+	// different nodes, so there it waits for the data to be written.
+	_, cluster := r.rdb.(*redis.ClusterClient)
 	var zadd *redis.IntCmd
 	var set *redis.BoolCmd
+	var reserved *redis.Cmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: score, Member: s.ID}}})
 		set = p.SetNX(ctx, key, data, sessionTTL(deadline))
+		if !cluster {
+			reserved = reserveScript.EvalSha(ctx, p, []string{r.socketKey(sock)}, reserveArgs(s.ID, maxPerSocket, nil, nil)...)
+		}
 		return nil
 	})
 	if err := set.Err(); err != nil {
@@ -179,14 +189,19 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 		return fmt.Errorf("redis: create session %s: %w", s.ID, err)
 	}
 	if !set.Val() {
+		if reserved != nil && reserved.Err() == nil && reserved.Val() == int64(1) {
+			// Indexed by this refused Create (the session of that id is
+			// another socket's): take it back.
+			if err := r.rdb.SRem(context.WithoutCancel(ctx), r.socketKey(sock), s.ID).Err(); err != nil {
+				r.log.Warn("redis: create session: unindex a refused id", "session", LogSession(s.ID), "err", err)
+			}
+		}
 		return fmt.Errorf("redis: create session %s: already exists", SessionHandle(s.ID))
 	}
 	if err := zadd.Err(); err != nil {
 		// Data without a deadline would never be claimed: take it back, so
 		// the Create fails whole (its client never learns the id).
-		if derr := r.rdb.Del(context.WithoutCancel(ctx), key).Err(); derr != nil {
-			r.log.Error("redis: create session: undo", "session", LogSession(s.ID), "err", derr)
-		}
+		r.undoCreate(ctx, s)
 		return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
 	}
 	if zadd.Val() == 0 {
@@ -197,8 +212,12 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 			return fmt.Errorf("redis: create session %s: set deadline: %w", s.ID, err)
 		}
 	}
-	sock := s.SocketID()
-	listed, err := r.reserve(ctx, sock, s.ID, maxPerSocket, nil, nil)
+	var listed []string
+	if reserved != nil && !isNoScript(reserved.Err()) {
+		listed, err = reserveResult(reserved.Result())
+	} else {
+		listed, err = r.reserve(ctx, sock, s.ID, maxPerSocket, nil, nil)
+	}
 	if err == nil && listed != nil {
 		// Over the limit counting every listed id: count only the live ones.
 		var gone, expired []string
@@ -220,8 +239,9 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 // reserveScript indexes a new session under its socket if the socket has
 // fewer than a limit of live sessions, and refreshes the index's TTL. It
 // first drops the ids it is told are gone, then counts the listed ids but
-// the dead ones it is told of (gone, or past their deadline). It returns 1,
-// or, refusing, the ids it counted as live.
+// the dead ones it is told of (gone, or past their deadline). It returns 1
+// (2 if the id was indexed already), or, refusing, the ids it counted as
+// live.
 //
 // KEYS: the socket index. ARGV: id, limit (0: none), ttl ms, number of gone
 // ids, the gone ids, then the expired ids.
@@ -238,14 +258,20 @@ if limit > 0 then
   end
   if #live >= limit then return live end
 end
-redis.call('SADD', KEYS[1], ARGV[1])
+local added = redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
+if added == 1 then return 1 end
+return 2
 `)
 
 // reserve runs reserveScript: it returns nil if id is indexed, else the ids
 // counted as live sessions of the socket.
 func (r *RedisStore) reserve(ctx context.Context, socketID, id string, limit int, gone, expired []string) ([]string, error) {
+	return reserveResult(reserveScript.Run(ctx, r.rdb, []string{r.socketKey(socketID)}, reserveArgs(id, limit, gone, expired)...).Result())
+}
+
+// reserveArgs returns reserveScript's arguments.
+func reserveArgs(id string, limit int, gone, expired []string) []any {
 	args := make([]any, 0, 4+len(gone)+len(expired))
 	args = append(args, id, max(limit, 0), socketTTL.Milliseconds(), len(gone))
 	for _, g := range gone {
@@ -254,7 +280,12 @@ func (r *RedisStore) reserve(ctx context.Context, socketID, id string, limit int
 	for _, e := range expired {
 		args = append(args, e)
 	}
-	res, err := reserveScript.Run(ctx, r.rdb, []string{r.socketKey(socketID)}, args...).Result()
+	return args
+}
+
+// reserveResult decodes reserveScript's reply: nil if the id is indexed,
+// else the ids counted as live sessions of the socket.
+func reserveResult(res any, err error) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +430,40 @@ func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) (
 	return decodeSession(data)
 }
 
+// TouchMany implements SessionStore. One round trip: a pipeline of PEXPIRE
+// (0: the session is gone) and ZADD XX (never re-adds a removed id; see
+// Touch) per id; on a Cluster, go-redis sends each node its share in
+// parallel. A gone id is reported only on PEXPIRE's answer, not on an error.
+func (r *RedisStore) TouchMany(ctx context.Context, ids []string, deadline time.Time) ([]string, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	exps := make([]*redis.BoolCmd, len(ids))
+	zadds := make([]*redis.IntCmd, len(ids))
+	ttl, score := sessionTTL(deadline), deadlineScore(deadline)
+	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			exps[i] = p.PExpire(ctx, r.sessionKey(id), ttl)
+			zadds[i] = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: score, Member: id}}})
+		}
+		return nil
+	})
+	var gone []string
+	for i, id := range ids {
+		ok, err := exps[i].Result()
+		if err == nil {
+			err = zadds[i].Err()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redis: touch %d sessions: %s: %w", len(ids), SessionHandle(id), err)
+		}
+		if !ok {
+			gone = append(gone, id)
+		}
+	}
+	return gone, nil
+}
+
 // unlockScript deletes a lock only if it still holds the caller's token, so
 // an unlock after the lock expired never frees another holder's lock.
 var unlockScript = redis.NewScript(`
@@ -427,21 +492,51 @@ return 0
 // done. One round trip per attempt; unlock is one round trip and safe to
 // call twice.
 func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
+	unlock, _, err := r.lock(ctx, id, false)
+	return unlock, err
+}
+
+// LockLoad implements SessionStore. One round trip per attempt: the lock
+// script and a GET of the session, pipelined. Both keys share the session's
+// hash tag, so they are on one node, which runs them in order: the GET
+// that follows a won lock reads the session under it.
+func (r *RedisStore) LockLoad(ctx context.Context, id string) (func(), *Session, error) {
+	unlock, data, err := r.lock(ctx, id, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	if data == nil {
+		unlock()
+		return nil, nil, ErrNoSession
+	}
+	s, err := decodeSession(data)
+	if err != nil {
+		unlock()
+		return nil, nil, fmt.Errorf("redis: load session %s: %w", id, err)
+	}
+	return unlock, s, nil
+}
+
+// lock takes a session's lock (see Lock) and, with load, reads the
+// session's data in the same round trip (nil: it is gone).
+func (r *RedisStore) lock(ctx context.Context, id string, load bool) (func(), []byte, error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
 	key := r.lockKey(id)
 	wait := lockRetryMin
 	var timer *time.Timer
+	var data []byte
 	for {
-		got, err := lockScript.Run(ctx, r.rdb, []string{key}, token, lockTTL.Milliseconds()).Int()
+		got, d, err := r.lockAttempt(ctx, key, token, id, load)
 		if err != nil {
 			if cerr := ctx.Err(); cerr != nil {
 				err = cerr
 			}
-			return nil, fmt.Errorf("redis: lock session %s: %w", id, err)
+			return nil, nil, fmt.Errorf("redis: lock session %s: %w", id, err)
 		}
-		if got == 1 {
+		if got {
+			data = d
 			break
 		}
 		if timer == nil {
@@ -453,7 +548,7 @@ func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("redis: lock session %s: %w", id, ctx.Err())
+			return nil, nil, fmt.Errorf("redis: lock session %s: %w", id, ctx.Err())
 		}
 		wait = min(2*wait, lockRetryMax)
 	}
@@ -468,7 +563,50 @@ func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
 				r.log.Warn("redis: unlock session", "session", LogSession(id), "err", err)
 			}
 		})
-	}, nil
+	}, data, nil
+}
+
+// lockAttempt runs lockScript once and, with load, GETs the session after
+// it in the same pipeline; a script missing from the server's cache costs
+// a second round trip with its source.
+func (r *RedisStore) lockAttempt(ctx context.Context, key, token, id string, load bool) (bool, []byte, error) {
+	if !load {
+		got, err := lockScript.Run(ctx, r.rdb, []string{key}, token, lockTTL.Milliseconds()).Int()
+		return got == 1, nil, err
+	}
+	var lock *redis.Cmd
+	var get *redis.StringCmd
+	run := func(eval bool) {
+		_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if eval {
+				lock = lockScript.Eval(ctx, p, []string{key}, token, lockTTL.Milliseconds())
+			} else {
+				lock = lockScript.EvalSha(ctx, p, []string{key}, token, lockTTL.Milliseconds())
+			}
+			get = p.Get(ctx, r.sessionKey(id))
+			return nil
+		})
+	}
+	run(false)
+	if isNoScript(lock.Err()) {
+		run(true)
+	}
+	got, err := lock.Int()
+	if err != nil || got != 1 {
+		return false, nil, err
+	}
+	data, err := get.Bytes()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return true, nil, nil
+	case err != nil:
+		// Locked, but the session could not be read: release and fail.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), unlockTimeout)
+		defer cancel()
+		_ = unlockScript.Run(ctx, r.rdb, []string{key}, token).Err()
+		return false, nil, fmt.Errorf("load: %w", err)
+	}
+	return true, data, nil
 }
 
 // claimScript takes up to ARGV[3] ids whose deadline is not after ARGV[1]
@@ -732,4 +870,9 @@ func (r *RedisStore) ListPresence(ctx context.Context, topic string) ([]Presence
 	}
 	sortEntries(out)
 	return out, nil
+}
+
+// isNoScript reports a script missing from the server's cache: nothing ran.
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
 }

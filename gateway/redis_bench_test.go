@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,4 +169,49 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 	}
 	b.ReportMetric(float64(counter.Trips.Load())/float64(b.N), "redis-trips/op")
 	b.ReportMetric(float64(counter.Cmds.Load())/float64(b.N), "redis-cmds/op")
+}
+
+// BenchmarkRedisSSEConnect measures an SSE connect that joins a channel, as
+// the SSE transport makes it: Connect, the join (Handle), the stream's
+// subscription and its first read, then the stream's end (Close). It
+// reports the Redis round trips per connect and the process's CPU time per
+// connect (user + system, the go-redis client's included).
+func BenchmarkRedisSSEConnect(b *testing.B) {
+	gw, counter := benchGateway(b)
+	ctx := context.Background()
+	join := [][]byte{[]byte(`["1","1","room:bench","phx_join",{}]`)}
+	counter.Trips.Store(0)
+	counter.Cmds.Store(0)
+	cpu0 := cpuTime()
+	i := 0
+	for b.Loop() {
+		i++
+		tok, err := gw.Connect(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := gw.Handle(ctx, tok.SessionID, join); err != nil {
+			b.Fatal(err)
+		}
+		sub, err := gw.SubscribeFunc(ctx, tok, 15*time.Second, func() {})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if d, err := sub.Ready(ctx); err != nil || len(d.Frames) != 1 {
+			b.Fatalf("first read: %v, %v", d, err)
+		}
+		sub.Close()
+	}
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(counter.Trips.Load())/float64(b.N), "redis-trips/op")
+	b.ReportMetric(float64(counter.Cmds.Load())/float64(b.N), "redis-cmds/op")
+}
+
+// cpuTime is the CPU time this process used so far (user + system).
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -207,9 +207,20 @@ type SessionStore interface {
 	// Touch moves the session's expiry deadline and returns the session (a
 	// poll needs both: one round trip); ErrNoSession if it is gone.
 	Touch(ctx context.Context, id string, deadline time.Time) (*Session, error)
+	// TouchMany moves the expiry deadline of every listed session that
+	// still exists to deadline, in one round trip however many there are
+	// (the keeper of an instance's held streams calls it for them all), and
+	// returns the ids that are gone. Like Touch, it never revives a removed
+	// session.
+	TouchMany(ctx context.Context, ids []string, deadline time.Time) (gone []string, err error)
 	// Lock serializes the handling of one session's messages across
 	// instances. It waits up to ctx's deadline; unlock releases it.
 	Lock(ctx context.Context, id string) (unlock func(), err error)
+	// LockLoad is Lock then Load, in one round trip per attempt (a batch's
+	// handling starts with both): it returns the session as it is under
+	// the lock. If the session is gone it returns ErrNoSession, holding no
+	// lock.
+	LockLoad(ctx context.Context, id string) (unlock func(), s *Session, err error)
 	// Claim returns up to limit sessions whose deadline is not after now,
 	// and moves each one's deadline to now+lease so that no other Claim
 	// returns it meanwhile. The claimer ends each session and Removes it; if

@@ -54,22 +54,27 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
-	return g.subscribe(ctx, tok, time.Now().Add(g.cfg.SessionTimeout), nil)
+	return g.subscribe(ctx, tok, 0, nil)
 }
 
 // SubscribeFunc is Subscribe for a transport that holds no goroutine while
 // a stream waits (an SSE connection parked outside net/http): instead of
 // blocking in Next, it is told by wake that something may be ready, and
-// then calls Ready; it must call Check at least every checkEvery, which
-// keeps the session alive. wake runs on the publisher's goroutine, with the
-// broker's hub locked: it must only schedule work and return.
+// then calls Ready. Until it is closed, the gateway keeps its session alive,
+// with the other held subscriptions of this instance in batches (one store
+// round trip for many sessions), a session timeout plus checkEvery (at most
+// another session timeout) ahead: after this instance dies, the session
+// ends within that. A session found gone wakes the subscription, whose
+// Ready then returns ErrNoSession. wake runs on the publisher's goroutine,
+// with the broker's hub locked: it must only schedule work and return.
 func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEvery time.Duration, wake func()) (*Subscription, error) {
-	return g.subscribe(ctx, tok, time.Now().Add(checkEvery+g.cfg.SessionTimeout), wake)
+	return g.subscribe(ctx, tok, checkEvery, wake)
 }
 
-// subscribe starts a subscription, keeping its session alive until then;
-// with a notify function, a SubscribeFunc one.
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Time, notify func()) (*Subscription, error) {
+// subscribe starts a subscription, keeping its session alive for extra past
+// the session timeout; with a notify function, a SubscribeFunc one, whose
+// session the keeper keeps alive from then on.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func()) (*Subscription, error) {
 	// Deliveries carry public tokens (SSE event ids): a transport that hands
 	// out credentials adds the key itself (WithKey).
 	tok.Key = ""
@@ -83,6 +88,7 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Ti
 			sub.notify()
 		})
 	}
+	until := time.Now().Add(g.cfg.SessionTimeout + extra)
 	if err := sub.touch(ctx, until); err != nil {
 		sub.release()
 		return nil, err
@@ -90,6 +96,9 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, until time.Ti
 	if err := checkUser(ctx, sub.s); err != nil {
 		sub.release()
 		return nil, err
+	}
+	if notify != nil {
+		g.keeper.add(sub, until, extra)
 	}
 	return sub, nil
 }
@@ -102,9 +111,9 @@ func (sub *Subscription) Token() SessionToken { return sub.tok }
 func (sub *Subscription) Close() {
 	sub.release()
 	// Give the session only the timeout from now, not from the end of a
-	// wait its client gave up.
+	// wait its client gave up (TouchMany: a touch without loading it).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_, _ = sub.g.cfg.Sessions.Touch(ctx, sub.tok.SessionID, time.Now().Add(sub.g.cfg.SessionTimeout))
+	_, _ = sub.g.cfg.Sessions.TouchMany(ctx, []string{sub.tok.SessionID}, time.Now().Add(sub.g.cfg.SessionTimeout))
 	cancel()
 }
 
@@ -115,8 +124,11 @@ func (sub *Subscription) End(ctx context.Context, reason string) (bool, error) {
 	return sub.g.EndSession(ctx, sub.tok.SessionID, reason)
 }
 
-// release stops the wake-ups.
+// release stops the wake-ups and the keeping alive.
 func (sub *Subscription) release() {
+	if sub.notify != nil {
+		sub.g.keeper.remove(sub)
+	}
 	sub.mailbox.Close()
 	if sub.channels != nil {
 		sub.channels.Close()
@@ -225,11 +237,11 @@ func (sub *Subscription) Next(ctx context.Context, wait time.Duration) (*Deliver
 		case <-g.draining:
 			return &Delivery{Token: sub.tok}, nil
 		case <-timer:
-			// A wake-up from another instance can be lost (a pub/sub
-			// reconnect), a message in the log cannot: look once more,
-			// at the store, with a fresh session.
-			sub.stale = true
-			return sub.read(ctx, readAll)
+			// Nothing woke it. A wake-up from another instance lost with a
+			// pub/sub connection is made up for by the broker, which wakes
+			// every listener once subscribed again (and a poll's next
+			// request starts with a read of everything).
+			return &Delivery{Token: sub.tok}, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -304,22 +316,13 @@ func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, er
 	return d, nil
 }
 
-// Check is the periodic look of a SubscribeFunc subscription, every wait
-// at most: it keeps the session alive past the next check, and reads
-// everything from the store with a fresh session, since a wake-up from
-// another instance can be lost. It returns what it found.
+// Check is the periodic look of a SubscribeFunc subscription, which its
+// transport may make at each heartbeat. It costs the store nothing, and
+// finds nothing: the gateway keeps the session alive in batches (and wakes
+// the subscription if it finds the session gone), and a wake-up that a
+// remote broker lost is made up for by that broker, which wakes every
+// listener once it hears again (topics.RedisBroker.Run), so the woken
+// subscription reads the store then. It returns an empty Delivery.
 func (sub *Subscription) Check(ctx context.Context, wait time.Duration) (*Delivery, error) {
-	touched, err := sub.keepAlive(ctx, wait)
-	if err != nil {
-		return nil, err
-	}
-	sub.stale = sub.stale || !touched // a touch reloaded the session
-	d, err := sub.read(ctx, readAll)
-	if err != nil {
-		return nil, err
-	}
-	if sub.more {
-		sub.notify()
-	}
-	return d, nil
+	return &Delivery{Token: sub.tok}, nil
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/sluicegw/sluice/gateway"
@@ -55,6 +56,10 @@ type envConfig struct {
 	MaxStreams       int
 	MaxSessions      int       // per user; default none
 	Log              io.Writer // where the server logs, at debug level; default nowhere
+	// Redis, if set, holds the sessions and the logs instead of memory,
+	// under RedisPrefix (a sluicetest: one the test cleans up).
+	Redis       redis.UniversalClient
+	RedisPrefix string
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -83,7 +88,15 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	if cfg.Log != nil {
 		log = slog.New(slog.NewTextHandler(cfg.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	store := gateway.NewMemoryStore()
+	var store interface {
+		gateway.SessionStore
+		gateway.PresenceStore
+	} = gateway.NewMemoryStore()
+	var broker topics.Broker = topics.NewMemoryBroker(100, time.Hour)
+	if cfg.Redis != nil {
+		store = gateway.NewRedisStore(cfg.Redis, gateway.RedisOptions{Prefix: cfg.RedisPrefix, Logger: log})
+		broker = topics.NewRedisBroker(cfg.Redis, topics.RedisOptions{Prefix: cfg.RedisPrefix, MaxLen: 100, Logger: log})
+	}
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
 	gw, err := gateway.New(gateway.Config{
@@ -91,7 +104,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		Authenticate:       gateway.TokenAuthenticator(testSecret, 24*time.Hour),
 		Sessions:           store,
 		Presence:           store,
-		Broker:             topics.NewMemoryBroker(100, time.Hour),
+		Broker:             broker,
 		SessionTimeout:     cfg.SessionTimeout,
 		MaxSessionsPerUser: cfg.MaxSessions,
 		Logger:             log,

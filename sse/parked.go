@@ -125,9 +125,10 @@ func (p *parked) deliverLocked() {
 	}
 }
 
-// heartbeat runs at least every Heartbeat: the subscription's check (which
-// keeps the session alive and finds what a lost wake-up hid), at most once
-// per Heartbeat; and a heartbeat event once the stream was silent for
+// heartbeat runs at least every Heartbeat: the subscription's check (no
+// store call: the gateway keeps held sessions alive in batches, and a
+// broker that lost wake-ups wakes every listener), at most once per
+// Heartbeat; and a heartbeat event once the stream was silent for
 // Heartbeat. It then runs again when the next of the two is due.
 func (p *parked) heartbeat() {
 	p.mu.Lock()

@@ -112,8 +112,8 @@ type ReadRequest struct {
 	// Recent allows a remote broker to answer from what this instance has
 	// heard of the topic's publishes, even that there is nothing new,
 	// without asking the store: for a reader just woken by a listener,
-	// whose wake-up told what is new. A wake-up lost to a reconnect is then
-	// noticed only by a later read without Recent, so readers must make one
-	// now and then.
+	// whose wake-up told what is new. A broker that can lose wake-ups (a
+	// pub/sub reconnect) wakes every listener once it hears again, and
+	// answers their Recent reads from the store then.
 	Recent bool
 }

@@ -721,6 +721,9 @@ func (b *RedisBroker) resubscribed(ctx context.Context) {
 			b.log.Debug("topics: loading a script into redis", "err", err)
 		}
 	}
+	// Publishes made meanwhile were not announced: the woken readers must
+	// not be told from memory that nothing is new.
+	b.tails.doubtAll()
 	b.wakeAll()
 }
 

@@ -1291,3 +1291,48 @@ func TestRedisBrokerSharedReads(t *testing.T) {
 		}
 	})
 }
+
+// A record whose wake-up never reached this instance (published while its
+// pub/sub connection was down) is delivered once the subscription is back:
+// the broker wakes every listener, and their reads, Recent ones included,
+// go to Redis rather than being told from memory that nothing is new.
+func TestRedisBrokerRecentReadAfterResubscribe(t *testing.T) {
+	noLeaks(t)
+	srv := startRedisServer(t)
+	be := &backend{opts: func() *redis.Options { return &redis.Options{Addr: srv.addr} }}
+	prefix := randomPrefix()
+	client := be.client(t)
+	sub := newRedisBroker(t, client, topics.RedisOptions{Prefix: prefix, Logger: slog.New(slog.DiscardHandler)})
+	pub := newRedisBroker(t, be.client(t), topics.RedisOptions{Prefix: prefix})
+	startRunReady(t, sub)
+	const topic = "t:lost"
+	l := sub.Listen(topic)
+	defer l.Close()
+	ctx := t.Context()
+	first := mustPublish(t, pub, topic, []byte("heard"))
+	waitFor(t, l, "the first publish")
+	got, err := sub.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: first - 1, Recent: true}})
+	if err != nil || len(got[0].Records) != 1 {
+		t.Fatalf("read of the heard record: %+v, %v", got, err)
+	}
+
+	// A record appended with no wake-up, as one whose PUBLISH was lost.
+	keys := []string{prefix + "{" + topic + "}:seq", prefix + "{" + topic + "}:log"}
+	lost, err := client.Incr(ctx, keys[0]).Uint64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.XAdd(ctx, &redis.XAddArgs{Stream: keys[1], ID: strconv.FormatUint(lost, 10) + "-0", Values: []string{"d", "lost"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The wake-up subscription breaks; Run subscribes again and wakes l.
+	if err := client.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, l, "the wake-up after resubscribing")
+	got, err = sub.ReadMany(ctx, []topics.ReadRequest{{Topic: topic, After: first, Recent: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantRecords(t, "a woken Recent read after resubscribing", got[0], lost, [][]byte{[]byte("lost")}, false)
+}

@@ -15,7 +15,9 @@ import (
 // whose records are all here; or when it is Recent (the reader was just
 // woken) and nothing was announced past its cursor. Other readers with
 // nothing announced past their cursor (a first read, a check after a quiet
-// wait) read Redis, so a lost wake-up delays nobody past their next check.
+// wait) read Redis. Announcements lost with the wake-up subscription are
+// forgotten when it is back (doubtAll), before every listener is woken, so
+// that the woken readers' Recent reads go to Redis.
 type tails struct {
 	mu     sync.Mutex
 	topics map[string]*tail
@@ -62,6 +64,17 @@ func (ts *tails) announce(topic string, seq uint64) {
 func (ts *tails) doubt(topic string) {
 	ts.mu.Lock()
 	if t := ts.topics[topic]; t != nil {
+		t.announced = 0
+	}
+	ts.mu.Unlock()
+}
+
+// doubtAll marks every topic's announced Seq unknown: after the wake-up
+// subscription was lost, announcements may have been missed, so the next
+// read of each topic goes to Redis, even a Recent one.
+func (ts *tails) doubtAll() {
+	ts.mu.Lock()
+	for _, t := range ts.topics {
 		t.announced = 0
 	}
 	ts.mu.Unlock()

@@ -500,8 +500,8 @@ func (s *socket) finish() {
 	// session, and EndSession announces the leave exactly once whoever
 	// else (an expiry, /api/disconnect) ends it too. If this instance dies
 	// instead, nothing ends the session here: its deadline, which the
-	// subscription keeps a session timeout ahead of its last check, passes,
-	// and any instance's expiry ends it.
+	// gateway keeps at least half a session timeout ahead while the
+	// subscription is held, passes, and any instance's expiry ends it.
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	var endErr error
 	s.mu.Lock()
@@ -719,8 +719,8 @@ func (s *socket) deliverLocked() {
 	s.sendLocked(d)
 }
 
-// heartbeat runs every PingInterval: the subscription's check, then a ping
-// if the client was silent for two intervals.
+// heartbeat runs every PingInterval: the subscription's check (no store
+// call), then a ping if the client was silent for two intervals.
 func (s *socket) heartbeat() {
 	s.mu.Lock()
 	defer s.mu.Unlock()

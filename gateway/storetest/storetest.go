@@ -65,6 +65,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"SaveGoneSessionDoesNotRevive", testSaveGoneDoesNotRevive},
 		{"TouchMovesDeadline", testTouchMovesDeadline},
 		{"TouchUnknown", testTouchUnknown},
+		{"TouchManyMovesDeadlines", testTouchManyMovesDeadlines},
+		{"TouchManyReportsGone", testTouchManyReportsGone},
 		{"ClaimOnlyExpired", testClaimOnlyExpired},
 		{"ClaimRespectsLimit", testClaimRespectsLimit},
 		{"ClaimLeases", testClaimLeases},
@@ -76,6 +78,7 @@ func Run(t *testing.T, newStore NewStore) {
 		{"CreateLimitPerSocket", testCreateLimit},
 		{"ConcurrentCreatesRespectLimit", testConcurrentCreatesLimit},
 		{"LockExcludes", testLockExcludes},
+		{"LockLoad", testLockLoad},
 		{"LockDeadline", testLockDeadline},
 		{"LocksOfDifferentIDsAreIndependent", testLocksIndependent},
 		{"LockMutualExclusionUnderContention", testLockContention},
@@ -513,6 +516,55 @@ func testTouchUnknown(t *testing.T, st Store) {
 	}
 }
 
+func testTouchManyMovesDeadlines(t *testing.T, st Store) {
+	d := base()
+	made := make([]*gateway.Session, 3)
+	for i := range made {
+		made[i] = fullSession(sid(i), `1`)
+		create(t, st, made[i], d)
+	}
+	gone, err := st.TouchMany(t.Context(), []string{sid(0), sid(1)}, d.Add(10*time.Minute))
+	if err != nil || len(gone) != 0 {
+		t.Fatalf("TouchMany of live sessions = %v, %v; want none gone", gone, err)
+	}
+	if got := claim(t, st, d.Add(5*time.Minute), 10); !slices.Equal(ids(got), []string{sid(2)}) {
+		t.Errorf("Claim between the old and the new deadline = %v, want only the untouched [%s]", ids(got), sid(2))
+	}
+	if got := slices.Sorted(slices.Values(ids(claim(t, st, d.Add(11*time.Minute), 10)))); !slices.Equal(got, []string{sid(0), sid(1)}) {
+		t.Errorf("Claim after the new deadline = %v, want [%s %s]", got, sid(0), sid(1))
+	}
+	// The session's data is untouched.
+	wantSession(t, "after TouchMany", made[0], load(t, st, sid(0)))
+	if gone, err := st.TouchMany(t.Context(), nil, d); err != nil || len(gone) != 0 {
+		t.Errorf("TouchMany of no ids = %v, %v; want nothing", gone, err)
+	}
+}
+
+func testTouchManyReportsGone(t *testing.T, st Store) {
+	d := base()
+	create(t, st, minimalSession(sid(1), `1`), d)
+	create(t, st, minimalSession(sid(2), `2`), d)
+	if _, err := st.Remove(t.Context(), sid(2)); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	gone, err := st.TouchMany(t.Context(), []string{sid(3), sid(1), sid(2)}, d.Add(time.Hour))
+	if err != nil {
+		t.Fatalf("TouchMany: %v", err)
+	}
+	slices.Sort(gone)
+	if want := []string{sid(2), sid(3)}; !slices.Equal(gone, want) {
+		t.Errorf("TouchMany gone = %v, want the removed and the never-created %v", gone, want)
+	}
+	// Neither revived nor created.
+	wantGone(t, st, sid(2), "user_socket:2", "after TouchMany of a removed session")
+	if _, err := st.Load(t.Context(), sid(3)); !errors.Is(err, gateway.ErrNoSession) {
+		t.Errorf("TouchMany created a session: Load = %v", err)
+	}
+	if got := claim(t, st, d.Add(2*time.Hour), 10); !slices.Equal(ids(got), []string{sid(1)}) {
+		t.Errorf("Claim after every deadline = %v, want only the live [%s]", ids(got), sid(1))
+	}
+}
+
 func testClaimOnlyExpired(t *testing.T, st Store) {
 	d := base()
 	for i := range 3 {
@@ -871,6 +923,47 @@ func lock(t *testing.T, st Store, id string) func() {
 		t.Fatalf("Lock(%s): %v", id, err)
 	}
 	return unlock
+}
+
+func testLockLoad(t *testing.T, st Store) {
+	d := base()
+	made := fullSession(sid(1), `1`)
+	create(t, st, made, d)
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	unlock, got, err := st.LockLoad(ctx, sid(1))
+	if err != nil {
+		t.Fatalf("LockLoad: %v", err)
+	}
+	wantSession(t, "LockLoad", made, got)
+	// It holds the lock: a Lock waits for it (here, until its deadline).
+	short, cancelShort := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	if u, err := st.Lock(short, sid(1)); err == nil {
+		u()
+		t.Error("Lock succeeded while LockLoad held the lock")
+	}
+	cancelShort()
+	// A change saved under the lock is what the next LockLoad reads.
+	got.NextSlot = 7
+	if err := st.Save(ctx, got); err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	unlock()
+	unlock2, again, err := st.LockLoad(ctx, sid(1))
+	if err != nil {
+		t.Fatalf("LockLoad after unlock: %v", err)
+	}
+	if again.NextSlot != 7 {
+		t.Errorf("LockLoad after a Save read NextSlot %d, want 7", again.NextSlot)
+	}
+	unlock2()
+
+	// A session that is gone: ErrNoSession, and no lock left held.
+	if _, _, err := st.LockLoad(ctx, sid(2)); !errors.Is(err, gateway.ErrNoSession) {
+		t.Errorf("LockLoad of an unknown session = %v, want ErrNoSession", err)
+	}
+	lock(t, st, sid(2))()
+	lock(t, st, sid(1))()
 }
 
 func testLockExcludes(t *testing.T, st Store) {

@@ -1,0 +1,109 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/redistest"
+	"github.com/sluicegw/sluice/topics"
+)
+
+// TestConnectRoundTrips counts the Redis round trips of the steps of a
+// connect, so that none can silently grow: a LongPoll connect and its first
+// poll (nothing to deliver yet), and an SSE connect that joins a channel
+// (connect, the join, the stream's subscription and its first read). It
+// fails if a step takes more than its budget; lower a budget when a step
+// gets cheaper.
+func TestConnectRoundTrips(t *testing.T) {
+	forEachRedis(t, func(t *testing.T, b redisBackend, c redis.UniversalClient, prefix string) {
+		if b.name == "cluster" {
+			// Its nodes cache scripts each for itself, so a count depends
+			// on which nodes the random session ids land on. (A Cluster
+			// connect is one round trip more: its socket index waits for
+			// the data, on another node.)
+			t.Skip("round trips on a Cluster vary with its per-node script caches; counted on one server")
+		}
+		counter := &redistest.Counter{}
+		c.AddHook(counter)
+		store := newTestRedisStore(t, c, prefix)
+		router := &topics.Router[gateway.Handler]{}
+		router.Add("room:*", echoRoom{})
+		gw, err := gateway.New(gateway.Config{
+			Router:   router,
+			Sessions: store, Presence: store,
+			Broker: topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, Logger: redisTestLogger(t)}),
+			Authenticate: func(_ context.Context, info gateway.ConnectInfo) (gateway.Identity, error) {
+				return gateway.Identity{UserID: json.RawMessage(info.Token)}, nil
+			},
+			SessionTimeout:     time.Minute,
+			MaxSessionsPerUser: 10,
+			Logger:             redisTestLogger(t),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		budgets := map[string]int64{
+			"connect": 2, // the mailbox's head; the session's deadline, data and socket index
+
+			"first poll":       2, // touch+load; read the mailbox
+			"join":             7, // load; lock+load; the channel's head; save; publish; clear the outbox; unlock
+			"subscribe":        1, // touch+load
+			"first read":       1, // the mailbox and the channel, pipelined
+			"idle heartbeat":   0,
+			"close the stream": 1, // give the session the timeout from now
+		}
+		ctx := t.Context()
+		got := map[string]int64{}
+		step := func(name string, fn func() error) {
+			t.Helper()
+			var err error
+			trips, _ := counter.Measure(func() { err = fn() })
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			got[name] = max(got[name], trips)
+		}
+		// The first round loads the scripts into Redis: count the second.
+		for round := range 2 {
+			if round == 1 {
+				clear(got)
+			}
+			var lp, sse gateway.SessionToken
+			step("connect", func() (err error) {
+				lp, err = gw.Connect(ctx, gateway.ConnectInfo{Token: "1", Vsn: "2.0.0"})
+				return err
+			})
+			step("first poll", func() error { _, err := gw.Poll(ctx, lp, time.Millisecond); return err })
+
+			step("connect", func() (err error) {
+				sse, err = gw.Connect(ctx, gateway.ConnectInfo{Token: "2", Vsn: "2.0.0"})
+				return err
+			})
+			step("join", func() error {
+				return gw.Handle(ctx, sse.SessionID, [][]byte{[]byte(`["1","1","room:x","phx_join",{}]`)})
+			})
+			var sub *gateway.Subscription
+			step("subscribe", func() (err error) { sub, err = gw.SubscribeFunc(ctx, sse, time.Second, func() {}); return err })
+			step("first read", func() error {
+				d, err := sub.Ready(ctx)
+				if err == nil && len(d.Frames) != 1 {
+					t.Errorf("first read: %d frames, want the join's reply", len(d.Frames))
+				}
+				return err
+			})
+			step("idle heartbeat", func() error { _, err := sub.Check(ctx, time.Second); return err })
+			step("close the stream", func() error { sub.Close(); return nil })
+		}
+		for name, budget := range budgets {
+			t.Logf("%s: %d round trips", name, got[name])
+			if got[name] > budget {
+				t.Errorf("%s took %d Redis round trips, more than its budget of %d", name, got[name], budget)
+			}
+		}
+	})
+}

@@ -796,6 +796,11 @@ func streamHandlers() int {
 	return strings.Count(string(buf), "sluice/sse.(*Transport).stream(") + strings.Count(string(buf), "sluice/sse.(*parked).watchClient(")
 }
 
+// handlerWait is how long waitHandlers waits at most: generous, since a
+// loaded machine (CI runs -race beside other suites) can take a while to
+// end a goroutine; a passing wait returns as soon as the count is right.
+const handlerWait = 10 * time.Second
+
 // waitHandlers waits until exactly n stream handlers run.
 func waitHandlers(t *testing.T, n int, within time.Duration) {
 	t.Helper()

@@ -162,7 +162,7 @@ func TestR3labsClientStreamAndResume(t *testing.T) {
 		t.Fatalf("client LastEventID: want the broadcast's id %q, got %q", last, c1.lastID())
 	}
 	c1.stop(t)
-	waitHandlers(t, 0, 2*time.Second)
+	waitHandlers(t, 0, handlerWait)
 
 	// While no client is connected: broadcasts, a reply to a POST, and a
 	// broadcast on a topic the session never joined.
@@ -195,7 +195,7 @@ func TestR3labsClientStreamAndResume(t *testing.T) {
 	c3.expect(t, news("room:a", 1), pingReply("1", "2", "room:a"), news("room:a", 2), news("room:a", 3))
 	c3.stop(t)
 
-	waitHandlers(t, 0, 2*time.Second)
+	waitHandlers(t, 0, handlerWait)
 	e.srv.Close()
 	goleak.VerifyNone(t, ignore)
 }

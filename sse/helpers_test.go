@@ -55,6 +55,10 @@ type envConfig struct {
 	MaxStreams       int
 	MaxSessions      int       // per user; default none
 	Log              io.Writer // where the server logs, at debug level; default nowhere
+	// WrapBroker, when set, wraps the memory broker (to make it fail).
+	WrapBroker func(topics.Broker) topics.Broker
+	// NoPark serves every stream with its own goroutine (sse.Config.NoPark).
+	NoPark bool
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -86,12 +90,16 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
+	var broker topics.Broker = topics.NewMemoryBroker(100, time.Hour)
+	if cfg.WrapBroker != nil {
+		broker = cfg.WrapBroker(broker)
+	}
 	gw, err := gateway.New(gateway.Config{
 		Router:             router,
 		Authenticate:       gateway.TokenAuthenticator(testSecret, 24*time.Hour),
 		Sessions:           store,
 		Presence:           store,
-		Broker:             topics.NewMemoryBroker(100, time.Hour),
+		Broker:             broker,
 		SessionTimeout:     cfg.SessionTimeout,
 		MaxSessionsPerUser: cfg.MaxSessions,
 		Logger:             log,
@@ -110,6 +118,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		MaxFrames:        cfg.MaxFrames,
 		AllowCredentials: cfg.AllowCredentials,
 		MaxStreams:       cfg.MaxStreams,
+		NoPark:           cfg.NoPark,
 		Logger:           log,
 	})
 	tr.Register(e, ssePath)

@@ -44,6 +44,14 @@ type parked struct {
 	lastCheck time.Time
 	// deadline is the connection's write deadline, moved once half spent.
 	deadline time.Time
+
+	// While the stores fail (a Redis slow under load times out), the stream
+	// waits and tries again (see gateway.StoreRetry): retryAt is when it
+	// tries next (wake-ups before then coalesce into that try), and retry
+	// the timer that makes the try.
+	failing gateway.StoreRetry
+	retryAt time.Time
+	retry   *time.Timer
 }
 
 // storeTimeout bounds a task's calls to the stores.
@@ -112,16 +120,58 @@ func (p *parked) deliverLocked() {
 	if p.ended || p.sub == nil {
 		return
 	}
+	if p.waitingRetry(time.Now()) {
+		return // the retry timer delivers what this wake-up announced
+	}
 	// No deadline of its own (a timer per delivery showed in profiles):
 	// a delivery reads what a wake-up announced, and the stores bound their
 	// calls (the Redis client's read and write timeouts).
 	d, err := p.sub.Ready(context.Background())
 	if err != nil {
+		p.storeFailed(err)
+		return
+	}
+	p.storeAnswered()
+	if len(d.Frames) > 0 {
+		p.send(d, false)
+	}
+}
+
+// waitingRetry reports whether the stream waits to retry its stores.
+func (p *parked) waitingRetry(now time.Time) bool {
+	// A little slack: the retry timer's own wake-up must not find itself early.
+	return !p.retryAt.IsZero() && now.Before(p.retryAt.Add(-time.Millisecond))
+}
+
+// storeFailed handles a store error of a delivery or a check: the stream
+// ends when the session is gone (session_gone) or the store has failed for
+// too long (unavailable); otherwise it waits and retries, its heartbeats
+// still going out (see gateway.StoreRetry).
+func (p *parked) storeFailed(err error) {
+	now := time.Now()
+	first := !p.failing.Failing()
+	wait, retry := p.failing.Failed(p.t.gw, err, now)
+	if !retry {
 		p.fail(err)
 		return
 	}
-	if len(d.Frames) > 0 {
-		p.send(d, false)
+	if first {
+		p.t.cfg.Logger.Debug("sse: store call failed; the stream waits and retries", "session", gateway.LogSession(p.session), "err", err)
+	}
+	p.retryAt = now.Add(wait)
+	if p.retry == nil {
+		p.retry = time.AfterFunc(wait, p.wake)
+	} else {
+		p.retry.Reset(wait)
+	}
+}
+
+// storeAnswered ends a spell of store failures.
+func (p *parked) storeAnswered() {
+	if p.failing.Failing() {
+		d := p.failing.Answered(time.Now())
+		p.t.cfg.Logger.Debug("sse: the store answers again", "session", gateway.LogSession(p.session), "failed_for", d)
+		p.retryAt = time.Time{}
 	}
 }
 
@@ -137,24 +187,33 @@ func (p *parked) heartbeat() {
 	}
 	hb := p.t.cfg.Heartbeat
 	const early = 5 * time.Millisecond // a timer may fire a little early
-	if time.Since(p.lastCheck) >= hb-early {
+	if time.Since(p.lastCheck) >= hb-early && !p.waitingRetry(time.Now()) {
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		d, err := p.sub.Check(ctx, hb)
 		cancel()
-		if err != nil {
-			p.fail(err)
+		if err == nil {
+			p.storeAnswered()
+			p.lastCheck = time.Now()
+			if len(d.Frames) > 0 {
+				p.send(d, false)
+			}
+		} else if p.storeFailed(err); p.ended {
 			return
-		}
-		p.lastCheck = time.Now()
-		if len(d.Frames) > 0 {
-			p.send(d, false)
 		}
 	}
 	if !p.ended && time.Since(p.lastWrite) >= hb-early {
+		// Also while the stores fail: the client and the proxies in
+		// between see a live stream.
 		p.send(&gateway.Delivery{}, true)
 	}
 	if !p.ended {
-		next := min(time.Until(p.lastCheck.Add(hb)), time.Until(p.lastWrite.Add(hb)))
+		// The next check is due a Heartbeat after the last one that
+		// worked, but not before the stream's retry.
+		checkAt := p.lastCheck.Add(hb)
+		if p.retryAt.After(checkAt) {
+			checkAt = p.retryAt
+		}
+		next := min(time.Until(checkAt), time.Until(p.lastWrite.Add(hb)))
 		p.beat.Reset(max(next, early))
 	}
 }
@@ -262,6 +321,9 @@ func (p *parked) end(clean bool) {
 	if p.beat != nil {
 		p.beat.Stop()
 		p.life.Stop()
+	}
+	if p.retry != nil {
+		p.retry.Stop()
 	}
 	if p.sub != nil {
 		p.sub.Close()

@@ -370,6 +370,10 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	defer sub.Close()
 	deadline := time.Now().Add(lifetime)
+	// While the stores fail, the stream waits and retries, as a parked
+	// one does (see parked.storeFailed).
+	var failing gateway.StoreRetry
+	lastWrite := time.Now()
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
 		if wait <= 0 || draining(t.gw) {
@@ -384,8 +388,31 @@ func (t *Transport) stream(c echo.Context) error {
 		case err != nil && ctx.Err() != nil:
 			return nil // the client went away
 		case err != nil:
-			t.endStream(sw, tok, err)
-			return nil
+			first := !failing.Failing()
+			backoff, retry := failing.Failed(t.gw, err, time.Now())
+			if !retry {
+				t.endStream(sw, tok, err)
+				return nil
+			}
+			if first {
+				t.cfg.Logger.Debug("sse: store call failed; the stream waits and retries", "session", gateway.LogSession(tok.SessionID), "err", err)
+			}
+			pause := time.NewTimer(min(backoff, wait))
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+				return nil
+			case <-t.gw.Draining():
+				pause.Stop()
+			case <-pause.C:
+			}
+			if time.Since(lastWrite) < t.cfg.Heartbeat {
+				continue
+			}
+			// Silent for a heartbeat: say the stream is alive.
+			d = &gateway.Delivery{}
+		default:
+			failing.Answered(time.Now())
 		}
 		if len(d.Frames) == 0 {
 			buf.WriteString("event: heartbeat\ndata: ")
@@ -399,6 +426,7 @@ func (t *Transport) stream(c echo.Context) error {
 		if err := sw.flush(); err != nil {
 			return nil
 		}
+		lastWrite = time.Now()
 		d.Observe(obs, transportName)
 	}
 }

@@ -59,6 +59,11 @@ type envConfig struct {
 	WrapBroker func(topics.Broker) topics.Broker
 	// NoPark serves every stream with its own goroutine (sse.Config.NoPark).
 	NoPark bool
+	// Shards, when set, is the number of deliverers of parked streams.
+	Shards int
+	// Plain, when set, serves "plain:*" with a handler that accepts every
+	// join and tracks no presence (for benchmarks).
+	Plain gateway.Handler
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -69,7 +74,7 @@ type env struct {
 	http *http.Client
 }
 
-func newEnv(t *testing.T, cfg envConfig) *env {
+func newEnv(t testing.TB, cfg envConfig) *env {
 	t.Helper()
 	if cfg.Retry == 0 {
 		cfg.Retry = 2 * time.Second
@@ -90,6 +95,9 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	store := gateway.NewMemoryStore()
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
+	if cfg.Plain != nil {
+		router.Add("plain:*", cfg.Plain)
+	}
 	var broker topics.Broker = topics.NewMemoryBroker(100, time.Hour)
 	if cfg.WrapBroker != nil {
 		broker = cfg.WrapBroker(broker)
@@ -121,6 +129,9 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		NoPark:           cfg.NoPark,
 		Logger:           log,
 	})
+	if cfg.Shards > 0 {
+		sse.SetShards(tr, cfg.Shards)
+	}
 	tr.Register(e, ssePath)
 	// A handler panic is a server crash as far as the client is concerned:
 	// record it and fail the test, whatever the client made of it.

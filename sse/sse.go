@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,9 +84,12 @@ type Transport struct {
 	path    string
 	streams atomic.Int64
 
-	// parked holds the streams served without a goroutine (parked.go).
-	parkedMu sync.Mutex
-	parked   map[*parked]struct{}
+	// parked holds the streams served without a goroutine (parked.go);
+	// deliverers run their deliveries, nextShard spreads them over these.
+	parkedMu   sync.Mutex
+	parked     map[*parked]struct{}
+	deliverers *deliverers
+	nextShard  atomic.Uint32
 }
 
 // New returns a Transport serving gw.
@@ -108,7 +112,7 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{})}
+	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{}), deliverers: newDeliverers(shardsPerCPU * runtime.GOMAXPROCS(0))}
 	gw.OnDrain(t.finishParked)
 	return t
 }

@@ -14,8 +14,10 @@ import "sync"
 // A delivery never waits on a client: parked streams write without
 // blocking and leave what the client's socket did not take to a goroutine
 // of their own (parked.writeBehind). It can wait on a store, as each
-// stream's task did: shards are several per CPU so that one read of a
-// remote store holds up a part of the streams only.
+// stream's task did: there are more shards than the Redis client has
+// connections (10 per CPU), so that deliveries waiting on Redis keep all of
+// them busy, as a goroutine per delivery did, and one slow read holds up a
+// small part of the streams only.
 type deliverers struct {
 	shards []deliverer
 }
@@ -28,7 +30,7 @@ type deliverer struct {
 }
 
 // shardsPerCPU is how many shards per GOMAXPROCS.
-const shardsPerCPU = 4
+const shardsPerCPU = 16
 
 func newDeliverers(n int) *deliverers {
 	return &deliverers{shards: make([]deliverer, max(n, 1))}

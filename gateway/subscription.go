@@ -299,6 +299,10 @@ func (sub *Subscription) nextRead() (readMode, bool) {
 // read reloads the session if its mailbox woke, collects in mode, and
 // acknowledges what it read (the token also covers records read but not for
 // this client).
+//
+// After an error nothing is acknowledged and the next read is of everything
+// with a fresh session, so a caller may simply try again later: what the
+// wake-ups announced is not lost with the failed read.
 func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, error) {
 	if sub.stale {
 		s, err := sub.g.cfg.Sessions.Load(ctx, sub.tok.SessionID)
@@ -309,6 +313,7 @@ func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, er
 	}
 	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
 	if err != nil {
+		sub.stale = true // the mailbox may have been skipped: read it too
 		return nil, err
 	}
 	sub.primed, sub.woken, sub.more = true, false, d.truncated

@@ -60,6 +60,15 @@ type envConfig struct {
 	// under RedisPrefix (a sluicetest: one the test cleans up).
 	Redis       redis.UniversalClient
 	RedisPrefix string
+	// WrapBroker, when set, wraps the memory broker (to make it fail).
+	WrapBroker func(topics.Broker) topics.Broker
+	// NoPark serves every stream with its own goroutine (sse.Config.NoPark).
+	NoPark bool
+	// Shards, when set, is the number of deliverers of parked streams.
+	Shards int
+	// Plain, when set, serves "plain:*" with a handler that accepts every
+	// join and tracks no presence (for benchmarks).
+	Plain gateway.Handler
 }
 
 // env is one test server: a Gateway behind the SSE transport.
@@ -70,7 +79,7 @@ type env struct {
 	http *http.Client
 }
 
-func newEnv(t *testing.T, cfg envConfig) *env {
+func newEnv(t testing.TB, cfg envConfig) *env {
 	t.Helper()
 	if cfg.Retry == 0 {
 		cfg.Retry = 2 * time.Second
@@ -99,6 +108,12 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	}
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
+	if cfg.Plain != nil {
+		router.Add("plain:*", cfg.Plain)
+	}
+	if cfg.WrapBroker != nil {
+		broker = cfg.WrapBroker(broker)
+	}
 	gw, err := gateway.New(gateway.Config{
 		Router:             router,
 		Authenticate:       gateway.TokenAuthenticator(testSecret, 24*time.Hour),
@@ -123,8 +138,12 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		MaxFrames:        cfg.MaxFrames,
 		AllowCredentials: cfg.AllowCredentials,
 		MaxStreams:       cfg.MaxStreams,
+		NoPark:           cfg.NoPark,
 		Logger:           log,
 	})
+	if cfg.Shards > 0 {
+		sse.SetShards(tr, cfg.Shards)
+	}
 	tr.Register(e, ssePath)
 	// A handler panic is a server crash as far as the client is concerned:
 	// record it and fail the test, whatever the client made of it.

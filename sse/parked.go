@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sluicegw/sluice/gateway"
@@ -19,31 +20,55 @@ import (
 // (Hijack) once its opening was written, so that while it waits it holds no
 // handler goroutine, no net/http buffers and no write buffer: only its
 // connection, its subscription, two timers and a reader goroutine blocked
-// on a one-byte read (which notices the client leaving). A wake-up, the
-// heartbeat and the end each run a short task; one runs at a time per
-// stream. The response goes on as HTTP/1.1 chunked encoding, as net/http
-// started it.
+// on a one-byte read (which notices the client leaving). A wake-up's
+// delivery runs on its shard's deliverer (deliverers.go); the heartbeat and
+// the end each run a short task; one runs at a time per stream. The
+// response goes on as HTTP/1.1 chunked encoding, as net/http started it.
 //
 // Hijacking is not possible over HTTP/2; such streams keep the goroutine.
 type parked struct {
 	t    *Transport
 	conn net.Conn
-	sub  *gateway.Subscription
+	// raw writes to conn without blocking; nil if conn is not a plain
+	// socket (then its writes block, and its deliveries run on goroutines
+	// of their own rather than hold up a deliverer).
+	raw syscall.RawConn
+	// shard is the deliverer the stream's deliveries run on.
+	shard uint32
+	sub   *gateway.Subscription
 	// session is the session id, for messages.
 	session string
 
-	mu    sync.Mutex // held by the running task
+	mu    sync.Mutex // held by the running task; released with unlock
 	ended bool
-	// queued: a delivery task is scheduled and has not started.
+	// queued: a delivery is scheduled and has not started.
 	queued atomic.Bool
-	beat   *time.Timer
-	life   *time.Timer
+	// redeliver: a delivery found another task running and left its work
+	// to it (see deliver).
+	redeliver atomic.Bool
+	// behind: a write is being finished by writeBehind (the client's
+	// socket was full); nothing else is written until it is done.
+	// behindWoken: a delivery waits for it; behindFinish: the end does.
+	behind       bool
+	behindWoken  bool
+	behindFinish bool
+
+	beat *time.Timer
+	life *time.Timer
 	// lastWrite is when the stream last wrote, for the heartbeat event;
 	// lastCheck when it last ran the subscription's Check.
 	lastWrite time.Time
 	lastCheck time.Time
 	// deadline is the connection's write deadline, moved once half spent.
 	deadline time.Time
+
+	// While the stores fail (a Redis slow under load times out), the stream
+	// waits and tries again (see gateway.StoreRetry): retryAt is when it
+	// tries next (wake-ups before then coalesce into that try), and retry
+	// the timer that makes the try.
+	failing gateway.StoreRetry
+	retryAt time.Time
+	retry   *time.Timer
 }
 
 // storeTimeout bounds a task's calls to the stores.
@@ -67,18 +92,25 @@ func (t *Transport) park(w http.ResponseWriter, tok gateway.SessionToken, lifeti
 	_ = brw.Writer.Flush()
 	brw = nil
 	now := time.Now()
-	p := &parked{t: t, conn: conn, session: tok.SessionID, lastWrite: now, lastCheck: now}
+	p := &parked{t: t, conn: conn, session: tok.SessionID, lastWrite: now, lastCheck: now, shard: t.nextShard.Add(1)}
+	if sc, ok := conn.(syscall.Conn); ok {
+		if p.raw, _ = sc.SyscallConn(); p.raw != nil {
+			// A raw write fails once a write deadline has passed: none
+			// while the stream writes without waiting.
+			_ = conn.SetWriteDeadline(time.Time{})
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
 	sub, err := t.gw.SubscribeFunc(ctx, tok, t.cfg.Heartbeat, p.wake)
 	if err != nil {
 		p.mu.Lock()
 		p.fail(err)
-		p.mu.Unlock()
+		p.unlock()
 		return true
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	p.sub = sub
 	t.parkedMu.Lock()
 	t.parked[p] = struct{}{}
@@ -91,37 +123,104 @@ func (t *Transport) park(w http.ResponseWriter, tok gateway.SessionToken, lifeti
 	return true
 }
 
-// wake is the subscription's wake-up: schedule a delivery.
+// wake is the subscription's wake-up: schedule a delivery. It runs with
+// the broker's hub locked, and does not block.
 func (p *parked) wake() {
-	if p.queued.CompareAndSwap(false, true) {
-		go p.deliver()
+	if !p.queued.CompareAndSwap(false, true) {
+		return // one is scheduled: it delivers this wake-up's records too
 	}
+	if p.raw == nil {
+		go p.deliver()
+		return
+	}
+	p.t.deliverers.add(p)
 }
 
+// deliver runs a scheduled delivery. It never waits for another task of
+// the stream (a heartbeat's check waiting on a slow store, the end): it
+// leaves the delivery to that task, which makes it when it unlocks.
 func (p *parked) deliver() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	// Cleared only once running: while a task waits for the lock (another
-	// is slow, say on a store that stopped answering), further wake-ups
-	// find one queued and start none, so a stream has at most two.
+	// Cleared first: a wake-up from now on schedules another delivery.
 	p.queued.Store(false)
+	p.redeliver.Store(true)
+	if !p.mu.TryLock() {
+		return // the holder's unlock sees redeliver
+	}
+	p.redeliver.Store(false)
 	p.deliverLocked()
+	p.unlock()
+}
+
+// unlock releases the stream, then schedules the delivery that another
+// task left to this one, if any. (Set before that task tried the lock, and
+// looked at after this one released it: one of the two delivers.)
+func (p *parked) unlock() {
+	p.mu.Unlock()
+	if p.redeliver.Swap(false) {
+		p.wake()
+	}
 }
 
 func (p *parked) deliverLocked() {
 	if p.ended || p.sub == nil {
 		return
 	}
+	if p.behind {
+		p.behindWoken = true // writeBehind delivers when it is done
+		return
+	}
+	if p.waitingRetry(time.Now()) {
+		return // the retry timer delivers what this wake-up announced
+	}
 	// No deadline of its own (a timer per delivery showed in profiles):
 	// a delivery reads what a wake-up announced, and the stores bound their
 	// calls (the Redis client's read and write timeouts).
 	d, err := p.sub.Ready(context.Background())
 	if err != nil {
+		p.storeFailed(err)
+		return
+	}
+	p.storeAnswered()
+	if len(d.Frames) > 0 {
+		p.send(d, false)
+	}
+}
+
+// waitingRetry reports whether the stream waits to retry its stores.
+func (p *parked) waitingRetry(now time.Time) bool {
+	// A little slack: the retry timer's own wake-up must not find itself early.
+	return !p.retryAt.IsZero() && now.Before(p.retryAt.Add(-time.Millisecond))
+}
+
+// storeFailed handles a store error of a delivery or a check: the stream
+// ends when the session is gone (session_gone) or the store has failed for
+// too long (unavailable); otherwise it waits and retries, its heartbeats
+// still going out (see gateway.StoreRetry).
+func (p *parked) storeFailed(err error) {
+	now := time.Now()
+	first := !p.failing.Failing()
+	wait, retry := p.failing.Failed(p.t.gw, err, now)
+	if !retry {
 		p.fail(err)
 		return
 	}
-	if len(d.Frames) > 0 {
-		p.send(d, false)
+	if first {
+		p.t.cfg.Logger.Debug("sse: store call failed; the stream waits and retries", "session", gateway.LogSession(p.session), "err", err)
+	}
+	p.retryAt = now.Add(wait)
+	if p.retry == nil {
+		p.retry = time.AfterFunc(wait, p.wake)
+	} else {
+		p.retry.Reset(wait)
+	}
+}
+
+// storeAnswered ends a spell of store failures.
+func (p *parked) storeAnswered() {
+	if p.failing.Failing() {
+		d := p.failing.Answered(time.Now())
+		p.t.cfg.Logger.Debug("sse: the store answers again", "session", gateway.LogSession(p.session), "failed_for", d)
+		p.retryAt = time.Time{}
 	}
 }
 
@@ -132,30 +231,45 @@ func (p *parked) deliverLocked() {
 // Heartbeat. It then runs again when the next of the two is due.
 func (p *parked) heartbeat() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	if p.ended {
 		return
 	}
 	hb := p.t.cfg.Heartbeat
+	if p.behind {
+		// Bytes are on their way: no heartbeat is needed, and a check
+		// could not write what it read. Look again soon.
+		p.beat.Reset(min(hb, time.Second))
+		return
+	}
 	const early = 5 * time.Millisecond // a timer may fire a little early
-	if time.Since(p.lastCheck) >= hb-early {
+	if time.Since(p.lastCheck) >= hb-early && !p.waitingRetry(time.Now()) {
 		ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 		d, err := p.sub.Check(ctx, hb)
 		cancel()
-		if err != nil {
-			p.fail(err)
+		if err == nil {
+			p.storeAnswered()
+			p.lastCheck = time.Now()
+			if len(d.Frames) > 0 {
+				p.send(d, false)
+			}
+		} else if p.storeFailed(err); p.ended {
 			return
-		}
-		p.lastCheck = time.Now()
-		if len(d.Frames) > 0 {
-			p.send(d, false)
 		}
 	}
 	if !p.ended && time.Since(p.lastWrite) >= hb-early {
+		// Also while the stores fail: the client and the proxies in
+		// between see a live stream.
 		p.send(&gateway.Delivery{}, true)
 	}
 	if !p.ended {
-		next := min(time.Until(p.lastCheck.Add(hb)), time.Until(p.lastWrite.Add(hb)))
+		// The next check is due a Heartbeat after the last one that
+		// worked, but not before the stream's retry.
+		checkAt := p.lastCheck.Add(hb)
+		if p.retryAt.After(checkAt) {
+			checkAt = p.retryAt
+		}
+		next := min(time.Until(checkAt), time.Until(p.lastWrite.Add(hb)))
 		p.beat.Reset(max(next, early))
 	}
 }
@@ -167,11 +281,19 @@ func (p *parked) expire() { p.finish() }
 // resumes from its last id at once (on another instance when draining).
 func (p *parked) finish() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
+	p.finishLocked()
+}
+
+func (p *parked) finishLocked() {
 	if p.ended {
 		return
 	}
-	buf := writeBuffers.Get().(*bytes.Buffer)
+	if p.behind {
+		p.behindFinish = true // writeBehind finishes when it is done
+		return
+	}
+	buf := chunkBuffer()
 	buf.WriteString("retry: 100\n\n")
 	_ = p.write(buf)
 	writeBuffers.Put(buf)
@@ -188,7 +310,7 @@ func (p *parked) watchClient() {
 		}
 	}
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.unlock()
 	if !p.ended {
 		p.end(false) // the client left
 	}
@@ -197,7 +319,7 @@ func (p *parked) watchClient() {
 // send writes a delivery's frames, or a heartbeat event when it has none
 // and beat is set.
 func (p *parked) send(d *gateway.Delivery, beat bool) {
-	buf := writeBuffers.Get().(*bytes.Buffer)
+	buf := chunkBuffer()
 	defer writeBuffers.Put(buf)
 	if len(d.Frames) == 0 && beat {
 		buf.WriteString("event: heartbeat\ndata: ")
@@ -218,7 +340,7 @@ func (p *parked) send(d *gateway.Delivery, beat bool) {
 // fail ends the stream after a store error: session_gone when the session
 // ended (the client starts a new one), else unavailable (it retries).
 func (p *parked) fail(err error) {
-	buf := writeBuffers.Get().(*bytes.Buffer)
+	buf := chunkBuffer()
 	defer writeBuffers.Put(buf)
 	if errors.Is(err, gateway.ErrNoSession) {
 		msg, _ := json.Marshal(map[string]string{"reason": "session gone", "session": p.session})
@@ -228,41 +350,132 @@ func (p *parked) fail(err error) {
 		p.t.gw.Observer().Refused(transportName, "unavailable")
 		buf.WriteString("event: unavailable\ndata: {\"reason\":\"" + reasonStore + "\"}\n\n")
 	}
+	if p.behind {
+		p.end(false) // the client reconnects and is told then
+		return
+	}
 	_ = p.write(buf)
 	p.end(true)
 }
 
-// write sends buf as one HTTP/1.1 chunk, in one write (writev), and
-// empties it.
+// chunkHead is the room a chunk buffer keeps in front for the chunk's size
+// line (up to 16 hex digits and CRLF).
+const chunkHead = 18
+
+var chunkRoom [chunkHead]byte
+
+// chunkBuffer returns an empty buffer from writeBuffers with room for the
+// chunk's size line in front: write sends a chunk in one write of one
+// slice (a writev of three cost more in the kernel).
+func chunkBuffer() *bytes.Buffer {
+	buf := writeBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	buf.Write(chunkRoom[:])
+	return buf
+}
+
+// write sends buf (from chunkBuffer) as one HTTP/1.1 chunk, in one write,
+// and empties it. On a plain socket it does not wait for the client: what
+// the socket does not take goes to writeBehind.
 func (p *parked) write(buf *bytes.Buffer) error {
-	if buf.Len() == 0 {
+	n := buf.Len() - chunkHead
+	if n <= 0 {
 		return nil
 	}
-	var head [18]byte
-	size := append(strconv.AppendInt(head[:0], int64(buf.Len()), 16), '\r', '\n')
-	chunk := net.Buffers{size, buf.Bytes(), crlf}
+	var head [chunkHead]byte
+	size := append(strconv.AppendInt(head[:0], int64(n), 16), '\r', '\n')
+	start := chunkHead - len(size)
+	b := buf.Bytes()
+	copy(b[start:], size)
+	buf.WriteString("\r\n")
+	b = buf.Bytes()[start:]
+	defer buf.Reset()
+	p.lastWrite = time.Now()
+	if p.raw == nil {
+		return p.writeBlocking(b)
+	}
+	written, err := p.writeNow(b)
+	if err != nil {
+		return err
+	}
+	if written < len(b) {
+		p.behind = true
+		go p.writeBehind(bytes.Clone(b[written:]))
+	}
+	return nil
+}
+
+// writeBlocking writes b, waiting up to writeTimeout for the client.
+func (p *parked) writeBlocking(b []byte) error {
 	if now := time.Now(); p.deadline.Sub(now) < writeTimeout/2 {
 		p.deadline = now.Add(writeTimeout)
 		_ = p.conn.SetWriteDeadline(p.deadline)
 	}
-	_, err := chunk.WriteTo(p.conn)
-	buf.Reset()
-	p.lastWrite = time.Now()
+	_, err := p.conn.Write(b)
 	return err
 }
 
-var crlf = []byte("\r\n")
+// writeNow writes what the socket takes of b at once, without waiting.
+func (p *parked) writeNow(b []byte) (int, error) {
+	var n int
+	var werr error
+	err := p.raw.Write(func(fd uintptr) bool {
+		n, werr = syscall.Write(int(fd), b)
+		return true // never wait for the socket to be writable
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case werr == syscall.EAGAIN || werr == syscall.EINTR:
+		return 0, nil
+	case werr != nil:
+		return 0, werr
+	}
+	return n, nil
+}
+
+// writeBehind writes the rest of a chunk that the client's socket did not
+// take, waiting up to writeTimeout for the client (a client that stopped
+// reading is dropped), without holding the stream: its deliverer goes on
+// with other streams. Then it makes the delivery or the end that waited.
+func (p *parked) writeBehind(rest []byte) {
+	_ = p.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := p.conn.Write(rest)
+	if err == nil {
+		_ = p.conn.SetWriteDeadline(time.Time{}) // see park
+	}
+	p.mu.Lock()
+	defer p.unlock()
+	p.behind = false
+	switch {
+	case p.ended:
+	case err != nil:
+		p.end(false)
+	case p.behindFinish:
+		p.finishLocked()
+	case p.behindWoken:
+		p.behindWoken = false
+		p.redeliver.Store(true) // unlock schedules it
+	}
+}
 
 // end releases the stream; clean ends close the chunked body first.
 func (p *parked) end(clean bool) {
 	p.ended = true
-	if clean {
-		_, _ = p.conn.Write([]byte("0\r\n\r\n"))
+	if clean && !p.behind {
+		if p.raw != nil {
+			_, _ = p.writeNow([]byte("0\r\n\r\n"))
+		} else {
+			_, _ = p.conn.Write([]byte("0\r\n\r\n"))
+		}
 	}
 	_ = p.conn.Close()
 	if p.beat != nil {
 		p.beat.Stop()
 		p.life.Stop()
+	}
+	if p.retry != nil {
+		p.retry.Stop()
 	}
 	if p.sub != nil {
 		p.sub.Close()

@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,9 +84,12 @@ type Transport struct {
 	path    string
 	streams atomic.Int64
 
-	// parked holds the streams served without a goroutine (parked.go).
-	parkedMu sync.Mutex
-	parked   map[*parked]struct{}
+	// parked holds the streams served without a goroutine (parked.go);
+	// deliverers run their deliveries, nextShard spreads them over these.
+	parkedMu   sync.Mutex
+	parked     map[*parked]struct{}
+	deliverers *deliverers
+	nextShard  atomic.Uint32
 }
 
 // New returns a Transport serving gw.
@@ -108,7 +112,7 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{})}
+	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{}), deliverers: newDeliverers(shardsPerCPU * runtime.GOMAXPROCS(0))}
 	gw.OnDrain(t.finishParked)
 	return t
 }
@@ -370,6 +374,10 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	defer sub.Close()
 	deadline := time.Now().Add(lifetime)
+	// While the stores fail, the stream waits and retries, as a parked
+	// one does (see parked.storeFailed).
+	var failing gateway.StoreRetry
+	lastWrite := time.Now()
 	for {
 		wait := min(t.cfg.Heartbeat, time.Until(deadline))
 		if wait <= 0 || draining(t.gw) {
@@ -384,8 +392,31 @@ func (t *Transport) stream(c echo.Context) error {
 		case err != nil && ctx.Err() != nil:
 			return nil // the client went away
 		case err != nil:
-			t.endStream(sw, tok, err)
-			return nil
+			first := !failing.Failing()
+			backoff, retry := failing.Failed(t.gw, err, time.Now())
+			if !retry {
+				t.endStream(sw, tok, err)
+				return nil
+			}
+			if first {
+				t.cfg.Logger.Debug("sse: store call failed; the stream waits and retries", "session", gateway.LogSession(tok.SessionID), "err", err)
+			}
+			pause := time.NewTimer(min(backoff, wait))
+			select {
+			case <-ctx.Done():
+				pause.Stop()
+				return nil
+			case <-t.gw.Draining():
+				pause.Stop()
+			case <-pause.C:
+			}
+			if time.Since(lastWrite) < t.cfg.Heartbeat {
+				continue
+			}
+			// Silent for a heartbeat: say the stream is alive.
+			d = &gateway.Delivery{}
+		default:
+			failing.Answered(time.Now())
 		}
 		if len(d.Frames) == 0 {
 			buf.WriteString("event: heartbeat\ndata: ")
@@ -399,6 +430,7 @@ func (t *Transport) stream(c echo.Context) error {
 		if err := sw.flush(); err != nil {
 			return nil
 		}
+		lastWrite = time.Now()
 		d.Observe(obs, transportName)
 	}
 }

@@ -48,6 +48,8 @@ type envConfig struct {
 	PostRate       float64
 	PostBurst      int
 	Origins        []string
+	// WrapBroker, when set, wraps the memory broker (to make it fail).
+	WrapBroker func(topics.Broker) topics.Broker
 }
 
 // env is one test server: a Gateway behind the WebSocket transport.
@@ -69,12 +71,16 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", testroom.Handler{})
 	obs := newRecorder()
+	var broker topics.Broker = topics.NewMemoryBroker(1000, time.Hour)
+	if cfg.WrapBroker != nil {
+		broker = cfg.WrapBroker(broker)
+	}
 	gw, err := gateway.New(gateway.Config{
 		Router:          router,
 		Authenticate:    gateway.TokenAuthenticator(testSecret, 24*time.Hour),
 		Sessions:        store,
 		Presence:        store,
-		Broker:          topics.NewMemoryBroker(1000, time.Hour),
+		Broker:          broker,
 		SessionTimeout:  cfg.SessionTimeout,
 		MaxPayloadBytes: cfg.MaxPayload,
 		PostRate:        cfg.PostRate,

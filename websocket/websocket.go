@@ -400,6 +400,12 @@ type socket struct {
 	// out is the connection gorilla writes to (nil if the upgrader kept
 	// net/http's buffers).
 	out *outConn
+	// While the stores fail, the socket waits and retries (see
+	// gateway.StoreRetry): retryAt is when it tries next (wake-ups before
+	// then coalesce into that try), retry the timer that makes the try.
+	failing gateway.StoreRetry
+	retryAt time.Time
+	retry   *time.Timer
 }
 
 // start subscribes to the session and delivers what arrived since the
@@ -709,14 +715,49 @@ func (s *socket) deliverLocked() {
 	if s.closing || s.sub == nil {
 		return
 	}
+	if !s.retryAt.IsZero() && time.Now().Before(s.retryAt.Add(-time.Millisecond)) {
+		return // the retry timer delivers what this wake-up announced
+	}
 	// The stores bound their own calls; a delivery reads what a wake-up
 	// announced.
 	d, err := s.sub.Ready(context.Background())
 	if err != nil {
+		s.storeFailedLocked(err)
+		return
+	}
+	s.storeAnsweredLocked()
+	s.sendLocked(d)
+}
+
+// storeFailedLocked handles a store error of a delivery or a check: the
+// connection ends when the session is gone or the store has failed for too
+// long; otherwise it waits and retries (see gateway.StoreRetry).
+func (s *socket) storeFailedLocked(err error) {
+	now := time.Now()
+	first := !s.failing.Failing()
+	wait, retry := s.failing.Failed(s.t.gw, err, now)
+	if !retry {
 		s.failLocked(err)
 		return
 	}
-	s.sendLocked(d)
+	if first {
+		s.t.cfg.Logger.Debug("websocket: store call failed; the socket waits and retries", "session", gateway.LogSession(s.tok.SessionID), "err", err)
+	}
+	s.retryAt = now.Add(wait)
+	if s.retry == nil {
+		s.retry = time.AfterFunc(wait, s.wake)
+	} else {
+		s.retry.Reset(wait)
+	}
+}
+
+// storeAnsweredLocked ends a spell of store failures.
+func (s *socket) storeAnsweredLocked() {
+	if s.failing.Failing() {
+		d := s.failing.Answered(time.Now())
+		s.t.cfg.Logger.Debug("websocket: the store answers again", "session", gateway.LogSession(s.tok.SessionID), "failed_for", d)
+		s.retryAt = time.Time{}
+	}
 }
 
 // heartbeat runs every PingInterval: the subscription's check (no store
@@ -731,11 +772,12 @@ func (s *socket) heartbeat() {
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	d, err := s.sub.Check(ctx, interval)
 	cancel()
-	if err != nil {
-		s.failLocked(err)
-		return
+	if err == nil {
+		s.storeAnsweredLocked()
+		s.sendLocked(d)
+	} else {
+		s.storeFailedLocked(err)
 	}
-	s.sendLocked(d)
 	if s.closing {
 		return
 	}
@@ -837,6 +879,9 @@ func (s *socket) stopLocked() {
 	s.done.Store(true)
 	if s.beat != nil {
 		s.beat.Stop()
+	}
+	if s.retry != nil {
+		s.retry.Stop()
 	}
 }
 

@@ -107,7 +107,7 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	obs.Open(transportName, 1)
-	sub, err := t.gw.SubscribeFunc(ctx, tok, t.cfg.Window, p.wake)
+	sub, err := t.gw.PollFunc(ctx, tok, t.cfg.Window, p.wake)
 	var d *gateway.Delivery
 	if err == nil {
 		// The first read of everything, as Poll's.

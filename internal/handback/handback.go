@@ -95,7 +95,11 @@ func (l *Listener) Close() error {
 // It waits for Accept, and closes conn instead if the listener is closed;
 // it reports whether conn was given back.
 func (l *Listener) Return(conn net.Conn, early []byte) bool {
-	if len(early) > 0 {
+	// A connection given back before is one already: it gets the new bytes
+	// rather than another layer, however many times it comes back.
+	if pc, ok := conn.(*prefixedConn); ok {
+		pc.early = append(early, pc.early...)
+	} else if len(early) > 0 {
 		conn = &prefixedConn{Conn: conn, early: early}
 	}
 	select {

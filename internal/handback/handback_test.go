@@ -42,13 +42,26 @@ func TestReturn(t *testing.T) {
 		t.Fatalf("want the early bytes then the connection's: got %q, %v", b, err)
 	}
 
+	// Given back again, it is not wrapped again.
+	go func() { given <- l.Return(back, []byte("again")) }()
+	again, err := l.Accept()
+	if err != nil || !<-given {
+		t.Fatal("the connection was not given back a second time", err)
+	}
+	if again != back {
+		t.Fatalf("a connection given back twice was wrapped twice")
+	}
+	if _, err := io.ReadFull(again, b); err != nil || string(b) != "again" {
+		t.Fatalf("want the second early bytes: got %q, %v", b, err)
+	}
+
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept after Close: want net.ErrClosed, got %v", err)
 	}
-	if l.Return(back, nil) {
+	if l.Return(again, nil) {
 		t.Fatal("Return after Close: want the connection closed, not given back")
 	}
 	if _, err := client.Read(b); err != io.EOF {

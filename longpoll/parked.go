@@ -147,6 +147,10 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	p.conn, p.sub = conn, sub
 	p.header = c.Response().Header().Clone()
 	p.header.Set("Content-Type", jsonType)
+	// echo pools its contexts, and a pooled one would keep this request's
+	// net/http response, and through it the connection's buffers (10 KiB),
+	// until reused: it keeps a writer of nothing instead.
+	c.Response().Writer = hijackedWriter{}
 	p.watched = make(chan struct{})
 	if len(p.early) == 0 {
 		go p.watchClient()
@@ -371,3 +375,10 @@ func (p *parkedPoll) writeAnswer(buf *bytes.Buffer, a answer, closeConn bool) er
 	_, err = p.conn.Write(buf.Bytes())
 	return err
 }
+
+// hijackedWriter stands for a hijacked response in echo's context.
+type hijackedWriter struct{}
+
+func (hijackedWriter) Header() http.Header       { return http.Header{} }
+func (hijackedWriter) Write([]byte) (int, error) { return 0, http.ErrHijacked }
+func (hijackedWriter) WriteHeader(int)           {}

@@ -107,3 +107,72 @@ func TestMailboxOfAClientThatNeverPollsIsBoundedInBytes(t *testing.T) {
 		})
 	}
 }
+
+// A session's mailbox does not keep what its client has: a poll that
+// presents cursor N acknowledges the records up to N, which the broker then
+// drops (they stayed for --history-ttl before, 6.8 KiB per long-poll chat
+// session in Redis). A poll retried with the same token, after a lost
+// answer, gets the same answer again.
+func TestMailboxDropsAcknowledgedRecords(t *testing.T) {
+	type backend struct {
+		name string
+		new  func(t *testing.T) (storetest.Store, topics.Broker)
+	}
+	backends := []backend{{"memory", func(t *testing.T) (storetest.Store, topics.Broker) {
+		return gateway.NewMemoryStore(), topics.NewMemoryBroker(1000, time.Hour)
+	}}}
+	for _, rb := range redisBackends(t) {
+		backends = append(backends, backend{"redis/" + rb.name, func(t *testing.T) (storetest.Store, topics.Broker) {
+			c := rb.connect(t)
+			prefix := redisTestPrefix(t, c)
+			broker := topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, MaxLen: 1000, Logger: redisTestLogger(t)})
+			return newTestRedisStore(t, c, prefix), broker
+		}})
+	}
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
+			store, broker := be.new(t)
+			tg := newTestGatewayOn(t, store, broker, nil)
+			c := tg.connect("1")
+			mailbox := func() []topics.Record {
+				t.Helper()
+				b, err := broker.Read(context.Background(), gateway.MailboxTopicPrefix+c.tok.SessionID, 0, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return b.Records
+			}
+			c.joinRoom("room:a") // its reply is read with the connect's cursor
+			c.send(`["1","2","room:a","ping",{"n":1}]`, `["1","3","room:a","ping",{"n":2}]`)
+			if n := len(mailbox()); n != 3 {
+				t.Fatalf("before the replies are acknowledged, the mailbox holds %d records, want the join reply and 2 replies", n)
+			}
+			sent := c.tok
+			first := c.poll()
+			if len(first) != 2 {
+				t.Fatalf("the poll got %d frames, want the 2 replies", len(first))
+			}
+			// That poll presented the cursor after the join reply: only the
+			// join reply is acknowledged.
+			if recs := mailbox(); len(recs) != 2 {
+				t.Fatalf("after a poll acknowledging the join reply, the mailbox holds %d records, want the 2 replies it was answered", len(recs))
+			}
+			// The answer was lost: the client retries with the same token.
+			retried, err := tg.gw.Poll(context.Background(), sent, 50*time.Millisecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(retried.Frames) != 2 || string(retried.Frames[0]) != first[0] || string(retried.Frames[1]) != first[1] || retried.Token.String() != c.tok.String() {
+				t.Fatalf("the retried poll got %q (token %s), want the same answer %q (token %s)", retried.Frames, retried.Token, first, c.tok)
+			}
+			// The next poll acknowledges the replies: nothing is left.
+			c.expect("the next poll")
+			if recs := mailbox(); len(recs) != 0 {
+				t.Fatalf("after every record was acknowledged, the mailbox holds %d records", len(recs))
+			}
+			// And the mailbox goes on.
+			c.send(`["1","4","room:a","ping",{"n":3}]`)
+			c.expect("a reply after the mailbox emptied", `["1","4","room:a","phx_reply",{"response":{"n":3},"status":"ok"}]`)
+		})
+	}
+}

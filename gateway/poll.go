@@ -42,6 +42,7 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 	if err != nil {
 		return nil, err
 	}
+	sub.acknowledges = true
 	defer sub.release()
 	d, err := sub.Next(ctx, wait)
 	if err != nil && ctx.Err() != nil {
@@ -81,6 +82,13 @@ const (
 	// readWoken reads the channels' topics only, as topics.ReadRequest.Recent:
 	// for a subscription woken by its channels.
 	readWoken
+	// readFirst is readAll for the first read of a long-poll, after the
+	// cursor its client presented: the client has every mailbox record up
+	// to it, so the broker drops them (topics.ReadRequest.Acked). A retried
+	// poll carries the same cursor and still finds what follows it. (An SSE
+	// stream may be resumed from any earlier event id: it acknowledges
+	// nothing.)
+	readFirst
 )
 
 // collect reads what the session has after cursor from its mailbox and its
@@ -90,7 +98,7 @@ const (
 // chTopics are the session's channel topics, sorted (the caller keeps them
 // with the session it loaded).
 func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cur Cursor, mode readMode) (*Delivery, error) {
-	readMailbox := mode == readAll
+	readMailbox := mode != readWoken
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
 		return nil, err
@@ -111,7 +119,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	// remote broker.
 	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
 	if readMailbox {
-		reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit})
+		reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit, Acked: mode == readFirst && cur.Mailbox > 0})
 	}
 	for _, t := range chTopics {
 		ch := s.Channels[t]

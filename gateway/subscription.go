@@ -49,6 +49,10 @@ type Subscription struct {
 	channelsWoke atomic.Bool
 	// alive is the deadline last written to the store.
 	alive time.Time
+	// acknowledges: the cursor it started from is one its client presented
+	// as received (a long-poll's), so its first read drops the mailbox
+	// records up to it (readFirst).
+	acknowledges bool
 }
 
 // Subscribe starts delivering the session of tok after its cursor. It
@@ -288,6 +292,8 @@ func (sub *Subscription) Ready(ctx context.Context) (*Delivery, error) {
 // every local subscriber of a broadcast from one read.
 func (sub *Subscription) nextRead() (readMode, bool) {
 	switch {
+	case !sub.primed && sub.acknowledges:
+		return readFirst, true
 	case !sub.primed || sub.stale || sub.more:
 		return readAll, true
 	case sub.woken:

@@ -17,6 +17,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/handback"
 	"github.com/sluicegw/sluice/internal/testroom"
 	"github.com/sluicegw/sluice/longpoll"
 	"github.com/sluicegw/sluice/topics"
@@ -36,11 +37,18 @@ type envConfig struct {
 	// and Origins the transport's.
 	Limits  func(*gateway.Config)
 	Origins *gateway.OriginChecker
+	// Gateway, when set, is served instead of a new one (its other
+	// settings above are then ignored).
+	Gateway *gateway.Gateway
+	// NoPark serves every poll in its handler, as without ParkWith; by
+	// default waiting polls are parked, as `sluice serve` does.
+	NoPark bool
 }
 
 // env is one test server: a Gateway behind the LongPoll transport.
 type env struct {
 	gw     *gateway.Gateway
+	lp     *longpoll.Transport
 	srv    *httptest.Server
 	window time.Duration
 	http   *http.Client
@@ -71,9 +79,13 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	if err != nil {
 		t.Fatalf("gateway.New: %v", err)
 	}
+	if cfg.Gateway != nil {
+		gw = cfg.Gateway
+	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	longpoll.New(gw, longpoll.Config{Window: cfg.Window, MaxBodyBytes: 4096, Origins: cfg.Origins, Logger: log}).Register(e, lpPath)
+	lp := longpoll.New(gw, longpoll.Config{Window: cfg.Window, MaxBodyBytes: 4096, Origins: cfg.Origins, Logger: log})
+	lp.Register(e, lpPath)
 	// A handler panic is a server crash as far as the client is concerned
 	// (net/http drops the connection without an answer): record it and fail
 	// the test, whatever the client made of it.
@@ -81,7 +93,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		panicsMu sync.Mutex
 		panics   []string
 	)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if v := recover(); v != nil {
 				panicsMu.Lock()
@@ -92,6 +104,12 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		}()
 		e.ServeHTTP(w, r)
 	}))
+	if !cfg.NoPark {
+		hl := handback.Wrap(srv.Listener)
+		srv.Listener = hl
+		lp.ParkWith(hl.Return)
+	}
+	srv.Start()
 	t.Cleanup(func() {
 		srv.Close()
 		panicsMu.Lock()
@@ -103,7 +121,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	// No keep-alive: Go's client silently retries a GET whose reused
 	// connection was dropped, which would hide a crash that a browser sees.
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	return &env{gw: gw, srv: srv, window: cfg.Window, http: hc}
+	return &env{gw: gw, lp: lp, srv: srv, window: cfg.Window, http: hc}
 }
 
 // lpResp is a decoded LongPoll answer.

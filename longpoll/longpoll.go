@@ -18,7 +18,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -47,6 +49,12 @@ type Config struct {
 type Transport struct {
 	gw  *gateway.Gateway
 	cfg Config
+
+	// handback, set by ParkWith, gives a connection back to the server.
+	handback func(conn net.Conn, early []byte) bool
+	// parked holds the polls waiting without a goroutine (parked.go).
+	parkedMu sync.Mutex
+	parked   map[*parkedPoll]struct{}
 }
 
 // New returns a Transport serving gw.
@@ -63,7 +71,17 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Transport{gw: gw, cfg: cfg}
+	return &Transport{gw: gw, cfg: cfg, parked: make(map[*parkedPoll]struct{})}
+}
+
+// ParkWith parks waiting HTTP/1.1 polls (parked.go): they hold no goroutine
+// and no net/http buffers while they wait. handback gives a connection back
+// to the server for its client's next request (handback.Listener's Return)
+// and reports whether it did. Call it before the transport serves; without
+// it, every poll waits in its handler.
+func (t *Transport) ParkWith(handback func(conn net.Conn, early []byte) bool) {
+	t.handback = handback
+	t.gw.OnDrain(t.drainParked)
 }
 
 // Register mounts the transport at path (Phoenix's is "/socket/longpoll").
@@ -81,7 +99,7 @@ func (t *Transport) Serve(c echo.Context) error {
 	// pass a preflight nor read an answer.
 	if origin := c.Request().Header.Get("Origin"); !t.cfg.Origins.Allowed(origin) {
 		t.gw.Observer().Refused(transportName, "origin")
-		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: "origin " + origin + " is not allowed"})
+		return send(c, http.StatusOK, replyBody{Status: http.StatusForbidden, Error: "origin " + origin + " is not allowed"})
 	}
 	h.Set("Access-Control-Allow-Origin", "*")
 	switch c.Request().Method {
@@ -101,8 +119,8 @@ func (t *Transport) Serve(c echo.Context) error {
 	}
 }
 
-// reply is a LongPoll answer body. Fields are in Phoenix's (sorted) order.
-type reply struct {
+// replyBody is a LongPoll answer body. Fields are in Phoenix's (sorted) order.
+type replyBody struct {
 	Error    string   `json:"error,omitempty"`
 	Messages []string `json:"messages,omitempty"`
 	Status   int      `json:"status"`
@@ -116,16 +134,50 @@ type pollReply struct {
 	Token    string   `json:"token"`
 }
 
-func send(c echo.Context, httpStatus int, body any) error {
-	// Error strings are for people reading them in a terminal: no \u003c
-	// for "<". The body is JSON and says so; it is never HTML.
+// jsonType is the Content-Type of every answer.
+const jsonType = "application/json; charset=utf-8"
+
+// encodeReply encodes an answer body. Error strings are for people reading
+// them in a terminal: no \u003c for "<". The body is JSON and says so; it
+// is never HTML.
+func encodeReply(body any) ([]byte, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(body); err != nil {
-		return fmt.Errorf("encode longpoll reply: %w", err)
+		return nil, fmt.Errorf("encode longpoll reply: %w", err)
 	}
-	return c.Blob(httpStatus, "application/json; charset=utf-8", bytes.TrimSuffix(b.Bytes(), []byte("\n")))
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+func send(c echo.Context, httpStatus int, body any) error {
+	b, err := encodeReply(body)
+	if err != nil {
+		return err
+	}
+	return c.Blob(httpStatus, jsonType, b)
+}
+
+// answer is a poll's answer, for the handler to send or a parked poll to
+// write itself.
+type answer struct {
+	status int // HTTP status
+	body   any
+	// retryAfter: the failure is transient (Retry-After: 1).
+	retryAfter bool
+	// close: the connection is closed after the answer (draining).
+	close bool
+}
+
+// reply sends a through echo.
+func reply(c echo.Context, a answer) error {
+	if a.retryAfter {
+		c.Response().Header().Set("Retry-After", "1")
+	}
+	if a.close {
+		c.Response().Header().Set("Connection", "close")
+	}
+	return send(c, a.status, a.body)
 }
 
 // transportName labels this transport's metrics.
@@ -139,9 +191,13 @@ const transportName = "longpoll"
 // that curl, logs and proxies see the same number; Retry-After and the
 // error string say it is transient.
 func (t *Transport) unavailable(c echo.Context) error {
+	return reply(c, t.unavailableAnswer())
+}
+
+// unavailableAnswer is unavailable's answer.
+func (t *Transport) unavailableAnswer() answer {
 	t.gw.Observer().Refused(transportName, "unavailable")
-	c.Response().Header().Set("Retry-After", "1")
-	return send(c, http.StatusInternalServerError, reply{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"})
+	return answer{status: http.StatusInternalServerError, body: replyBody{Status: http.StatusInternalServerError, Error: "temporarily unavailable: the shared store did not answer; retry"}, retryAfter: true}
 }
 
 // sessionToken finds the session token: the X-Phoenix-LongPoll-Token header
@@ -194,32 +250,39 @@ func (t *Transport) poll(c echo.Context) error {
 			refusedToken, refusedStatus = "the session expired or ended", http.StatusGone
 		}
 	}
-	tok, err := t.gw.Connect(r.Context(), info)
+	return reply(c, t.connect(r.Context(), info, refusedToken, refusedStatus))
+}
+
+// connect starts a new session for a poll without a usable one, and says
+// why not when it cannot: refusedToken (with refusedStatus) is why the
+// poll's session token was not used, if it had one.
+func (t *Transport) connect(ctx context.Context, info gateway.ConnectInfo, refusedToken string, refusedStatus int) answer {
+	obs := t.gw.Observer()
+	tok, err := t.gw.Connect(ctx, info)
 	switch {
 	case err == nil:
-		return send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusGone, Token: t.gw.WithKey(tok).String()})
+		return answer{status: http.StatusOK, body: pollReply{Messages: []string{}, Status: http.StatusGone, Token: t.gw.WithKey(tok).String()}}
 	case errors.Is(err, gateway.ErrDraining):
 		// Shutting down: phoenix.js reconnects at once (10 ms), and the load
 		// balancer sends it elsewhere. HTTP and body status agree, as in
 		// unavailable.
 		obs.Refused(transportName, "draining")
-		c.Response().Header().Set("Connection", "close")
-		return send(c, http.StatusInternalServerError, reply{Status: http.StatusInternalServerError, Error: err.Error()})
+		return answer{status: http.StatusInternalServerError, body: replyBody{Status: http.StatusInternalServerError, Error: err.Error()}, close: true}
 	case errors.Is(err, gateway.ErrTooManySessions):
 		obs.Refused(transportName, "too_many_sessions")
-		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
+		return answer{status: http.StatusOK, body: replyBody{Status: http.StatusForbidden, Error: err.Error()}}
 	case errors.Is(err, gateway.ErrUnauthorized) && refusedToken != "" && info.Token == "":
 		// A session token alone, and no session: say why, and how to
 		// start again, rather than "missing token".
 		obs.Refused(transportName, "no_session")
-		return send(c, http.StatusOK, reply{Status: refusedStatus, Error: refusedToken + "; to start a new session, GET /socket/longpoll?vsn=2.0.0&token=<user token>"})
+		return answer{status: http.StatusOK, body: replyBody{Status: refusedStatus, Error: refusedToken + "; to start a new session, GET /socket/longpoll?vsn=2.0.0&token=<user token>"}}
 	case errors.Is(err, gateway.ErrUnauthorized), errors.Is(err, gateway.ErrUnsupportedVsn):
 		t.cfg.Logger.Info("connect refused", "err", err)
 		obs.Refused(transportName, "unauthorized")
-		return send(c, http.StatusOK, reply{Status: http.StatusForbidden, Error: err.Error()})
+		return answer{status: http.StatusOK, body: replyBody{Status: http.StatusForbidden, Error: err.Error()}}
 	default:
 		t.cfg.Logger.Error("connect failed", "err", err)
-		return t.unavailable(c)
+		return t.unavailableAnswer()
 	}
 }
 
@@ -232,30 +295,51 @@ func (t *Transport) pollSession(c echo.Context, tok gateway.SessionToken, info g
 	r := c.Request()
 	obs := t.gw.Observer()
 	ctx := t.asUser(r.Context(), info)
+	if t.canPark(c) {
+		return t.pollParked(c, ctx, tok, info)
+	}
 	obs.Open(transportName, 1)
 	d, err := t.gw.Poll(ctx, tok, t.cfg.Window)
 	obs.Open(transportName, -1)
-	if err == nil {
-		defer d.Observe(obs, transportName)
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return true, nil // the client went away
 	}
+	return t.sendPolled(c, tok, d, err)
+}
+
+// sendPolled sends the answer to a poll that got d or err, through echo;
+// done=false, having sent nothing, when the session is gone.
+func (t *Transport) sendPolled(c echo.Context, tok gateway.SessionToken, d *gateway.Delivery, err error) (done bool, _ error) {
+	a, ok := t.polled(tok, d, err)
+	if !ok {
+		return false, nil
+	}
+	err = reply(c, a)
+	if d != nil {
+		d.Observe(t.gw.Observer(), transportName)
+	}
+	return true, err
+}
+
+// polled is the answer to a poll of tok's session that got d or err;
+// ok=false when the session is gone (the caller starts a new one).
+func (t *Transport) polled(tok gateway.SessionToken, d *gateway.Delivery, err error) (a answer, ok bool) {
 	switch {
 	case err == nil && len(d.Frames) == 0:
-		return true, send(c, http.StatusOK, pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: t.gw.WithKey(d.Token).String()})
+		return answer{status: http.StatusOK, body: pollReply{Messages: []string{}, Status: http.StatusNoContent, Token: t.gw.WithKey(d.Token).String()}}, true
 	case err == nil:
 		msgs := make([]string, len(d.Frames))
 		for i, f := range d.Frames {
 			msgs[i] = string(f)
 		}
-		return true, send(c, http.StatusOK, pollReply{Messages: msgs, Status: http.StatusOK, Token: t.gw.WithKey(d.Token).String()})
-	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
-		return true, nil // the client went away
+		return answer{status: http.StatusOK, body: pollReply{Messages: msgs, Status: http.StatusOK, Token: t.gw.WithKey(d.Token).String()}}, true
 	case errors.Is(err, gateway.ErrForeignSession):
-		return true, t.foreign(c, tok)
+		return t.foreignAnswer(tok), true
 	case errors.Is(err, gateway.ErrNoSession):
-		return false, nil
+		return answer{}, false
 	default:
 		t.cfg.Logger.Error("poll failed", "session", gateway.LogSession(tok.SessionID), "err", err)
-		return true, t.unavailable(c)
+		return t.unavailableAnswer(), true
 	}
 }
 
@@ -271,9 +355,14 @@ func (t *Transport) asUser(ctx context.Context, info gateway.ConnectInfo) contex
 // foreign refuses a request for a session of another user than its user
 // token's: nothing was read or applied.
 func (t *Transport) foreign(c echo.Context, tok gateway.SessionToken) error {
+	return reply(c, t.foreignAnswer(tok))
+}
+
+// foreignAnswer is foreign's answer.
+func (t *Transport) foreignAnswer(tok gateway.SessionToken) answer {
 	t.gw.Observer().Refused(transportName, "foreign_session")
 	t.cfg.Logger.Warn("longpoll: request for another user's session refused", "session", gateway.LogSession(tok.SessionID))
-	return send(c, http.StatusForbidden, reply{Status: http.StatusForbidden, Error: gateway.ErrForeignSession.Error() + "; nothing was applied"})
+	return answer{status: http.StatusForbidden, body: replyBody{Status: http.StatusForbidden, Error: gateway.ErrForeignSession.Error() + "; nothing was applied"}}
 }
 
 func (t *Transport) publish(c echo.Context) error {
@@ -282,12 +371,12 @@ func (t *Transport) publish(c echo.Context) error {
 	tok, ok := gateway.ParseSessionToken(sessionToken(r))
 	if !ok {
 		obs.Refused(transportName, "no_session")
-		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "missing or malformed session token: GET /socket/longpoll first"})
+		return send(c, http.StatusOK, replyBody{Status: http.StatusGone, Error: "missing or malformed session token: GET /socket/longpoll first"})
 	}
 	if err := t.gw.VerifySession(tok); err != nil {
 		obs.Refused(transportName, "bad_session_key")
 		t.cfg.Logger.Warn("longpoll: session token refused", "session", gateway.LogSession(tok.SessionID), "err", err)
-		return send(c, http.StatusForbidden, reply{Status: http.StatusForbidden, Error: "the session token is not valid (" + err.Error() + "); nothing was applied: use the token of your last poll answer"})
+		return send(c, http.StatusForbidden, replyBody{Status: http.StatusForbidden, Error: "the session token is not valid (" + err.Error() + "); nothing was applied: use the token of your last poll answer"})
 	}
 	ctx := t.asUser(r.Context(), gateway.ConnectInfo{Params: r.URL.Query(), Token: userToken(r), Vsn: r.URL.Query().Get("vsn")})
 	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), r.Body, t.cfg.MaxBodyBytes))
@@ -295,40 +384,40 @@ func (t *Transport) publish(c echo.Context) error {
 	switch {
 	case errors.As(err, &tooLarge):
 		obs.Refused(transportName, "body_too_large")
-		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes)})
+		return send(c, http.StatusRequestEntityTooLarge, replyBody{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("body larger than %d bytes", t.cfg.MaxBodyBytes)})
 	case err != nil:
-		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: "reading body: " + err.Error()})
+		return send(c, http.StatusBadRequest, replyBody{Status: http.StatusBadRequest, Error: "reading body: " + err.Error()})
 	}
 	frames, err := gateway.SplitFrames(r.Header.Get("Content-Type"), body, false)
 	if err != nil {
 		obs.Refused(transportName, "malformed")
-		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error()})
+		return send(c, http.StatusBadRequest, replyBody{Status: http.StatusBadRequest, Error: err.Error()})
 	}
 	if len(frames) > t.cfg.MaxFrames {
 		obs.Refused(transportName, "too_many_frames")
-		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames)})
+		return send(c, http.StatusRequestEntityTooLarge, replyBody{Status: http.StatusRequestEntityTooLarge, Error: fmt.Sprintf("batch of %d frames is over the limit of %d; nothing was applied", len(frames), t.cfg.MaxFrames)})
 	}
 	err = t.gw.Handle(ctx, tok.SessionID, frames)
 	var batchErr *gateway.BatchError
 	switch {
 	case err == nil:
 		obs.Received(transportName, len(frames))
-		return send(c, http.StatusOK, reply{Status: http.StatusOK})
+		return send(c, http.StatusOK, replyBody{Status: http.StatusOK})
 	case errors.Is(err, gateway.ErrNoSession):
 		obs.Refused(transportName, "no_session")
-		return send(c, http.StatusOK, reply{Status: http.StatusGone, Error: "the session expired or ended; nothing was applied: GET /socket/longpoll with a user token to start a new one"})
+		return send(c, http.StatusOK, replyBody{Status: http.StatusGone, Error: "the session expired or ended; nothing was applied: GET /socket/longpoll with a user token to start a new one"})
 	case errors.Is(err, gateway.ErrForeignSession):
 		return t.foreign(c, tok)
 	case errors.Is(err, gateway.ErrRateLimited):
 		obs.Refused(transportName, "rate_limited")
 		c.Response().Header().Set("Retry-After", "1")
-		return send(c, http.StatusTooManyRequests, reply{Status: http.StatusTooManyRequests, Error: err.Error()})
+		return send(c, http.StatusTooManyRequests, replyBody{Status: http.StatusTooManyRequests, Error: err.Error()})
 	case errors.Is(err, gateway.ErrPayloadTooLarge):
 		obs.Refused(transportName, "payload_too_large")
-		return send(c, http.StatusRequestEntityTooLarge, reply{Status: http.StatusRequestEntityTooLarge, Error: err.Error() + "; nothing was applied"})
+		return send(c, http.StatusRequestEntityTooLarge, replyBody{Status: http.StatusRequestEntityTooLarge, Error: err.Error() + "; nothing was applied"})
 	case errors.As(err, &batchErr):
 		obs.Refused(transportName, "malformed")
-		return send(c, http.StatusBadRequest, reply{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
+		return send(c, http.StatusBadRequest, replyBody{Status: http.StatusBadRequest, Error: err.Error() + "; nothing was applied"})
 	default:
 		t.cfg.Logger.Error("publish failed", "session", gateway.LogSession(tok.SessionID), "err", err)
 		return t.unavailable(c)

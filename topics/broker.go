@@ -116,4 +116,11 @@ type ReadRequest struct {
 	// pub/sub reconnect) wakes every listener once it hears again, and
 	// answers their Recent reads from the store then.
 	Recent bool
+	// Acked says the topic's only reader has every record up to After and
+	// will never read them again (a session's mailbox, read after the
+	// cursor its client presented): the broker drops them, so that a log
+	// of replies does not keep what was delivered for its retention
+	// period. A reader that then reads from an older cursor gets a Gap.
+	// The read itself is answered as without Acked.
+	Acked bool
 }

@@ -2,6 +2,7 @@ package topics
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"slices"
 	"sync"
@@ -132,8 +133,33 @@ func (b *MemoryBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batc
 	out := make([]Batch, len(reqs))
 	for i, r := range reqs {
 		out[i], _ = b.Read(ctx, r.Topic, r.After, r.Limit)
+		if r.Acked {
+			b.ack(r.Topic, r.After)
+		}
 	}
 	return out, nil
+}
+
+// ack drops the records of topic up to after (see ReadRequest.Acked).
+func (b *MemoryBroker) ack(topic string, after uint64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	l := b.logs[topic]
+	if l == nil || len(l.records) == 0 || l.records[0].Seq > after {
+		return
+	}
+	n, _ := slices.BinarySearchFunc(l.records, after+1, func(r Record, seq uint64) int {
+		return cmp.Compare(r.Seq, seq)
+	})
+	for _, r := range l.records[:n] {
+		l.size -= len(r.Data)
+	}
+	if n == len(l.records) {
+		l.records = nil
+		return
+	}
+	// Copy rather than reslice so the dropped records can be collected.
+	l.records = append([]Record(nil), l.records[n:]...)
 }
 
 // Head implements Broker. It creates the topic's log if needed, so that the

@@ -249,14 +249,39 @@ return last
 
 // readScript returns {head, entries}: the counter ("" if the topic is
 // unknown) and the log entries from ID ARGV[1] on, at most ARGV[2] of them
-// (all if "0"). Reading both in one script keeps them consistent.
+// (all if "0"). Reading both in one script keeps them consistent. With
+// ARGV[3] = "1" (ReadRequest.Acked), it then drops the entries before
+// ARGV[1], keeping the size key right, and deletes the log and its size key
+// when nothing is left (the counter stays). KEYS: seq, log, size.
 var readScript = newScript(`
 local h = redis.call('GET', KEYS[1])
 if not h then return {'', {}} end
+local entries
 if ARGV[2] == '0' then
-  return {h, redis.call('XRANGE', KEYS[2], ARGV[1], '+')}
+  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+')
+else
+  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
 end
-return {h, redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])}
+if ARGV[3] == '1' then
+  local acked = redis.call('XRANGE', KEYS[2], '-', string.match(ARGV[1], '^%d+') .. '-0')
+  if #acked > 0 then
+    if redis.call('XLEN', KEYS[2]) == #acked then
+      redis.call('DEL', KEYS[2], KEYS[3])
+    else
+      local dropped = 0
+      for _, e in ipairs(acked) do dropped = dropped + #e[2][2] end
+      redis.call('XTRIM', KEYS[2], 'MINID', '=', ARGV[1])
+      local v = redis.call('GET', KEYS[3])
+      if v then
+        local size, at = string.match(v, '^(%d+) (%d+)$')
+        if size and at == h then
+          redis.call('SET', KEYS[3], string.format('%d %s', tonumber(size) - dropped, at), 'KEEPTTL')
+        end
+      end
+    end
+  end
+end
+return {h, entries}
 `)
 
 // headScript returns the counter, creating it if needed, and refreshes its
@@ -358,7 +383,7 @@ func isNoScript(err error) bool {
 // Read implements Broker. It is one command: a script reading the counter
 // and the log together.
 func (b *RedisBroker) Read(ctx context.Context, topic string, after uint64, limit int) (Batch, error) {
-	v, err := readScript.Run(ctx, b.client, b.keys(topic), readArgs(after, limit)...).Result()
+	v, err := readScript.Run(ctx, b.client, b.keys(topic), readArgs(after, limit, false)...).Result()
 	if err != nil {
 		return Batch{}, fmt.Errorf("read %s: %w", topic, err)
 	}
@@ -381,7 +406,10 @@ func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch
 	var misses []int
 	for i, r := range reqs {
 		var ok bool
-		if out[i], ok = b.tails.lookup(r); !ok {
+		// An acknowledging read goes to Redis, which drops what it acks.
+		if r.Acked {
+			misses = append(misses, i)
+		} else if out[i], ok = b.tails.lookup(r); !ok {
 			misses = append(misses, i)
 		}
 	}
@@ -414,7 +442,9 @@ func (b *RedisBroker) ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch
 		still := misses[:0]
 		for _, i := range misses {
 			var ok bool
-			if out[i], ok = b.tails.lookup(reqs[i]); !ok {
+			if reqs[i].Acked {
+				still = append(still, i)
+			} else if out[i], ok = b.tails.lookup(reqs[i]); !ok {
 				still = append(still, i)
 			}
 		}
@@ -446,7 +476,7 @@ func (b *RedisBroker) readRedis(ctx context.Context, reqs []ReadRequest) ([]Batc
 	cmds := make([]*redis.Cmd, len(reqs))
 	_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, r := range reqs {
-			cmds[i] = readScript.EvalSha(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit)...)
+			cmds[i] = readScript.EvalSha(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit, r.Acked)...)
 		}
 		return nil
 	})
@@ -462,7 +492,7 @@ func (b *RedisBroker) readRedis(ctx context.Context, reqs []ReadRequest) ([]Batc
 		_, _ = b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, i := range missing {
 				r := reqs[i]
-				cmds[i] = readScript.Eval(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit)...)
+				cmds[i] = readScript.Eval(ctx, p, b.keys(r.Topic), readArgs(r.After, r.Limit, r.Acked)...)
 			}
 			return nil
 		})
@@ -483,8 +513,12 @@ func (b *RedisBroker) readRedis(ctx context.Context, reqs []ReadRequest) ([]Batc
 // readArgs returns readScript's arguments. Every entry ID is "<seq>-0", so
 // the entries after the cursor are those from "<after>-1" on: an inclusive
 // start every Redis version accepts, which cannot overflow.
-func readArgs(after uint64, limit int) []any {
-	return []any{strconv.FormatUint(after, 10) + "-1", max(limit, 0)}
+func readArgs(after uint64, limit int, acked bool) []any {
+	ack := "0"
+	if acked {
+		ack = "1"
+	}
+	return []any{strconv.FormatUint(after, 10) + "-1", max(limit, 0), ack}
 }
 
 // decodeBatch turns readScript's reply into a Batch, with the gap rules of

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluicegw/sluice/cmd/sluice/chat"
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/handback"
 	"github.com/sluicegw/sluice/internal/redisurl"
 	"github.com/sluicegw/sluice/longpoll"
 	"github.com/sluicegw/sluice/metrics"
@@ -234,6 +235,9 @@ type server struct {
 	dropped func() int
 	// apiKeys opens /api routes to bearer keys.
 	apiKeys *apiKeys
+	// longpoll parks its waiting polls once serve gives it a listener to
+	// hand their connections back to.
+	longpoll *longpoll.Transport
 }
 
 // mailboxBudget bounds sessions' mailboxes to --mailbox-bytes.
@@ -319,7 +323,8 @@ func newServer(cfg *serveConfig, log *slog.Logger) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--allowed-origins: %w", err)
 	}
-	longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Origins: origins, Logger: log}).Register(e, "/socket/longpoll")
+	s.longpoll = longpoll.New(gw, longpoll.Config{Window: cfg.LongpollWindow, MaxBodyBytes: int64(cfg.MaxBodyBytes), Origins: origins, Logger: log})
+	s.longpoll.Register(e, "/socket/longpoll")
 	sse.New(gw, sse.Config{
 		Retry:            cfg.SSERetry,
 		Heartbeat:        cfg.SSEHeartbeat,
@@ -424,6 +429,11 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// Waiting long-polls are parked off net/http and their connections
+	// handed back through this listener for the client's next poll.
+	hl := handback.Wrap(ln)
+	ln = hl
+	s.longpoll.ParkWith(hl.Return)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", s.storeKind, "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.apiKeys.enabled())

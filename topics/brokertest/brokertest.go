@@ -57,6 +57,7 @@ func Run(t *testing.T, newBroker NewBroker) {
 		{"ByteBudgetKeepsOversizedRecordAlone", testByteBudgetOversizedRecord},
 		{"ByteBudgetFollowsModel", testByteBudgetFollowsModel},
 		{"ByteBudgetAfterDelete", testByteBudgetAfterDelete},
+		{"AckedReadDropsAcknowledged", testAckedRead},
 		{"DeleteForgetsTopic", testDeleteForgetsTopic},
 		{"RecreatedTopicStartsAboveOldSequence", testRecreatedTopicStartsAbove},
 		{"TopicsAreIndependent", testTopicsAreIndependent},
@@ -414,6 +415,46 @@ func testByteBudgetTrimsOldest(t *testing.T, nb NewBroker) {
 	last = publish(t, b, topic, big...)
 	checkBatch(t, "after a 160-byte batch", read(t, b, topic, h+25, 100), last-1, big[2:], last, true)
 	checkBatch(t, "from the batch's last record not kept", read(t, b, topic, last-2, 100), last-1, big[2:], last, false)
+}
+
+// readAcked is one ReadMany of topic after after that acknowledges what is
+// up to after.
+func readAcked(t *testing.T, b topics.Broker, topic string, after uint64) topics.Batch {
+	t.Helper()
+	batches, err := b.ReadMany(context.Background(), []topics.ReadRequest{{Topic: topic, After: after, Limit: 100, Acked: true}})
+	if err != nil || len(batches) != 1 {
+		t.Fatalf("ReadMany(%s, after %d, acked): %d batches, %v", topic, after, len(batches), err)
+	}
+	return batches[0]
+}
+
+// testAckedRead: a read that acknowledges its cursor drops the records up to
+// it (a client's mailbox does not keep what it has), answers as a plain
+// read, and again the same when retried with the same cursor; an older
+// cursor then gets a Gap; the byte budget counts only what is left.
+func testAckedRead(t *testing.T, nb NewBroker) {
+	b := nb(t, 100, topics.ByteBudget{Prefix: "m:", MaxBytes: 100})
+	const topic = "m:ack"
+	h := head(t, b, topic)
+	all := sized("a", 1, 6, 10)
+	publish(t, b, topic, all...)
+	checkBatch(t, "acked read at h+2", readAcked(t, b, topic, h+2), h+3, all[2:], h+6, false)
+	checkBatch(t, "the same acked read, retried", readAcked(t, b, topic, h+2), h+3, all[2:], h+6, false)
+	checkBatch(t, "a plain read at h+2", read(t, b, topic, h+2, 100), h+3, all[2:], h+6, false)
+	checkBatch(t, "a read behind the acknowledged cursor", read(t, b, topic, h, 100), h+3, all[2:], h+6, true)
+	// Acknowledging everything leaves nothing, and the log goes on.
+	checkBatch(t, "acked read at the head", readAcked(t, b, topic, h+6), 0, nil, h+6, false)
+	checkBatch(t, "a read behind everything acknowledged", read(t, b, topic, h+4, 100), 0, nil, h+6, true)
+	more := sized("b", 1, 10, 10)
+	if got := publish(t, b, topic, more...); got != h+16 {
+		t.Fatalf("Publish after everything was acknowledged returned %d, want %d", got, h+16)
+	}
+	// The budget (100 bytes) holds the ten new records: the acknowledged
+	// ones no longer count.
+	checkBatch(t, "after acknowledging and publishing the budget's worth", read(t, b, topic, h+6, 100), h+7, more, h+16, false)
+	readAcked(t, b, topic, h+11)
+	publish(t, b, topic, sized("c", 1, 5, 10)...)
+	checkBatch(t, "the budget after a partial acknowledgement", read(t, b, topic, h+11, 100), h+12, append(more[5:], sized("c", 1, 5, 10)...), h+21, false)
 }
 
 func testByteBudgetOversizedRecord(t *testing.T, nb NewBroker) {

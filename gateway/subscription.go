@@ -49,6 +49,8 @@ type Subscription struct {
 	channelsWoke atomic.Bool
 	// alive is the deadline last written to the store.
 	alive time.Time
+	// kept: the gateway's keeper keeps the session alive (a held stream).
+	kept bool
 	// acknowledges: the cursor it started from is one its client presented
 	// as received (a long-poll's), so its first read drops the mailbox
 	// records up to it (readFirst).
@@ -58,7 +60,7 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
-	return g.subscribe(ctx, tok, 0, nil)
+	return g.subscribe(ctx, tok, 0, nil, false)
 }
 
 // SubscribeFunc is Subscribe for a transport that holds no goroutine while
@@ -72,13 +74,14 @@ func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscriptio
 // Ready then returns ErrNoSession. wake runs on the publisher's goroutine,
 // with the broker's hub locked: it must only schedule work and return.
 func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEvery time.Duration, wake func()) (*Subscription, error) {
-	return g.subscribe(ctx, tok, checkEvery, wake)
+	return g.subscribe(ctx, tok, checkEvery, wake, true)
 }
 
 // subscribe starts a subscription, keeping its session alive for extra past
-// the session timeout; with a notify function, a SubscribeFunc one, whose
-// session the keeper keeps alive from then on.
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func()) (*Subscription, error) {
+// the session timeout; with a notify function, a SubscribeFunc or PollFunc
+// one. With kept, the keeper keeps its session alive from then on (a held
+// stream's); without, the deadline written now is all it gets (a poll's).
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func(), kept bool) (*Subscription, error) {
 	// Deliveries carry public tokens (SSE event ids): a transport that hands
 	// out credentials adds the key itself (WithKey).
 	tok.Key = ""
@@ -101,7 +104,8 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Du
 		sub.release()
 		return nil, err
 	}
-	if notify != nil {
+	if kept {
+		sub.kept = true
 		g.keeper.add(sub, until, extra)
 	}
 	return sub, nil
@@ -130,7 +134,7 @@ func (sub *Subscription) End(ctx context.Context, reason string) (bool, error) {
 
 // release stops the wake-ups and the keeping alive.
 func (sub *Subscription) release() {
-	if sub.notify != nil {
+	if sub.kept {
 		sub.g.keeper.remove(sub)
 	}
 	sub.mailbox.Close()

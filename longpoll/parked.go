@@ -16,6 +16,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/handback"
 )
 
 // A parked poll is a waiting long-poll whose connection was taken from
@@ -150,7 +151,7 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	// echo pools its contexts, and a pooled one would keep this request's
 	// net/http response, and through it the connection's buffers (10 KiB),
 	// until reused: it keeps a writer of nothing instead.
-	c.Response().Writer = hijackedWriter{}
+	c.Response().Writer = handback.HijackedWriter{}
 	p.watched = make(chan struct{})
 	if len(p.early) == 0 {
 		go p.watchClient()
@@ -375,10 +376,3 @@ func (p *parkedPoll) writeAnswer(buf *bytes.Buffer, a answer, closeConn bool) er
 	_, err = p.conn.Write(buf.Bytes())
 	return err
 }
-
-// hijackedWriter stands for a hijacked response in echo's context.
-type hijackedWriter struct{}
-
-func (hijackedWriter) Header() http.Header       { return http.Header{} }
-func (hijackedWriter) Write([]byte) (int, error) { return 0, http.ErrHijacked }
-func (hijackedWriter) WriteHeader(int)           {}

@@ -39,6 +39,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/handback"
 )
 
 // Config tunes the transport. Zero values take the defaults.
@@ -362,6 +363,9 @@ func (t *Transport) stream(c echo.Context) error {
 	lifetime := jitter(t.cfg.MaxLifetime, -0.1)
 	if !t.cfg.NoPark && r.ProtoMajor == 1 {
 		if isParked = t.park(w, tok, lifetime); isParked {
+			// echo pools its contexts: this one must not keep net/http's
+			// response and the connection's buffers until reused.
+			c.Response().Writer = handback.HijackedWriter{}
 			return nil
 		}
 	}

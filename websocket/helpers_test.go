@@ -35,8 +35,10 @@ const testSecret = "websocket-test-secret-key-base-0123456789abcdef"
 
 const wsPath = "/socket/websocket"
 
-// waitFor bounds every wait of a test for something the server does.
-const waitFor = 5 * time.Second
+// waitFor bounds every wait of a test for something the server does:
+// generous, since CI runs -race suites side by side on a loaded machine (a
+// passing wait returns as soon as the thing happens).
+const waitFor = 15 * time.Second
 
 // envConfig tunes a test server; zero values take the transport's and the
 // gateway's defaults, except SessionTimeout (a minute here, so that a

@@ -12,6 +12,7 @@ package handback
 import (
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 )
 
@@ -125,3 +126,18 @@ func (c *prefixedConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// HijackedWriter stands in for the response of a hijacked request in a
+// pooled request context (echo's): the context would otherwise keep
+// net/http's response, and through it the connection's buffers (about
+// 10 KiB), until the context is reused. Writes fail with http.ErrHijacked.
+type HijackedWriter struct{}
+
+// Header returns an empty header, detached from any response.
+func (HijackedWriter) Header() http.Header { return http.Header{} }
+
+// Write reports http.ErrHijacked.
+func (HijackedWriter) Write([]byte) (int, error) { return 0, http.ErrHijacked }
+
+// WriteHeader does nothing.
+func (HijackedWriter) WriteHeader(int) {}

@@ -296,3 +296,44 @@ func TestPendingRecordsPublishedFirst(t *testing.T) {
 		})
 	}
 }
+
+// TestConnectAndHandle: frames given with the connect are applied to the
+// new session as Handle would (the join's reply comes first, broadcasts to
+// the channel follow); a malformed batch makes no session at all; a broker
+// that fails makes the connect fail, with no reply to hand out.
+func TestConnectAndHandle(t *testing.T) {
+	for _, b := range stateBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tg := newTestGateway(t, b, nil)
+			ctx := t.Context()
+			join := batch(`["1","1","room:a","phx_join",{}]`)
+			tok, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"ana"`, Vsn: "2.0.0"}, join)
+			if err != nil {
+				t.Fatalf("ConnectAndHandle: %v", err)
+			}
+			c := &testClient{tg: tg, tok: tok}
+			c.expect("join", `["1","1","room:a","phx_reply",{"response":{"joined":"room:a"},"status":"ok"}]`)
+			if err := tg.gw.Broadcast(ctx, "room:a", "news", json.RawMessage(`{"n":1}`)); err != nil {
+				t.Fatal(err)
+			}
+			c.expect("broadcast", `[null,null,"room:a","news",{"n":1}]`)
+			// The refs are remembered: the same join sent again is a duplicate.
+			c.send(`["1","1","room:a","phx_join",{}]`)
+			c.expect("nothing for a duplicate")
+
+			_, err = tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"bob"`, Vsn: "2.0.0"}, batch(`["1","1","room:a","phx_join",{}]`, `not json`))
+			var be *gateway.BatchError
+			if !errors.As(err, &be) || be.Index != 1 {
+				t.Fatalf("ConnectAndHandle with a malformed 2nd frame = %v, want a BatchError for it", err)
+			}
+			if ids, err := tg.store.BySocket(ctx, "user_socket:bob"); err != nil || len(ids) != 0 {
+				t.Fatalf("after a refused batch, bob's sessions = %v, %v; want none", ids, err)
+			}
+
+			tg.broker.failIn = 1
+			if _, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"cy"`, Vsn: "2.0.0"}, join); !errors.Is(err, errBrokerDown) {
+				t.Fatalf("ConnectAndHandle with the broker failing = %v, want its error", err)
+			}
+		})
+	}
+}

@@ -172,7 +172,7 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 }
 
 // BenchmarkRedisSSEConnect measures an SSE connect that joins a channel, as
-// the SSE transport makes it: Connect, the join (Handle), the stream's
+// the SSE transport makes it: ConnectAndHandle with the join, the stream's
 // subscription and its first read, then the stream's end (Close). It
 // reports the Redis round trips per connect and the process's CPU time per
 // connect (user + system, the go-redis client's included).
@@ -186,11 +186,9 @@ func BenchmarkRedisSSEConnect(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		tok, err := gw.Connect(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"})
+		// As the SSE transport does for ?join=.
+		tok, err := gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"}, join)
 		if err != nil {
-			b.Fatal(err)
-		}
-		if err := gw.Handle(ctx, tok.SessionID, join); err != nil {
 			b.Fatal(err)
 		}
 		sub, err := gw.SubscribeFunc(ctx, tok, 15*time.Second, func() {})

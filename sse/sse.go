@@ -293,7 +293,10 @@ func (t *Transport) stream(c echo.Context) error {
 			obs.Refused(transportName, "malformed")
 			return fail(c, http.StatusBadRequest, err.Error())
 		}
-		tok, err = t.gw.Connect(ctx, info)
+		// The joins are applied to the new session as it is created (see
+		// ConnectAndHandle): fewer store round trips than Connect, Handle.
+		tok, err = t.gw.ConnectAndHandle(ctx, info, joins)
+		var batchErr *gateway.BatchError
 		switch {
 		case errors.Is(err, gateway.ErrTooManySessions):
 			obs.Refused(transportName, "too_many_sessions")
@@ -302,18 +305,14 @@ func (t *Transport) stream(c echo.Context) error {
 			t.cfg.Logger.Info("sse: connect refused", "err", err)
 			obs.Refused(transportName, "unauthorized")
 			return fail(c, http.StatusForbidden, err.Error())
+		case errors.As(err, &batchErr):
+			// joinFrames checks what Handle refuses: kept as a guard.
+			obs.Refused(transportName, "malformed")
+			return fail(c, http.StatusBadRequest, err.Error())
 		case err != nil:
-			t.cfg.Logger.Error("sse: connect failed", "err", err)
+			t.cfg.Logger.Error("sse: connect failed", "joins", len(joins), "err", err)
 			obs.Refused(transportName, "unavailable")
 			return t.unavailable(c, reasonStore)
-		}
-		if len(joins) > 0 {
-			if err := t.gw.Handle(ctx, tok.SessionID, joins); err != nil {
-				// The frames were checked: the store failed.
-				t.cfg.Logger.Error("sse: join at connect failed", "session", gateway.LogSession(tok.SessionID), "err", err)
-				obs.Refused(transportName, "unavailable")
-				return t.unavailable(c, reasonStore)
-			}
 		}
 	}
 

@@ -185,8 +185,8 @@ func (g *Gateway) SessionTimeout() time.Duration { return g.cfg.SessionTimeout }
 // Connect authenticates a client and creates its session. It returns the
 // token the client resumes the session with.
 func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, error) {
-	tok, _, err := g.connect(ctx, info)
-	return tok, err
+	o, err := g.connect(ctx, info)
+	return o.Token, err
 }
 
 // ConnectAndHandle is Connect, then Handle of frames on the new session (an
@@ -199,20 +199,27 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 //
 // If publishing or the save fails it returns the error (a transport answers
 // 503): the client never learned the session, which expires, and its
-// records are published no more than Handle would.
-func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames [][]byte) (SessionToken, error) {
+// records are published no more than Handle would. With no frames it is
+// Connect, returning the session made for SubscribeOpened.
+func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames [][]byte) (Opened, error) {
+	select {
+	case <-g.draining:
+		return Opened{}, ErrDraining // before anything else, as Connect
+	default:
+	}
 	ser, err := SerializerFor(info.Vsn)
 	if err != nil {
-		return SessionToken{}, err
+		return Opened{}, err
 	}
 	msgs, err := g.decodeBatch(ser, frames)
 	if err != nil {
-		return SessionToken{}, err
+		return Opened{}, err
 	}
-	tok, s, err := g.connect(ctx, info)
+	opened, err := g.connect(ctx, info)
 	if err != nil || len(msgs) == 0 {
-		return tok, err
+		return opened, err
 	}
+	s := opened.session
 	// As Handle: the batch counts against the session's post rate (a new
 	// session's limiter always allows its first batch).
 	g.limiter.allow(s.ID, time.Now())
@@ -229,45 +236,57 @@ func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames
 	}
 	fx.items = s.Outbox // what an ended session's untrack must still publish
 	if err := g.saveBatch(ctx, s, fx); err != nil {
-		return SessionToken{}, err
+		return Opened{}, err
 	}
 	if perr != nil {
-		return SessionToken{}, fmt.Errorf("publish what the session sent: %w", perr)
+		return Opened{}, fmt.Errorf("publish what the session sent: %w", perr)
 	}
-	return tok, nil
+	return opened, nil
+}
+
+// Opened is a session ConnectAndHandle made: its token, and the session as
+// saved, from which the first subscription of its transport starts without
+// reading it back from the store (SubscribeOpened).
+type Opened struct {
+	// Token is the session's, as Connect returns it.
+	Token SessionToken
+	// session is as saved; alive, the deadline it was created with.
+	session *Session
+	alive   time.Time
 }
 
 // connect is Connect; it also returns the session it created.
-func (g *Gateway) connect(ctx context.Context, info ConnectInfo) (SessionToken, *Session, error) {
+func (g *Gateway) connect(ctx context.Context, info ConnectInfo) (Opened, error) {
 	select {
 	case <-g.draining:
-		return SessionToken{}, nil, ErrDraining
+		return Opened{}, ErrDraining
 	default:
 	}
 	ser, err := SerializerFor(info.Vsn)
 	if err != nil {
-		return SessionToken{}, nil, err
+		return Opened{}, err
 	}
 	id, err := g.cfg.Authenticate(ctx, info)
 	if err != nil {
-		return SessionToken{}, nil, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		return Opened{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
 	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
 	if err != nil {
-		return SessionToken{}, nil, fmt.Errorf("create session: %w", err)
+		return Opened{}, fmt.Errorf("create session: %w", err)
 	}
 	// The store checks the per-user limit atomically with the insertion:
 	// a count read before creating would let parallel connects all pass.
-	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout), g.cfg.MaxSessionsPerUser); err != nil {
+	deadline := time.Now().Add(g.cfg.SessionTimeout)
+	if err := g.cfg.Sessions.Create(ctx, s, deadline, g.cfg.MaxSessionsPerUser); err != nil {
 		if errors.Is(err, ErrTooManySessions) {
-			return SessionToken{}, nil, err
+			return Opened{}, err
 		}
-		return SessionToken{}, nil, fmt.Errorf("create session: %w", err)
+		return Opened{}, fmt.Errorf("create session: %w", err)
 	}
 	g.log.Debug("session created", "session", LogSession(s.ID), "socket_id", s.SocketID(), "vsn", s.Vsn)
 	g.cfg.Observer.SessionStarted()
-	return SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, s, nil
+	return Opened{Token: SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, session: s, alive: deadline}, nil
 }
 
 // BatchError reports which frame of a batch could not be decoded. Nothing of

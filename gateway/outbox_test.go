@@ -307,11 +307,11 @@ func TestConnectAndHandle(t *testing.T) {
 			tg := newTestGateway(t, b, nil)
 			ctx := t.Context()
 			join := batch(`["1","1","room:a","phx_join",{}]`)
-			tok, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"ana"`, Vsn: "2.0.0"}, join)
+			opened, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"ana"`, Vsn: "2.0.0"}, join)
 			if err != nil {
 				t.Fatalf("ConnectAndHandle: %v", err)
 			}
-			c := &testClient{tg: tg, tok: tok}
+			c := &testClient{tg: tg, tok: opened.Token}
 			c.expect("join", `["1","1","room:a","phx_reply",{"response":{"joined":"room:a"},"status":"ok"}]`)
 			if err := tg.gw.Broadcast(ctx, "room:a", "news", json.RawMessage(`{"n":1}`)); err != nil {
 				t.Fatal(err)

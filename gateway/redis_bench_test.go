@@ -173,9 +173,9 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 
 // BenchmarkRedisSSEConnect measures an SSE connect that joins a channel, as
 // the SSE transport makes it: ConnectAndHandle with the join, the stream's
-// subscription and its first read, then the stream's end (Close). It
-// reports the Redis round trips per connect and the process's CPU time per
-// connect (user + system, the go-redis client's included).
+// subscription (SubscribeOpened) and its first read, then the stream's end
+// (Close). It reports the Redis round trips per connect and the process's
+// CPU time per connect (user + system, the go-redis client's included).
 func BenchmarkRedisSSEConnect(b *testing.B) {
 	gw, counter := benchGateway(b)
 	ctx := context.Background()
@@ -187,11 +187,11 @@ func BenchmarkRedisSSEConnect(b *testing.B) {
 	for b.Loop() {
 		i++
 		// As the SSE transport does for ?join=.
-		tok, err := gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"}, join)
+		opened, err := gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"}, join)
 		if err != nil {
 			b.Fatal(err)
 		}
-		sub, err := gw.SubscribeFunc(ctx, tok, 15*time.Second, func() {})
+		sub, err := gw.SubscribeOpened(ctx, opened, 15*time.Second, func() {})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -54,7 +54,7 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
-	return g.subscribe(ctx, tok, 0, nil)
+	return g.subscribe(ctx, tok, 0, nil, nil, time.Time{})
 }
 
 // SubscribeFunc is Subscribe for a transport that holds no goroutine while
@@ -68,13 +68,32 @@ func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscriptio
 // Ready then returns ErrNoSession. wake runs on the publisher's goroutine,
 // with the broker's hub locked: it must only schedule work and return.
 func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEvery time.Duration, wake func()) (*Subscription, error) {
-	return g.subscribe(ctx, tok, checkEvery, wake)
+	return g.subscribe(ctx, tok, checkEvery, wake, nil, time.Time{})
+}
+
+// SubscribeOpened is SubscribeFunc (Subscribe if wake is nil) for the
+// session ConnectAndHandle just made, in one store round trip less: it
+// starts from the session as saved and the deadline it was created with,
+// instead of touching and loading it (nobody else could change it before
+// its client had its id). Use it once per Opened, for the stream that hands
+// the id out; a zero Opened.session falls back to Subscribe(Func).
+func (g *Gateway) SubscribeOpened(ctx context.Context, o Opened, checkEvery time.Duration, wake func()) (*Subscription, error) {
+	if wake == nil {
+		checkEvery = 0
+	}
+	var s *Session
+	if o.session != nil {
+		s = o.session.clone() // the subscription's own: o may be copied
+	}
+	return g.subscribe(ctx, o.Token, checkEvery, wake, s, o.alive)
 }
 
 // subscribe starts a subscription, keeping its session alive for extra past
 // the session timeout; with a notify function, a SubscribeFunc one, whose
 // session the keeper keeps alive from then on.
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func()) (*Subscription, error) {
+// A fresh session (SubscribeOpened) is adopted as it is, alive until alive,
+// instead of being touched and loaded.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func(), fresh *Session, alive time.Time) (*Subscription, error) {
 	// Deliveries carry public tokens (SSE event ids): a transport that hands
 	// out credentials adds the key itself (WithKey).
 	tok.Key = ""
@@ -88,8 +107,10 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Du
 			sub.notify()
 		})
 	}
-	until := time.Now().Add(g.cfg.SessionTimeout + extra)
-	if err := sub.touch(ctx, until); err != nil {
+	if fresh != nil {
+		sub.alive = alive
+		sub.setSession(fresh)
+	} else if err := sub.touch(ctx, time.Now().Add(g.cfg.SessionTimeout+extra)); err != nil {
 		sub.release()
 		return nil, err
 	}
@@ -98,7 +119,7 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Du
 		return nil, err
 	}
 	if notify != nil {
-		g.keeper.add(sub, until, extra)
+		g.keeper.add(sub, sub.alive, extra)
 	}
 	return sub, nil
 }

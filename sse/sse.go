@@ -255,6 +255,9 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 	}()
 	var tok gateway.SessionToken
+	// opened is the session ConnectAndHandle made, which the stream's
+	// subscription starts from without reading it back; zero on a resume.
+	var opened gateway.Opened
 	resumed := false
 	if id := lastEventID(r); id != "" {
 		prev, ok := gateway.ParseSessionToken(id)
@@ -295,7 +298,8 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 		// The joins are applied to the new session as it is created (see
 		// ConnectAndHandle): fewer store round trips than Connect, Handle.
-		tok, err = t.gw.ConnectAndHandle(ctx, info, joins)
+		opened, err = t.gw.ConnectAndHandle(ctx, info, joins)
+		tok = opened.Token
 		var batchErr *gateway.BatchError
 		switch {
 		case errors.Is(err, gateway.ErrTooManySessions):
@@ -356,13 +360,14 @@ func (t *Transport) stream(c echo.Context) error {
 
 	lifetime := jitter(t.cfg.MaxLifetime, -0.1)
 	if !t.cfg.NoPark && r.ProtoMajor == 1 {
-		if isParked = t.park(w, tok, lifetime); isParked {
+		if isParked = t.park(w, opened, tok, lifetime); isParked {
 			return nil
 		}
 	}
 	// Not parked (HTTP/2, or a writer that cannot be hijacked): this
 	// goroutine serves the stream.
-	sub, err := t.gw.Subscribe(ctx, tok)
+	opened.Token = tok
+	sub, err := t.gw.SubscribeOpened(ctx, opened, 0, nil)
 	if err != nil {
 		t.endStream(sw, tok, err)
 		return nil

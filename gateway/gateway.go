@@ -199,8 +199,11 @@ func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, 
 //
 // If publishing or the save fails it returns the error (a transport answers
 // 503): the client never learned the session, which expires, and its
-// records are published no more than Handle would. With no frames it is
-// Connect, returning the session made for SubscribeOpened.
+// records are published no more than Handle would. If a join fails only
+// because the broker could not be read (slow or down), it fails too,
+// with that error, rather than hand out a session whose join said "join
+// crashed": the transport answers 503 and the client retries. With no
+// frames it is Connect, returning the session made for SubscribeOpened.
 func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames [][]byte) (Opened, error) {
 	select {
 	case <-g.draining:
@@ -240,6 +243,17 @@ func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames
 	}
 	if perr != nil {
 		return Opened{}, fmt.Errorf("publish what the session sent: %w", perr)
+	}
+	if fx.storeErr != nil {
+		// A join failed only because the store was slow or down: fail the
+		// connect, retryably, rather than hand out a session whose join
+		// said "join crashed". The session (saved with what else it
+		// joined, so that its expiry would end that too) ends now if the
+		// store lets it; its client never learned it.
+		if _, err := g.EndSession(ctx, s.ID, "closed"); err != nil {
+			g.log.Warn("connect: end a session whose join failed", "session", LogSession(s.ID), "err", err)
+		}
+		return Opened{}, fx.storeErr
 	}
 	return opened, nil
 }
@@ -531,6 +545,7 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 	head, err := g.cfg.Broker.Head(ctx, channelTopic(m.Topic))
 	if err != nil {
 		g.log.Error("join: read topic head", "session", LogSession(s.ID), "topic", m.Topic, "err", err)
+		fx.storeFailed(fmt.Errorf("join %s: read the channel's head: %w", clip(m.Topic), err))
 		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
 		return
 	}

@@ -47,6 +47,19 @@ type flakyBroker struct {
 	mu sync.Mutex
 	// failIn: the failIn-th Publish from now fails (1: the next); 0: none.
 	failIn int
+	// headFails: the topic whose Head fails; "": none.
+	headFails string
+}
+
+// Head fails for headFails.
+func (b *flakyBroker) Head(ctx context.Context, topic string) (uint64, error) {
+	b.mu.Lock()
+	fail := topic != "" && topic == b.headFails
+	b.mu.Unlock()
+	if fail {
+		return 0, errBrokerDown
+	}
+	return b.Broker.Head(ctx, topic)
 }
 
 var errBrokerDown = errors.New("broker unavailable (injected by the test)")
@@ -333,6 +346,18 @@ func TestConnectAndHandle(t *testing.T) {
 			tg.broker.failIn = 1
 			if _, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"cy"`, Vsn: "2.0.0"}, join); !errors.Is(err, errBrokerDown) {
 				t.Fatalf("ConnectAndHandle with the broker failing = %v, want its error", err)
+			}
+
+			// A join whose channel cannot be read (a slow or down store)
+			// fails the connect with that error, not a "join crashed"
+			// reply, and leaves no session behind.
+			tg.broker.headFails = "t:room:b"
+			_, err = tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"dee"`, Vsn: "2.0.0"}, batch(`["1","1","room:a","phx_join",{}]`, `["2","2","room:b","phx_join",{}]`))
+			if !errors.Is(err, errBrokerDown) {
+				t.Fatalf("ConnectAndHandle with a channel's head failing = %v, want the broker's error", err)
+			}
+			if ids, err := tg.store.BySocket(ctx, "user_socket:dee"); err != nil || len(ids) != 0 {
+				t.Fatalf("after a join failed on the store, dee's sessions = %v, %v; want none", ids, err)
 			}
 		})
 	}

@@ -50,8 +50,13 @@ func TestConnectRoundTrips(t *testing.T) {
 		budgets := map[string]int64{
 			"connect": 2, // the mailbox's head; the session's deadline, data and socket index
 
-			"first poll":       2, // touch+load; read the mailbox
-			"join":             7, // load; lock+load; the channel's head; save; publish; clear the outbox; unlock
+			"first poll": 2, // touch+load; read the mailbox
+			"join":       7, // load; lock+load; the channel's head; save; publish; clear the outbox; unlock
+			// Connect, then the join applied to the new session without
+			// loading or locking it: the mailbox's head; the session; the
+			// channel's head; publish; save.
+			"connect and join": 5,
+			"subscribe opened": 0, // the session as ConnectAndHandle saved it
 			"subscribe":        1, // touch+load
 			"first read":       1, // the mailbox and the channel, pipelined
 			"idle heartbeat":   0,
@@ -87,6 +92,24 @@ func TestConnectRoundTrips(t *testing.T) {
 			step("join", func() error {
 				return gw.Handle(ctx, sse.SessionID, [][]byte{[]byte(`["1","1","room:x","phx_join",{}]`)})
 			})
+			var opened gateway.Opened
+			step("connect and join", func() (err error) {
+				opened, err = gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: "3", Vsn: "2.0.0"}, [][]byte{[]byte(`["1","1","room:x","phx_join",{}]`)})
+				return err
+			})
+			var fresh *gateway.Subscription
+			step("subscribe opened", func() (err error) {
+				fresh, err = gw.SubscribeOpened(ctx, opened, time.Second, func() {})
+				return err
+			})
+			step("first read", func() error {
+				d, err := fresh.Ready(ctx)
+				if err == nil && len(d.Frames) != 1 {
+					t.Errorf("first read of an opened session: %d frames, want the join's reply", len(d.Frames))
+				}
+				return err
+			})
+			fresh.Close()
 			var sub *gateway.Subscription
 			step("subscribe", func() (err error) { sub, err = gw.SubscribeFunc(ctx, sse, time.Second, func() {}); return err })
 			step("first read", func() error {

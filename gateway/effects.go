@@ -35,6 +35,18 @@ func decodeRecord(data []byte) (*record, error) {
 // it is published after the session is saved and in the order it was made.
 type effects struct {
 	items []PendingRecord
+	// storeErr is the first store or broker error that made a message
+	// fail (a join that could not read its channel's head): a client told
+	// "join crashed" retries, but a connect that joins should rather fail
+	// whole, retryably (see ConnectAndHandle).
+	storeErr error
+}
+
+// storeFailed records err as a store failure of the batch.
+func (fx *effects) storeFailed(err error) {
+	if fx.storeErr == nil {
+		fx.storeErr = err
+	}
 }
 
 // mailbox queues m for the session's own client.

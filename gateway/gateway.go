@@ -185,35 +185,122 @@ func (g *Gateway) SessionTimeout() time.Duration { return g.cfg.SessionTimeout }
 // Connect authenticates a client and creates its session. It returns the
 // token the client resumes the session with.
 func (g *Gateway) Connect(ctx context.Context, info ConnectInfo) (SessionToken, error) {
+	o, err := g.connect(ctx, info)
+	return o.Token, err
+}
+
+// ConnectAndHandle is Connect, then Handle of frames on the new session (an
+// SSE connect's ?join=), in fewer store round trips: nobody else can know a
+// session whose id has not been handed out yet, so the frames are applied
+// to the session just created, without loading or locking it again, and it
+// is saved once, after their records are published. The frames are decoded
+// before the session is made: if one is malformed, no session is made and
+// a *BatchError says which.
+//
+// If publishing or the save fails it returns the error (a transport answers
+// 503): the client never learned the session, which expires, and its
+// records are published no more than Handle would. If a join fails only
+// because the broker could not be read (slow or down), it fails too,
+// with that error, rather than hand out a session whose join said "join
+// crashed": the transport answers 503 and the client retries. With no
+// frames it is Connect, returning the session made for SubscribeOpened.
+func (g *Gateway) ConnectAndHandle(ctx context.Context, info ConnectInfo, frames [][]byte) (Opened, error) {
 	select {
 	case <-g.draining:
-		return SessionToken{}, ErrDraining
+		return Opened{}, ErrDraining // before anything else, as Connect
 	default:
 	}
 	ser, err := SerializerFor(info.Vsn)
 	if err != nil {
-		return SessionToken{}, err
+		return Opened{}, err
+	}
+	msgs, err := g.decodeBatch(ser, frames)
+	if err != nil {
+		return Opened{}, err
+	}
+	opened, err := g.connect(ctx, info)
+	if err != nil || len(msgs) == 0 {
+		return opened, err
+	}
+	s := opened.session
+	// As Handle: the batch counts against the session's post rate (a new
+	// session's limiter always allows its first batch).
+	g.limiter.allow(s.ID, time.Now())
+	// Applied whole even if the client goes away, as Handle does.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lockWait)
+	defer cancel()
+	fx := g.applyBatch(ctx, s, msgs)
+	// No outbox is saved before publishing: no request of this session can
+	// come before the client has its id, so none could publish it.
+	n, perr := publishRecords(ctx, g.cfg.Broker, fx.items)
+	s.Outbox = nil
+	if n < len(fx.items) {
+		s.Outbox = slices.Clip(fx.items[n:])
+	}
+	fx.items = s.Outbox // what an ended session's untrack must still publish
+	if err := g.saveBatch(ctx, s, fx); err != nil {
+		return Opened{}, err
+	}
+	if perr != nil {
+		return Opened{}, fmt.Errorf("publish what the session sent: %w", perr)
+	}
+	if fx.storeErr != nil {
+		// A join failed only because the store was slow or down: fail the
+		// connect, retryably, rather than hand out a session whose join
+		// said "join crashed". The session (saved with what else it
+		// joined, so that its expiry would end that too) ends now if the
+		// store lets it; its client never learned it.
+		if _, err := g.EndSession(ctx, s.ID, "closed"); err != nil {
+			g.log.Warn("connect: end a session whose join failed", "session", LogSession(s.ID), "err", err)
+		}
+		return Opened{}, fx.storeErr
+	}
+	return opened, nil
+}
+
+// Opened is a session ConnectAndHandle made: its token, and the session as
+// saved, from which the first subscription of its transport starts without
+// reading it back from the store (SubscribeOpened).
+type Opened struct {
+	// Token is the session's, as Connect returns it.
+	Token SessionToken
+	// session is as saved; alive, the deadline it was created with.
+	session *Session
+	alive   time.Time
+}
+
+// connect is Connect; it also returns the session it created.
+func (g *Gateway) connect(ctx context.Context, info ConnectInfo) (Opened, error) {
+	select {
+	case <-g.draining:
+		return Opened{}, ErrDraining
+	default:
+	}
+	ser, err := SerializerFor(info.Vsn)
+	if err != nil {
+		return Opened{}, err
 	}
 	id, err := g.cfg.Authenticate(ctx, info)
 	if err != nil {
-		return SessionToken{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
+		return Opened{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
 	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
 	if err != nil {
-		return SessionToken{}, fmt.Errorf("create session: %w", err)
+		return Opened{}, fmt.Errorf("create session: %w", err)
 	}
 	// The store checks the per-user limit atomically with the insertion:
 	// a count read before creating would let parallel connects all pass.
-	if err := g.cfg.Sessions.Create(ctx, s, time.Now().Add(g.cfg.SessionTimeout), g.cfg.MaxSessionsPerUser); err != nil {
+	deadline := time.Now().Add(g.cfg.SessionTimeout)
+	if err := g.cfg.Sessions.Create(ctx, s, deadline, g.cfg.MaxSessionsPerUser); err != nil {
 		if errors.Is(err, ErrTooManySessions) {
-			return SessionToken{}, err
+			return Opened{}, err
 		}
-		return SessionToken{}, fmt.Errorf("create session: %w", err)
+		return Opened{}, fmt.Errorf("create session: %w", err)
 	}
 	g.log.Debug("session created", "session", LogSession(s.ID), "socket_id", s.SocketID(), "vsn", s.Vsn)
 	g.cfg.Observer.SessionStarted()
-	return SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, nil
+	return Opened{Token: SessionToken{SessionID: s.ID, Cursor: Cursor{Mailbox: head}}, session: s, alive: deadline}, nil
 }
 
 // BatchError reports which frame of a batch could not be decoded. Nothing of
@@ -268,14 +355,9 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if err != nil {
 		return err
 	}
-	msgs := make([]*Message, len(frames))
-	for i, f := range frames {
-		if msgs[i], err = ser.Decode(f); err != nil {
-			return &BatchError{Index: i, Err: err}
-		}
-		if n := len(msgs[i].Payload); n > g.cfg.MaxPayloadBytes {
-			return &BatchError{Index: i, Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, n, g.cfg.MaxPayloadBytes)}
-		}
+	msgs, err := g.decodeBatch(ser, frames)
+	if err != nil {
+		return err
 	}
 	// Reload under the lock (one round trip with it): another request may
 	// have changed the session.
@@ -296,6 +378,35 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if err := g.publishOutbox(ctx, s); err != nil {
 		return err
 	}
+	fx := g.applyBatch(ctx, s, msgs)
+	s.Outbox = fx.items
+	if err := g.saveBatch(ctx, s, fx); err != nil {
+		return err
+	}
+	return g.publishOutbox(ctx, s)
+}
+
+// decodeBatch decodes a batch of frames, refusing it whole (a *BatchError)
+// if one is malformed or over the payload limit.
+func (g *Gateway) decodeBatch(ser Serializer, frames [][]byte) ([]*Message, error) {
+	msgs := make([]*Message, len(frames))
+	for i, f := range frames {
+		m, err := ser.Decode(f)
+		if err != nil {
+			return nil, &BatchError{Index: i, Err: err}
+		}
+		if n := len(m.Payload); n > g.cfg.MaxPayloadBytes {
+			return nil, &BatchError{Index: i, Err: fmt.Errorf("%w: %d bytes, the limit is %d", ErrPayloadTooLarge, n, g.cfg.MaxPayloadBytes)}
+		}
+		msgs[i] = m
+	}
+	return msgs, nil
+}
+
+// applyBatch dispatches msgs on s, skipping those already handled, and
+// returns what they sent. The caller holds s's lock, or s is not known to
+// anyone else yet.
+func (g *Gateway) applyBatch(ctx context.Context, s *Session, msgs []*Message) *effects {
 	fx := &effects{}
 	for _, m := range msgs {
 		if m.Ref != nil && s.rememberRef(m.Topic+"\x00"+*m.Ref, 2*g.cfg.MaxChannels+100) {
@@ -310,21 +421,23 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 		// interceptor would see the old assigns.
 		fx.mailbox(s.ID, &Message{Topic: TopicPhoenix, Event: eventSessionChanged, Payload: emptyObject})
 	}
-	s.Outbox = fx.items
-	if err := g.cfg.Sessions.Save(ctx, s); err != nil {
-		if errors.Is(err, ErrNoSession) {
-			// The session ended while we worked (its lock expired): take
-			// back the presences this batch tracked.
-			for _, ch := range s.Channels {
-				g.endChannel(g.context(ctx, s, ch, fx), "expired", false)
-			}
-			if ferr := fx.flush(ctx, g); ferr != nil {
-				g.log.Error("untrack after session ended", "session", LogSession(s.ID), "err", ferr)
-			}
+	return fx
+}
+
+// saveBatch saves s after a batch was applied to it. If the session ended
+// meanwhile (its lock expired), it takes back the presences the batch
+// tracked, and returns ErrNoSession.
+func (g *Gateway) saveBatch(ctx context.Context, s *Session, fx *effects) error {
+	err := g.cfg.Sessions.Save(ctx, s)
+	if errors.Is(err, ErrNoSession) {
+		for _, ch := range s.Channels {
+			g.endChannel(g.context(ctx, s, ch, fx), "expired", false)
 		}
-		return err
+		if ferr := fx.flush(ctx, g); ferr != nil {
+			g.log.Error("untrack after session ended", "session", LogSession(s.ID), "err", ferr)
+		}
 	}
-	return g.publishOutbox(ctx, s)
+	return err
 }
 
 // publishOutbox publishes the session's saved Outbox, in order, and saves
@@ -432,6 +545,7 @@ func (g *Gateway) join(ctx context.Context, s *Session, m *Message, fx *effects,
 	head, err := g.cfg.Broker.Head(ctx, channelTopic(m.Topic))
 	if err != nil {
 		g.log.Error("join: read topic head", "session", LogSession(s.ID), "topic", m.Topic, "err", err)
+		fx.storeFailed(fmt.Errorf("join %s: read the channel's head: %w", clip(m.Topic), err))
 		reply(m.JoinRef, "error", map[string]string{"reason": "join crashed"})
 		return
 	}

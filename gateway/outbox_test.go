@@ -47,6 +47,19 @@ type flakyBroker struct {
 	mu sync.Mutex
 	// failIn: the failIn-th Publish from now fails (1: the next); 0: none.
 	failIn int
+	// headFails: the topic whose Head fails; "": none.
+	headFails string
+}
+
+// Head fails for headFails.
+func (b *flakyBroker) Head(ctx context.Context, topic string) (uint64, error) {
+	b.mu.Lock()
+	fail := topic != "" && topic == b.headFails
+	b.mu.Unlock()
+	if fail {
+		return 0, errBrokerDown
+	}
+	return b.Broker.Head(ctx, topic)
 }
 
 var errBrokerDown = errors.New("broker unavailable (injected by the test)")
@@ -293,6 +306,59 @@ func TestPendingRecordsPublishedFirst(t *testing.T) {
 			}
 			other.expect("the broadcast of the ended session's last batch", `[null,null,"room:a","shouted",{"last":true}]`)
 			tg.wantApplied(2)
+		})
+	}
+}
+
+// TestConnectAndHandle: frames given with the connect are applied to the
+// new session as Handle would (the join's reply comes first, broadcasts to
+// the channel follow); a malformed batch makes no session at all; a broker
+// that fails makes the connect fail, with no reply to hand out.
+func TestConnectAndHandle(t *testing.T) {
+	for _, b := range stateBackends(t) {
+		t.Run(b.name, func(t *testing.T) {
+			tg := newTestGateway(t, b, nil)
+			ctx := t.Context()
+			join := batch(`["1","1","room:a","phx_join",{}]`)
+			opened, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"ana"`, Vsn: "2.0.0"}, join)
+			if err != nil {
+				t.Fatalf("ConnectAndHandle: %v", err)
+			}
+			c := &testClient{tg: tg, tok: opened.Token}
+			c.expect("join", `["1","1","room:a","phx_reply",{"response":{"joined":"room:a"},"status":"ok"}]`)
+			if err := tg.gw.Broadcast(ctx, "room:a", "news", json.RawMessage(`{"n":1}`)); err != nil {
+				t.Fatal(err)
+			}
+			c.expect("broadcast", `[null,null,"room:a","news",{"n":1}]`)
+			// The refs are remembered: the same join sent again is a duplicate.
+			c.send(`["1","1","room:a","phx_join",{}]`)
+			c.expect("nothing for a duplicate")
+
+			_, err = tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"bob"`, Vsn: "2.0.0"}, batch(`["1","1","room:a","phx_join",{}]`, `not json`))
+			var be *gateway.BatchError
+			if !errors.As(err, &be) || be.Index != 1 {
+				t.Fatalf("ConnectAndHandle with a malformed 2nd frame = %v, want a BatchError for it", err)
+			}
+			if ids, err := tg.store.BySocket(ctx, "user_socket:bob"); err != nil || len(ids) != 0 {
+				t.Fatalf("after a refused batch, bob's sessions = %v, %v; want none", ids, err)
+			}
+
+			tg.broker.failIn = 1
+			if _, err := tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"cy"`, Vsn: "2.0.0"}, join); !errors.Is(err, errBrokerDown) {
+				t.Fatalf("ConnectAndHandle with the broker failing = %v, want its error", err)
+			}
+
+			// A join whose channel cannot be read (a slow or down store)
+			// fails the connect with that error, not a "join crashed"
+			// reply, and leaves no session behind.
+			tg.broker.headFails = "t:room:b"
+			_, err = tg.gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: `"dee"`, Vsn: "2.0.0"}, batch(`["1","1","room:a","phx_join",{}]`, `["2","2","room:b","phx_join",{}]`))
+			if !errors.Is(err, errBrokerDown) {
+				t.Fatalf("ConnectAndHandle with a channel's head failing = %v, want the broker's error", err)
+			}
+			if ids, err := tg.store.BySocket(ctx, "user_socket:dee"); err != nil || len(ids) != 0 {
+				t.Fatalf("after a join failed on the store, dee's sessions = %v, %v; want none", ids, err)
+			}
 		})
 	}
 }

@@ -38,7 +38,7 @@ func (g *Gateway) Poll(ctx context.Context, tok SessionToken, wait time.Duration
 	// SessionTimeout (plus what is left of the window, if it returned early)
 	// for the next one. Touching once, with the load, keeps a poll that
 	// returns messages at two round trips to a remote store.
-	sub, err := g.subscribe(ctx, tok, wait, nil, false)
+	sub, err := g.subscribe(ctx, tok, subscribeOptions{extra: wait})
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,7 @@ import (
 // tok (the client's mailbox records up to it are dropped). Release it once
 // answered, or Close it if the client left.
 func (g *Gateway) PollFunc(ctx context.Context, tok SessionToken, wait time.Duration, wake func()) (*Subscription, error) {
-	sub, err := g.subscribe(ctx, tok, wait, wake, false)
+	sub, err := g.subscribe(ctx, tok, subscribeOptions{extra: wait, notify: wake})
 	if err != nil {
 		return nil, err
 	}

@@ -172,10 +172,10 @@ func BenchmarkRedisStreamFanout(b *testing.B) {
 }
 
 // BenchmarkRedisSSEConnect measures an SSE connect that joins a channel, as
-// the SSE transport makes it: Connect, the join (Handle), the stream's
-// subscription and its first read, then the stream's end (Close). It
-// reports the Redis round trips per connect and the process's CPU time per
-// connect (user + system, the go-redis client's included).
+// the SSE transport makes it: ConnectAndHandle with the join, the stream's
+// subscription (SubscribeOpened) and its first read, then the stream's end
+// (Close). It reports the Redis round trips per connect and the process's
+// CPU time per connect (user + system, the go-redis client's included).
 func BenchmarkRedisSSEConnect(b *testing.B) {
 	gw, counter := benchGateway(b)
 	ctx := context.Background()
@@ -186,14 +186,12 @@ func BenchmarkRedisSSEConnect(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		tok, err := gw.Connect(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"})
+		// As the SSE transport does for ?join=.
+		opened, err := gw.ConnectAndHandle(ctx, gateway.ConnectInfo{Token: fmt.Sprint(i), Vsn: "2.0.0"}, join)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := gw.Handle(ctx, tok.SessionID, join); err != nil {
-			b.Fatal(err)
-		}
-		sub, err := gw.SubscribeFunc(ctx, tok, 15*time.Second, func() {})
+		sub, err := gw.SubscribeOpened(ctx, opened, 15*time.Second, func() {})
 		if err != nil {
 			b.Fatal(err)
 		}

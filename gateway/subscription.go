@@ -60,7 +60,7 @@ type Subscription struct {
 // Subscribe starts delivering the session of tok after its cursor. It
 // returns ErrNoSession when the session is gone. Close it when done.
 func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscription, error) {
-	return g.subscribe(ctx, tok, 0, nil, false)
+	return g.subscribe(ctx, tok, subscribeOptions{})
 }
 
 // SubscribeFunc is Subscribe for a transport that holds no goroutine while
@@ -74,29 +74,61 @@ func (g *Gateway) Subscribe(ctx context.Context, tok SessionToken) (*Subscriptio
 // Ready then returns ErrNoSession. wake runs on the publisher's goroutine,
 // with the broker's hub locked: it must only schedule work and return.
 func (g *Gateway) SubscribeFunc(ctx context.Context, tok SessionToken, checkEvery time.Duration, wake func()) (*Subscription, error) {
-	return g.subscribe(ctx, tok, checkEvery, wake, true)
+	return g.subscribe(ctx, tok, subscribeOptions{extra: checkEvery, notify: wake, kept: true})
 }
 
-// subscribe starts a subscription, keeping its session alive for extra past
-// the session timeout; with a notify function, a SubscribeFunc or PollFunc
-// one. With kept, the keeper keeps its session alive from then on (a held
-// stream's); without, the deadline written now is all it gets (a poll's).
-func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Duration, notify func(), kept bool) (*Subscription, error) {
+// SubscribeOpened is SubscribeFunc (Subscribe if wake is nil) for the
+// session ConnectAndHandle just made, in one store round trip less: it
+// starts from the session as saved and the deadline it was created with,
+// instead of touching and loading it (nobody else could change it before
+// its client had its id). Use it once per Opened, for the stream that hands
+// the id out; a zero Opened.session falls back to Subscribe(Func).
+func (g *Gateway) SubscribeOpened(ctx context.Context, o Opened, checkEvery time.Duration, wake func()) (*Subscription, error) {
+	if wake == nil {
+		checkEvery = 0
+	}
+	var s *Session
+	if o.session != nil {
+		s = o.session.clone() // the subscription's own: o may be copied
+	}
+	return g.subscribe(ctx, o.Token, subscribeOptions{extra: checkEvery, notify: wake, kept: wake != nil, fresh: s, alive: o.alive})
+}
+
+// subscribeOptions says how subscribe starts a subscription.
+type subscribeOptions struct {
+	// extra is how long past the session timeout the session is kept alive.
+	extra time.Duration
+	// notify, if set, makes it a SubscribeFunc or PollFunc subscription.
+	notify func()
+	// kept: the keeper keeps the session alive from then on (a held
+	// stream's); without, the deadline written now is all it gets (a poll's).
+	kept bool
+	// fresh, if set, is a session ConnectAndHandle just saved
+	// (SubscribeOpened), adopted as it is, alive until alive, instead of
+	// being touched and loaded.
+	fresh *Session
+	alive time.Time
+}
+
+// subscribe starts a subscription as o says.
+func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, o subscribeOptions) (*Subscription, error) {
 	// Deliveries carry public tokens (SSE event ids): a transport that hands
 	// out credentials adds the key itself (WithKey).
 	tok.Key = ""
 	sub := &Subscription{g: g, tok: tok}
 	// Listen first, then load: nothing that happens in between is missed.
 	sub.mailbox = g.cfg.Broker.Listen(mailboxTopic(tok.SessionID))
-	if notify != nil {
-		sub.notify = notify
+	if o.notify != nil {
+		sub.notify = o.notify
 		sub.mailbox.Notify(func() {
 			sub.mailboxWoke.Store(true)
 			sub.notify()
 		})
 	}
-	until := time.Now().Add(g.cfg.SessionTimeout + extra)
-	if err := sub.touch(ctx, until); err != nil {
+	if o.fresh != nil {
+		sub.alive = o.alive
+		sub.setSession(o.fresh)
+	} else if err := sub.touch(ctx, time.Now().Add(g.cfg.SessionTimeout+o.extra)); err != nil {
 		sub.release()
 		return nil, err
 	}
@@ -104,9 +136,9 @@ func (g *Gateway) subscribe(ctx context.Context, tok SessionToken, extra time.Du
 		sub.release()
 		return nil, err
 	}
-	if kept {
+	if o.kept {
 		sub.kept = true
-		g.keeper.add(sub, until, extra)
+		g.keeper.add(sub, sub.alive, o.extra)
 	}
 	return sub, nil
 }

@@ -81,7 +81,9 @@ var writeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // park hands the stream to a parked task set, and reports false if the
 // connection cannot be hijacked (the caller then serves the stream itself).
 // On true, the stream's counters are the parked stream's to release.
-func (t *Transport) park(w http.ResponseWriter, tok gateway.SessionToken, lifetime time.Duration) bool {
+// opened is the session ConnectAndHandle made (zero on a resume), tok the
+// stream's token.
+func (t *Transport) park(w http.ResponseWriter, opened gateway.Opened, tok gateway.SessionToken, lifetime time.Duration) bool {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false
@@ -102,7 +104,8 @@ func (t *Transport) park(w http.ResponseWriter, tok gateway.SessionToken, lifeti
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
 	defer cancel()
-	sub, err := t.gw.SubscribeFunc(ctx, tok, t.cfg.Heartbeat, p.wake)
+	opened.Token = tok
+	sub, err := t.gw.SubscribeOpened(ctx, opened, t.cfg.Heartbeat, p.wake)
 	if err != nil {
 		p.mu.Lock()
 		p.fail(err)

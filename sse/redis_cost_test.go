@@ -66,13 +66,17 @@ func TestIdleParkedStreamsCostRedisNothing(t *testing.T) {
 // the session's lock, with its presence), the subscription and its first
 // read. It fails if a change adds one; lower the budget when one goes.
 func TestConnectRoundTrips(t *testing.T) {
-	// Connect 2 (the mailbox's head; the session); join 12 (load,
-	// lock+load, the channel's head, the test room's presence list, put
-	// and list, save, publish the reply, the diff and the presence_state
-	// in order, clear the outbox, unlock); subscribe 1 (touch+load); first
-	// read 1. It was 18 before the session's create and its lock+load went
-	// to one round trip each.
-	const budget = 16
+	// Connect 2 (the mailbox's head; the session); the join, applied to
+	// the new session without loading or locking it again, 8 (the
+	// channel's head, the test room's presence list, put and list, the
+	// reply, the diff and the presence_state published in order, one save);
+	// the subscription 0 (it starts from the session as saved); first read
+	// 1. It was 18 before the session's create and its lock+load went to
+	// one round trip each, 16 before Gateway.ConnectAndHandle, 12 before
+	// SubscribeOpened.
+	const budget = 11
+	// Without ?join=: connect 2, first read 1.
+	const budgetNoJoin = 3
 	e, counter := redisEnv(t, envConfig{SessionTimeout: time.Hour})
 	// The first connect loads the scripts into Redis; count the second.
 	s, _ := e.connect(t, "1", "2.0.0", "join=room:warm")
@@ -84,5 +88,26 @@ func TestConnectRoundTrips(t *testing.T) {
 	t.Logf("an SSE connect with a join: %d round trips, %d commands", trips, cmds)
 	if trips > budget {
 		t.Errorf("an SSE connect with a join took %d Redis round trips (%d commands), more than its budget of %d", trips, cmds, budget)
+	}
+	// Counted until the stream's first heartbeat, which comes after its
+	// first read (and costs Redis nothing: TestIdleParkedStreamsCostRedisNothing).
+	e, counter = redisEnv(t, envConfig{SessionTimeout: time.Hour, Heartbeat: 50 * time.Millisecond})
+	warm, _ := e.connect(t, "1", "2.0.0", "")
+	warm.mustHeartbeat(t)
+	trips, cmds = counter.Measure(func() {
+		s, _ := e.connect(t, "2", "2.0.0", "")
+		s.mustHeartbeat(t)
+	})
+	t.Logf("an SSE connect without a join: %d round trips, %d commands", trips, cmds)
+	if trips > budgetNoJoin {
+		t.Errorf("an SSE connect without a join took %d Redis round trips (%d commands), more than its budget of %d", trips, cmds, budgetNoJoin)
+	}
+}
+
+// mustHeartbeat reads the stream's next event, which must be a heartbeat.
+func (s *stream) mustHeartbeat(t *testing.T) {
+	t.Helper()
+	if ev := s.must(t); ev.Name != "heartbeat" {
+		t.Fatalf("got %s, want a heartbeat", ev)
 	}
 }

@@ -260,6 +260,9 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 	}()
 	var tok gateway.SessionToken
+	// opened is the session ConnectAndHandle made, which the stream's
+	// subscription starts from without reading it back; zero on a resume.
+	var opened gateway.Opened
 	resumed := false
 	if id := lastEventID(r); id != "" {
 		prev, ok := gateway.ParseSessionToken(id)
@@ -298,7 +301,11 @@ func (t *Transport) stream(c echo.Context) error {
 			obs.Refused(transportName, "malformed")
 			return fail(c, http.StatusBadRequest, err.Error())
 		}
-		tok, err = t.gw.Connect(ctx, info)
+		// The joins are applied to the new session as it is created (see
+		// ConnectAndHandle): fewer store round trips than Connect, Handle.
+		opened, err = t.gw.ConnectAndHandle(ctx, info, joins)
+		tok = opened.Token
+		var batchErr *gateway.BatchError
 		switch {
 		case errors.Is(err, gateway.ErrTooManySessions):
 			obs.Refused(transportName, "too_many_sessions")
@@ -307,18 +314,14 @@ func (t *Transport) stream(c echo.Context) error {
 			t.cfg.Logger.Info("sse: connect refused", "err", err)
 			obs.Refused(transportName, "unauthorized")
 			return fail(c, http.StatusForbidden, err.Error())
+		case errors.As(err, &batchErr):
+			// joinFrames checks what Handle refuses: kept as a guard.
+			obs.Refused(transportName, "malformed")
+			return fail(c, http.StatusBadRequest, err.Error())
 		case err != nil:
-			t.cfg.Logger.Error("sse: connect failed", "err", err)
+			t.cfg.Logger.Error("sse: connect failed", "joins", len(joins), "err", err)
 			obs.Refused(transportName, "unavailable")
 			return t.unavailable(c, reasonStore)
-		}
-		if len(joins) > 0 {
-			if err := t.gw.Handle(ctx, tok.SessionID, joins); err != nil {
-				// The frames were checked: the store failed.
-				t.cfg.Logger.Error("sse: join at connect failed", "session", gateway.LogSession(tok.SessionID), "err", err)
-				obs.Refused(transportName, "unavailable")
-				return t.unavailable(c, reasonStore)
-			}
 		}
 	}
 
@@ -362,7 +365,7 @@ func (t *Transport) stream(c echo.Context) error {
 
 	lifetime := jitter(t.cfg.MaxLifetime, -0.1)
 	if !t.cfg.NoPark && r.ProtoMajor == 1 {
-		if isParked = t.park(w, tok, lifetime); isParked {
+		if isParked = t.park(w, opened, tok, lifetime); isParked {
 			// echo pools its contexts: this one must not keep net/http's
 			// response and the connection's buffers until reused.
 			c.Response().Writer = handback.HijackedWriter{}
@@ -371,7 +374,8 @@ func (t *Transport) stream(c echo.Context) error {
 	}
 	// Not parked (HTTP/2, or a writer that cannot be hijacked): this
 	// goroutine serves the stream.
-	sub, err := t.gw.Subscribe(ctx, tok)
+	opened.Token = tok
+	sub, err := t.gw.SubscribeOpened(ctx, opened, 0, nil)
 	if err != nil {
 		t.endStream(sw, tok, err)
 		return nil

@@ -257,7 +257,10 @@ func (t *Transport) serve(c echo.Context) error {
 		writeError(w, http.StatusForbidden, err.Error())
 		return nil
 	}
-	tok, err := t.gw.Connect(r.Context(), gateway.ConnectInfo{Params: q, Token: token, Vsn: q.Get("vsn")})
+	// ConnectAndHandle with no frames: the socket's subscription starts
+	// from the session it made (SubscribeOpened, one store round trip less).
+	opened, err := t.gw.ConnectAndHandle(r.Context(), gateway.ConnectInfo{Params: q, Token: token, Vsn: q.Get("vsn")}, nil)
+	tok := opened.Token
 	switch {
 	case errors.Is(err, gateway.ErrDraining):
 		obs.Refused(transportName, "draining")
@@ -310,7 +313,7 @@ func (t *Transport) serve(c echo.Context) error {
 		*s.br = bufio.Reader{}
 	}
 	s.setUpReads()
-	s.start()
+	s.start(opened)
 	// The handler returns: net/http's request, buffers and goroutine go.
 	// With the idle poller, a read turn serves the connection while
 	// something arrives, and nothing while it is idle; else the socket's
@@ -408,12 +411,12 @@ type socket struct {
 	retry   *time.Timer
 }
 
-// start subscribes to the session and delivers what arrived since the
-// connect.
-func (s *socket) start() {
+// start subscribes to the session opened made and delivers what arrived
+// since the connect.
+func (s *socket) start(opened gateway.Opened) {
 	t := s.t
 	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	sub, err := t.gw.SubscribeFunc(ctx, s.tok, t.cfg.PingInterval, s.wake)
+	sub, err := t.gw.SubscribeOpened(ctx, opened, t.cfg.PingInterval, s.wake)
 	cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()

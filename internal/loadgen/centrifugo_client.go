@@ -222,35 +222,5 @@ func (c *cfClient) onConnect(reply []byte) {
 
 // objectKeys appends the raw keys (without quotes) of the JSON object obj.
 func objectKeys(obj []byte, keys *[][]byte) error {
-	i := skipWS(obj, 0)
-	if i >= len(obj) || obj[i] != '{' {
-		return badJSON("expected an object", i)
-	}
-	i = skipWS(obj, i+1)
-	if i < len(obj) && obj[i] == '}' {
-		return nil
-	}
-	for {
-		key, _, next, err := scanString(obj, skipWS(obj, i))
-		if err != nil {
-			return err
-		}
-		*keys = append(*keys, key)
-		i = skipWS(obj, next)
-		if i >= len(obj) || obj[i] != ':' {
-			return badJSON("expected ':'", i)
-		}
-		if i, err = skipValue(obj, i+1, 1); err != nil {
-			return err
-		}
-		i = skipWS(obj, i)
-		switch {
-		case i < len(obj) && obj[i] == ',':
-			i++
-		case i < len(obj) && obj[i] == '}':
-			return nil
-		default:
-			return badJSON("expected ',' or '}'", i)
-		}
-	}
+	return objectMembers(obj, func(key, _ []byte) { *keys = append(*keys, key) })
 }

@@ -1,16 +1,12 @@
 package gateway_test
 
 import (
-	"context"
-	"encoding/json"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicegw/sluice/gateway"
-	"github.com/sluicegw/sluice/internal/redistest"
-	"github.com/sluicegw/sluice/topics"
 )
 
 // TestConnectRoundTrips counts the Redis round trips of the steps of a
@@ -28,25 +24,10 @@ func TestConnectRoundTrips(t *testing.T) {
 			// the data, on another node.)
 			t.Skip("round trips on a Cluster vary with its per-node script caches; counted on one server")
 		}
-		counter := &redistest.Counter{}
-		c.AddHook(counter)
-		store := newTestRedisStore(t, c, prefix)
-		router := &topics.Router[gateway.Handler]{}
-		router.Add("room:*", echoRoom{})
-		gw, err := gateway.New(gateway.Config{
-			Router:   router,
-			Sessions: store, Presence: store,
-			Broker: topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, Logger: redisTestLogger(t)}),
-			Authenticate: func(_ context.Context, info gateway.ConnectInfo) (gateway.Identity, error) {
-				return gateway.Identity{UserID: json.RawMessage(info.Token)}, nil
-			},
+		gw, _, counter := countedEchoGateway(t, c, prefix, gateway.Config{
 			SessionTimeout:     time.Minute,
 			MaxSessionsPerUser: 10,
-			Logger:             redisTestLogger(t),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		budgets := map[string]int64{
 			"connect": 2, // the mailbox's head; the session's deadline, data and socket index
 

@@ -1,8 +1,6 @@
 package gateway_test
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -11,8 +9,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicegw/sluice/gateway"
-	"github.com/sluicegw/sluice/internal/redistest"
-	"github.com/sluicegw/sluice/topics"
 )
 
 // idleSub is one held subscription of TestIdleSubscriptionsCostRedisNothing.
@@ -35,29 +31,13 @@ func TestIdleSubscriptionsCostRedisNothing(t *testing.T) {
 		timeout   = time.Hour // the keeper looks every 15 min, its deadlines move every 30
 	)
 	forEachRedis(t, func(t *testing.T, _ redisBackend, c redis.UniversalClient, prefix string) {
-		counter := &redistest.Counter{}
-		c.AddHook(counter)
-		store := newTestRedisStore(t, c, prefix)
-		router := &topics.Router[gateway.Handler]{}
-		router.Add("room:*", echoRoom{})
-		gw, err := gateway.New(gateway.Config{
-			Router:   router,
-			Sessions: store, Presence: store,
-			Broker: topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, Logger: redisTestLogger(t)}),
-			Authenticate: func(_ context.Context, info gateway.ConnectInfo) (gateway.Identity, error) {
-				return gateway.Identity{UserID: json.RawMessage(info.Token)}, nil
-			},
-			SessionTimeout: timeout,
-			Logger:         redisTestLogger(t),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		gw, store, counter := countedEchoGateway(t, c, prefix, gateway.Config{SessionTimeout: timeout})
 		ctx := t.Context()
 		start := time.Now()
 		subs := make([]*idleSub, n)
 		for i := range subs {
 			s := &idleSub{}
+			var err error
 			if s.tok, err = gw.Connect(ctx, gateway.ConnectInfo{Token: "1", Vsn: "2.0.0"}); err != nil {
 				t.Fatal(err)
 			}

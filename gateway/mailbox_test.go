@@ -114,22 +114,7 @@ func TestMailboxOfAClientThatNeverPollsIsBoundedInBytes(t *testing.T) {
 // session in Redis). A poll retried with the same token, after a lost
 // answer, gets the same answer again.
 func TestMailboxDropsAcknowledgedRecords(t *testing.T) {
-	type backend struct {
-		name string
-		new  func(t *testing.T) (storetest.Store, topics.Broker)
-	}
-	backends := []backend{{"memory", func(t *testing.T) (storetest.Store, topics.Broker) {
-		return gateway.NewMemoryStore(), topics.NewMemoryBroker(1000, time.Hour)
-	}}}
-	for _, rb := range redisBackends(t) {
-		backends = append(backends, backend{"redis/" + rb.name, func(t *testing.T) (storetest.Store, topics.Broker) {
-			c := rb.connect(t)
-			prefix := redisTestPrefix(t, c)
-			broker := topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, MaxLen: 1000, Logger: redisTestLogger(t)})
-			return newTestRedisStore(t, c, prefix), broker
-		}})
-	}
-	for _, be := range backends {
+	for _, be := range stateBackends(t) {
 		t.Run(be.name, func(t *testing.T) {
 			store, broker := be.new(t)
 			tg := newTestGatewayOn(t, store, broker, nil)

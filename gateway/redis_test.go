@@ -21,6 +21,7 @@ import (
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/gateway/storetest"
 	"github.com/sluicegw/sluice/internal/redistest"
+	"github.com/sluicegw/sluice/topics"
 )
 
 var _ storetest.Store = (*gateway.RedisStore)(nil)
@@ -108,6 +109,31 @@ func redisKeys(t *testing.T, ctx context.Context, c redis.UniversalClient, prefi
 
 func newTestRedisStore(t *testing.T, c redis.UniversalClient, prefix string) *gateway.RedisStore {
 	return gateway.NewRedisStore(c, gateway.RedisOptions{Prefix: prefix, Logger: redisTestLogger(t)})
+}
+
+// countedEchoGateway is a gateway on c under prefix (its store, which it
+// returns, as sessions and presence, and a Redis broker) whose client
+// counts round trips from now on; "room:*" is an echoRoom and a connect's
+// token is its user id. cfg gives the rest (timeouts, limits).
+func countedEchoGateway(t *testing.T, c redis.UniversalClient, prefix string, cfg gateway.Config) (*gateway.Gateway, *gateway.RedisStore, *redistest.Counter) {
+	t.Helper()
+	counter := &redistest.Counter{}
+	c.AddHook(counter)
+	store := newTestRedisStore(t, c, prefix)
+	router := &topics.Router[gateway.Handler]{}
+	router.Add("room:*", echoRoom{})
+	cfg.Router = router
+	cfg.Sessions, cfg.Presence = store, store
+	cfg.Broker = topics.NewRedisBroker(c, topics.RedisOptions{Prefix: prefix, Logger: redisTestLogger(t)})
+	cfg.Authenticate = func(_ context.Context, info gateway.ConnectInfo) (gateway.Identity, error) {
+		return gateway.Identity{UserID: json.RawMessage(info.Token)}, nil
+	}
+	cfg.Logger = redisTestLogger(t)
+	gw, err := gateway.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return gw, store, counter
 }
 
 // TestRedisStoreConformance runs the store conformance suite on every

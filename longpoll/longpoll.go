@@ -20,12 +20,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/parkset"
 )
 
 // Config tunes the transport.
@@ -53,8 +53,7 @@ type Transport struct {
 	// handback, set by ParkWith, gives a connection back to the server.
 	handback func(conn net.Conn, early []byte) bool
 	// parked holds the polls waiting without a goroutine (parked.go).
-	parkedMu sync.Mutex
-	parked   map[*parkedPoll]struct{}
+	parked parkset.Set[*parkedPoll]
 }
 
 // New returns a Transport serving gw.
@@ -71,7 +70,7 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Transport{gw: gw, cfg: cfg, parked: make(map[*parkedPoll]struct{})}
+	return &Transport{gw: gw, cfg: cfg}
 }
 
 // ParkWith parks waiting HTTP/1.1 polls (parked.go): they hold no goroutine

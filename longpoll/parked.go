@@ -161,9 +161,7 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 		// the answer is written, as net/http does.
 		close(p.watched)
 	}
-	t.parkedMu.Lock()
-	t.parked[p] = struct{}{}
-	t.parkedMu.Unlock()
+	t.parked.Add(p)
 	p.window = time.AfterFunc(t.cfg.Window, p.windowEnd)
 	select {
 	case <-t.gw.Draining():
@@ -234,13 +232,7 @@ func (p *parkedPoll) drain() {
 
 // drainParked answers every parked poll.
 func (t *Transport) drainParked() {
-	t.parkedMu.Lock()
-	all := make([]*parkedPoll, 0, len(t.parked))
-	for p := range t.parked {
-		all = append(all, p)
-	}
-	t.parkedMu.Unlock()
-	for _, p := range all {
+	for _, p := range t.parked.Snapshot() {
 		p.drain()
 	}
 }
@@ -275,9 +267,7 @@ func (p *parkedPoll) watchClient() {
 func (p *parkedPoll) release() {
 	p.answered = true
 	p.window.Stop()
-	p.t.parkedMu.Lock()
-	delete(p.t.parked, p)
-	p.t.parkedMu.Unlock()
+	p.t.parked.Remove(p)
 	p.t.gw.Observer().Open(transportName, -1)
 }
 

@@ -115,9 +115,7 @@ func (t *Transport) park(w http.ResponseWriter, opened gateway.Opened, tok gatew
 	p.mu.Lock()
 	defer p.unlock()
 	p.sub = sub
-	t.parkedMu.Lock()
-	t.parked[p] = struct{}{}
-	t.parkedMu.Unlock()
+	t.parked.Add(p)
 	p.beat = time.AfterFunc(t.cfg.Heartbeat, p.heartbeat)
 	p.life = time.AfterFunc(lifetime, p.expire)
 	go p.watchClient()
@@ -483,22 +481,14 @@ func (p *parked) end(clean bool) {
 	if p.sub != nil {
 		p.sub.Close()
 	}
-	p.t.parkedMu.Lock()
-	delete(p.t.parked, p)
-	p.t.parkedMu.Unlock()
+	p.t.parked.Remove(p)
 	p.t.streams.Add(-1)
 	p.t.gw.Observer().Open(transportName, -1)
 }
 
 // finishParked ends every parked stream with a short retry.
 func (t *Transport) finishParked() {
-	t.parkedMu.Lock()
-	all := make([]*parked, 0, len(t.parked))
-	for p := range t.parked {
-		all = append(all, p)
-	}
-	t.parkedMu.Unlock()
-	for _, p := range all {
+	for _, p := range t.parked.Snapshot() {
 		p.finish()
 	}
 }

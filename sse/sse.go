@@ -32,7 +32,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -40,6 +39,7 @@ import (
 
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/internal/handback"
+	"github.com/sluicegw/sluice/internal/parkset"
 )
 
 // Config tunes the transport. Zero values take the defaults.
@@ -87,8 +87,7 @@ type Transport struct {
 
 	// parked holds the streams served without a goroutine (parked.go);
 	// deliverers run their deliveries, nextShard spreads them over these.
-	parkedMu   sync.Mutex
-	parked     map[*parked]struct{}
+	parked     parkset.Set[*parked]
 	deliverers *deliverers
 	nextShard  atomic.Uint32
 }
@@ -113,7 +112,7 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	t := &Transport{gw: gw, cfg: cfg, parked: make(map[*parked]struct{}), deliverers: newDeliverers(shardsPerCPU * runtime.GOMAXPROCS(0))}
+	t := &Transport{gw: gw, cfg: cfg, deliverers: newDeliverers(shardsPerCPU * runtime.GOMAXPROCS(0))}
 	gw.OnDrain(t.finishParked)
 	return t
 }

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/sluicegw/sluice/internal/testroom"
-	"github.com/sluicegw/sluice/topics"
 )
 
 // A store that fails for a while (slow, not down) never ends a stream: the
@@ -23,10 +22,7 @@ func TestSlowStoreKeepsStream(t *testing.T) {
 			e := newEnv(t, envConfig{
 				SessionTimeout: time.Minute, // the failures stay well within it
 				NoPark:         noPark,
-				WrapBroker: func(b topics.Broker) topics.Broker {
-					fb = testroom.NewFlakyBroker(b)
-					return fb
-				},
+				WrapBroker:     testroom.WrapFlaky(&fb),
 			})
 			s, _ := e.connect(t, "42", "2.0.0", "join=room:a")
 			requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")
@@ -59,10 +55,7 @@ func TestStoreDownEndsStreamAfterSessionTimeout(t *testing.T) {
 	var fb *testroom.FlakyBroker
 	e := newEnv(t, envConfig{
 		SessionTimeout: 400 * time.Millisecond,
-		WrapBroker: func(b topics.Broker) topics.Broker {
-			fb = testroom.NewFlakyBroker(b)
-			return fb
-		},
+		WrapBroker:     testroom.WrapFlaky(&fb),
 	})
 	s, _ := e.connect(t, "42", "2.0.0", "join=room:a")
 	requireJoined(t, s.frames(t, 3), "room:a", "join:1", "42")

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/sluicegw/sluice/internal/testroom"
-	"github.com/sluicegw/sluice/topics"
 )
 
 // A store that fails for a while (slow, not down) never closes a socket:
@@ -15,10 +14,7 @@ import (
 // meanwhile, in order, exactly once.
 func TestSlowStoreKeepsSocket(t *testing.T) {
 	var fb *testroom.FlakyBroker
-	e := newEnv(t, envConfig{WrapBroker: func(b topics.Broker) topics.Broker {
-		fb = testroom.NewFlakyBroker(b)
-		return fb
-	}})
+	e := newEnv(t, envConfig{WrapBroker: testroom.WrapFlaky(&fb)})
 	c := e.connect(t, "42")
 	c.join("room:a", "1")
 

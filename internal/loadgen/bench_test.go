@@ -26,7 +26,7 @@ func BenchmarkSSEReceive(b *testing.B) {
 	for i := range b.N {
 		fmt.Fprintf(&stream, "id: 0123456789abcdef0123456789abcdef.17957036174431%d.0-17957036174434%d\ndata: [null,null,\"bench:0\",\"bench\",{\"p\":1,\"s\":%d,\"t\":%d,\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}]\n\n", i, i, i+1, now)
 	}
-	c.br = bufio.NewReaderSize(&stream, sseReadBuffer)
+	c.events.br = bufio.NewReaderSize(&stream, sseReadBuffer)
 	b.ReportAllocs()
 	b.ResetTimer()
 	_ = c.read(context.Background())

@@ -1,16 +1,11 @@
 package loadgen
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -26,9 +21,8 @@ type cfClient struct {
 	client
 	streamURL string
 
-	br   *bufio.Reader
-	long []byte
-	data []byte
+	events eventStream
+	data   []byte
 }
 
 // prepare builds the stream URL with the connect request.
@@ -76,64 +70,21 @@ func (c *cfClient) run(ctx context.Context) {
 
 // stream runs one GET of the stream until it ends.
 func (c *cfClient) stream(ctx context.Context, deadline time.Time) error {
-	e := c.e
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.streamURL, nil)
-	if err != nil {
-		c.markFailed("bad_request", err.Error())
-		return err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	limit := e.cfg.ConnectTimeout
-	if c.connecting() {
-		limit = time.Until(deadline)
-	}
-	timer := time.AfterFunc(limit, cancel)
-	resp, err := c.http.Do(req)
-	if !timer.Stop() && err == nil {
-		resp.Body.Close()
-		err = context.DeadlineExceeded
-	}
-	if err != nil {
-		if ctx.Err() == nil {
-			e.errs.add("uni_sse/"+errorKind(err), err.Error())
-		}
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		kind := "uni_sse/http_" + strconv.Itoa(resp.StatusCode)
-		msg := fmt.Sprintf("GET uni_sse: %d %s", resp.StatusCode, bytes.TrimSpace(body))
-		if resp.StatusCode/100 == 4 && c.connecting() {
-			c.markFailed(kind, msg)
-		}
-		e.errs.add(kind, msg)
-		return &permanentError{kind, msg}
-	}
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		msg := "GET uni_sse answered Content-Type " + ct
-		e.errs.add("uni_sse/not_event_stream", msg)
-		return errors.New(msg)
-	}
-	if c.br == nil {
-		c.br = bufio.NewReaderSize(resp.Body, sseReadBuffer)
-	} else {
-		c.br.Reset(resp.Body)
-	}
-	defer c.br.Reset(nil)
-	// A new connection has no subscriptions until its connect reply says so.
-	c.resetJoins()
-	err = c.read()
-	switch {
-	case errors.Is(err, io.EOF):
-		return nil
-	case ctx.Err() != nil:
-		return err
-	}
-	e.errs.add("uni_sse/"+errorKind(err), "reading the stream: "+err.Error())
-	return err
+	return c.getEventStream(ctx, deadline, &c.events, eventStreamGet{
+		url:  c.streamURL,
+		kind: "uni_sse",
+		what: "GET uni_sse",
+		refused: func(status int, kind, msg string) bool {
+			if status/100 == 4 && c.connecting() {
+				c.markFailed(kind, msg)
+			}
+			return false
+		},
+	}, func() error {
+		// A new connection has no subscriptions until its connect reply says so.
+		c.resetJoins()
+		return c.read()
+	})
 }
 
 // read parses events until the stream ends: each event's data is one push.
@@ -141,7 +92,7 @@ func (c *cfClient) read() error {
 	c.data = c.data[:0]
 	hasData := false
 	for {
-		line, err := readSSELine(c.br, &c.long)
+		line, err := c.events.readLine()
 		if err != nil {
 			return err
 		}
@@ -271,35 +222,5 @@ func (c *cfClient) onConnect(reply []byte) {
 
 // objectKeys appends the raw keys (without quotes) of the JSON object obj.
 func objectKeys(obj []byte, keys *[][]byte) error {
-	i := skipWS(obj, 0)
-	if i >= len(obj) || obj[i] != '{' {
-		return badJSON("expected an object", i)
-	}
-	i = skipWS(obj, i+1)
-	if i < len(obj) && obj[i] == '}' {
-		return nil
-	}
-	for {
-		key, _, next, err := scanString(obj, skipWS(obj, i))
-		if err != nil {
-			return err
-		}
-		*keys = append(*keys, key)
-		i = skipWS(obj, next)
-		if i >= len(obj) || obj[i] != ':' {
-			return badJSON("expected ':'", i)
-		}
-		if i, err = skipValue(obj, i+1, 1); err != nil {
-			return err
-		}
-		i = skipWS(obj, i)
-		switch {
-		case i < len(obj) && obj[i] == ',':
-			i++
-		case i < len(obj) && obj[i] == '}':
-			return nil
-		default:
-			return badJSON("expected ',' or '}'", i)
-		}
-	}
+	return objectMembers(obj, func(key, _ []byte) { *keys = append(*keys, key) })
 }

@@ -335,7 +335,7 @@ func TestCFReadFrames(t *testing.T) {
 		"data: \"pub\":{\"data\":{\"p\":1,\"s\":1,\"t\":5}}}\n\n" +
 		"data: {\"channel\":\"bench:0\",\"pub\":{\"data\":{\"p\":1,\"s\":1,\"t\":5}}}\n\n" +
 		"data: {\"channel\":\"other\",\"pub\":{\"data\":{\"p\":1,\"s\":2,\"t\":5}}}\n\n"
-	c.br = bufio.NewReaderSize(strings.NewReader(stream), 16) // lines longer than the buffer too
+	c.events.br = bufio.NewReaderSize(strings.NewReader(stream), 16) // lines longer than the buffer too
 	if err := c.read(); err == nil || err.Error() != "EOF" {
 		t.Fatalf("read: %v", err)
 	}

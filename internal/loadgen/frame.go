@@ -222,6 +222,19 @@ func parseFrame(b []byte) (frame, error) {
 // value of the member named keys[k], for the keys it finds (others are left
 // nil). Strings are returned with their quotes.
 func objectFields(obj []byte, keys []string, vals [][]byte) error {
+	return objectMembers(obj, func(key, val []byte) {
+		for k, want := range keys {
+			if string(key) == want {
+				vals[k] = val
+			}
+		}
+	})
+}
+
+// objectMembers walks the JSON object obj and calls visit with each
+// member's raw key (without quotes) and raw value (strings with their
+// quotes), in order. It stops at the first malformed member.
+func objectMembers(obj []byte, visit func(key, val []byte)) error {
 	i := skipWS(obj, 0)
 	if i >= len(obj) || obj[i] != '{' {
 		return badJSON("expected an object", i)
@@ -244,11 +257,7 @@ func objectFields(obj []byte, keys []string, vals [][]byte) error {
 		if err != nil {
 			return err
 		}
-		for k, want := range keys {
-			if string(key) == want {
-				vals[k] = obj[start:end]
-			}
-		}
+		visit(key, obj[start:end])
 		i = skipWS(obj, end)
 		switch {
 		case i < len(obj) && obj[i] == ',':

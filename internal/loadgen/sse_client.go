@@ -31,8 +31,7 @@ type sseClient struct {
 	retry      time.Duration               // from the last retry: field
 	hadSession bool
 
-	br      *bufio.Reader
-	long    []byte // a line longer than br's buffer
+	events  eventStream
 	lastID  []byte
 	id      []byte
 	hasID   bool
@@ -88,20 +87,69 @@ func (e *permanentError) Error() string { return e.kind + ": " + e.msg }
 // stream runs one GET of the stream until it ends. A nil error is a clean
 // end (the server's lifetime limit).
 func (c *sseClient) stream(ctx context.Context, deadline time.Time) error {
+	return c.getEventStream(ctx, deadline, &c.events, eventStreamGet{
+		url:    c.streamURL,
+		lastID: c.lastID,
+		kind:   "sse",
+		what:   "GET stream",
+		refused: func(status int, kind, msg string) bool {
+			if status != http.StatusBadRequest && status != http.StatusForbidden {
+				return false
+			}
+			if c.connecting() {
+				c.markFailed(kind, msg)
+				return true
+			}
+			// A resume point refused (expired, foreign, malformed): start
+			// a new session, which rejoins.
+			c.lastID = c.lastID[:0]
+			return false
+		},
+	}, func() error { return c.read(ctx) })
+}
+
+// eventStream is the line reader of an event stream, kept across the
+// client's reconnects.
+type eventStream struct {
+	br   *bufio.Reader
+	long []byte // a line longer than br's buffer
+}
+
+// readLine returns the next line without its line ending. The slice is
+// valid until the next call.
+func (s *eventStream) readLine() ([]byte, error) { return readSSELine(s.br, &s.long) }
+
+// eventStreamGet is what differs between the GETs of Sluice's SSE stream
+// and Centrifugo's uni_sse stream.
+type eventStreamGet struct {
+	url    string
+	lastID []byte // sent as Last-Event-ID when not empty
+	kind   string // the errors table's prefix: "sse", "uni_sse"
+	what   string // the request in error messages
+	// refused is told of an answer other than 200 (its status, and the
+	// kind and message it is counted under) before it is counted; true
+	// means the client failed for good and the answer is not counted.
+	refused func(status int, kind, msg string) (failed bool)
+}
+
+// getEventStream runs one GET of an event stream: it bounds the wait for
+// the response headers only (the stream itself may stay idle for as long as
+// the server likes), checks the answer, and calls read with the stream on
+// s until it ends. A nil error is a clean end (io.EOF from read); other
+// errors are counted unless ctx ended.
+func (c *client) getEventStream(ctx context.Context, deadline time.Time, s *eventStream, g eventStreamGet, read func() error) error {
 	e := c.e
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req, err := http.NewRequestWithContext(sctx, http.MethodGet, c.streamURL, nil)
+	req, err := http.NewRequestWithContext(sctx, http.MethodGet, g.url, nil)
 	if err != nil {
 		c.markFailed("bad_request", err.Error())
 		return err
 	}
 	req.Header.Set("Accept", "text/event-stream")
-	if len(c.lastID) > 0 {
-		req.Header.Set("Last-Event-ID", string(c.lastID))
+	if len(g.lastID) > 0 {
+		req.Header.Set("Last-Event-ID", string(g.lastID))
 	}
-	// Bound the wait for the response headers only: the stream itself may
-	// stay idle for as long as the server likes.
 	limit := e.cfg.ConnectTimeout
 	if c.connecting() {
 		limit = time.Until(deadline)
@@ -114,52 +162,41 @@ func (c *sseClient) stream(ctx context.Context, deadline time.Time) error {
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			e.errs.add("sse/"+errorKind(err), err.Error())
+			e.errs.add(g.kind+"/"+errorKind(err), err.Error())
 		}
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		kind := "sse/http_" + strconv.Itoa(resp.StatusCode)
-		msg := fmt.Sprintf("GET stream: %d %s", resp.StatusCode, bytes.TrimSpace(body))
-		if resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden {
-			if c.connecting() {
-				c.markFailed(kind, msg)
-				return &permanentError{kind, msg}
-			}
-			// A resume point refused (expired, foreign, malformed): start
-			// a new session, which rejoins.
-			c.lastID = c.lastID[:0]
+		kind := g.kind + "/http_" + strconv.Itoa(resp.StatusCode)
+		msg := fmt.Sprintf("%s: %d %s", g.what, resp.StatusCode, bytes.TrimSpace(body))
+		if !g.refused(resp.StatusCode, kind, msg) {
+			e.errs.add(kind, msg)
 		}
-		e.errs.add(kind, msg)
 		return &permanentError{kind, msg}
 	}
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
-		msg := "GET stream answered Content-Type " + ct
-		e.errs.add("sse/not_event_stream", msg)
+		msg := g.what + " answered Content-Type " + ct
+		e.errs.add(g.kind+"/not_event_stream", msg)
 		return errors.New(msg)
 	}
-	if c.br == nil {
-		c.br = bufio.NewReaderSize(resp.Body, sseReadBuffer)
+	if s.br == nil {
+		s.br = bufio.NewReaderSize(resp.Body, sseReadBuffer)
 	} else {
-		c.br.Reset(resp.Body)
+		s.br.Reset(resp.Body)
 	}
-	defer c.br.Reset(nil)
-	err = c.read(ctx)
+	defer s.br.Reset(nil)
+	err = read()
 	switch {
 	case errors.Is(err, io.EOF):
 		return nil
 	case ctx.Err() != nil:
 		return err
 	}
-	e.errs.add("sse/"+errorKind(err), "reading the stream: "+err.Error())
+	e.errs.add(g.kind+"/"+errorKind(err), "reading the stream: "+err.Error())
 	return err
 }
-
-// readLine returns the next line without its line ending. The slice is
-// valid until the next call.
-func (c *sseClient) readLine() ([]byte, error) { return readSSELine(c.br, &c.long) }
 
 // readSSELine returns the next line of an event stream without its line
 // ending, assembling a line longer than br's buffer in *long. The slice is
@@ -191,7 +228,7 @@ func readSSELine(br *bufio.Reader, long *[]byte) ([]byte, error) {
 func (c *sseClient) read(ctx context.Context) error {
 	c.resetEvent()
 	for {
-		line, err := c.readLine()
+		line, err := c.events.readLine()
 		if err != nil {
 			return err
 		}

@@ -30,6 +30,15 @@ func NewFlakyBroker(b topics.Broker) *FlakyBroker {
 	return &FlakyBroker{Broker: b, failed: make(chan struct{}, 1)}
 }
 
+// WrapFlaky returns a broker wrapper (a test env's WrapBroker) that makes
+// the broker it is given a FlakyBroker and stores it in *fb.
+func WrapFlaky(fb **FlakyBroker) func(topics.Broker) topics.Broker {
+	return func(b topics.Broker) topics.Broker {
+		*fb = NewFlakyBroker(b)
+		return *fb
+	}
+}
+
 // SetDown makes every read fail (true) or work again (false).
 func (b *FlakyBroker) SetDown(down bool) {
 	b.mu.Lock()

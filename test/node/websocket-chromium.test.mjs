@@ -10,56 +10,14 @@
 // Needs Debian's chromium at /usr/bin/chromium (or CHROMIUM_PATH). Without it the test is
 // skipped, except in CI (CI=true), where it fails.
 
-import {test, before, after, afterEach} from "node:test"
+import {test} from "node:test"
 import assert from "node:assert/strict"
-import fs from "node:fs"
-import os from "node:os"
-import path from "node:path"
-import {chromium} from "playwright-core"
-import {startServer, openClient, closeAllClients, newUserId, newRoomId} from "./helpers.mjs"
-import {WebSocket, startUpgradeProxy} from "./ws-helpers.mjs"
+import {newRoomId} from "./helpers.mjs"
+import {useChromium} from "./chromium-helpers.mjs"
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium"
-const IN_CI = process.env.CI === "true"
 const FALLBACK_MS = 1500
 
-const haveChromium = fs.existsSync(CHROMIUM)
-let server
-let browser
-let profile
-const proxies = []
-
-before(async () => {
-  if(!haveChromium){ return }
-  server = await startServer()
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), "sluice-ws-chromium-"))
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: 20_000,
-  })
-})
-
-afterEach(async () => {
-  await closeAllClients()
-  await Promise.all(proxies.splice(0).map((p) => p.stop()))
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.stop()
-  if(profile){ fs.rmSync(profile, {recursive: true, force: true}) }
-})
-
-/** Skips without Chromium outside CI; in CI a missing Chromium fails. */
-function needChromium(t){
-  if(haveChromium){ return true }
-  if(IN_CI){ assert.fail(`CI=true but there is no Chromium at ${CHROMIUM}: .ci/run installs Debian's chromium`) }
-  t.skip(`no Chromium at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`)
-  return false
-}
+const suite = useChromium("sluice-ws-chromium-")
 
 /**
  * In the page: phoenix.js with longPollFallbackMs, the seed scenario, and what transport it ended
@@ -97,17 +55,10 @@ for(const mode of ["refuse", "hold", "pass"]){
   const what = {refuse: "answers the upgrade 400", hold: "swallows the upgrade", pass: "passes the upgrade"}[mode]
   test(`Chromium, longPollFallbackMs ${FALLBACK_MS}, behind a proxy that ${what}: ` +
     (mode === "pass" ? "phoenix.js stays on WebSocket" : "phoenix.js falls back to LongPoll within its window and the scenario completes"), {timeout: 40_000}, async (t) => {
-    if(!needChromium(t)){ return }
-    const proxy = await startUpgradeProxy(server.base, {mode})
-    proxies.push(proxy)
-    const userId = newUserId()
-    const token = server.token(userId, "Navegadora")
-    const beto = await openClient(server, {name: "Beto", socketOpts: {transport: WebSocket}})
-    const {channel: chB} = await beto.join("sala:lobby")
-    const page = await browser.newPage()
+    if(!suite.needChromium(t)){ return }
+    // a page of the proxy's origin, so that "/socket" goes through the proxy
+    const {proxy, token, chB, page} = await suite.openProxiedPage({mode})
     try {
-      // a page of the proxy's origin, so that "/socket" goes through the proxy
-      await page.goto(`${proxy.base}/healthz`)
       const text = `desde Chromium ${newRoomId("m")}`
       const r = await page.evaluate(scenarioInPage, {token, text, fallbackMs: FALLBACK_MS})
       assert.equal(r.history, true, "the join reply has no mensajes")

@@ -15,58 +15,16 @@
 // Needs Debian's chromium at /usr/bin/chromium (or CHROMIUM_PATH). Without it the test is
 // skipped, except in CI (CI=true), where it fails.
 
-import {test, before, after, afterEach} from "node:test"
+import {test} from "node:test"
 import assert from "node:assert/strict"
-import fs from "node:fs"
-import os from "node:os"
-import path from "node:path"
-import {chromium} from "playwright-core"
-import {startServer, openClient, closeAllClients, newUserId, newRoomId} from "./helpers.mjs"
-import {WebSocket, startUpgradeProxy} from "./ws-helpers.mjs"
+import {newRoomId} from "./helpers.mjs"
+import {useChromium} from "./chromium-helpers.mjs"
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium"
-const IN_CI = process.env.CI === "true"
 // the WebSocket's and the SSE stream's windows to open and echo a heartbeat
 const WINDOW_MS = 6000
 const STORAGE_KEY = "sluice:sse-fallback"
 
-const haveChromium = fs.existsSync(CHROMIUM)
-let server
-let browser
-let profile
-const proxies = []
-
-before(async () => {
-  if(!haveChromium){ return }
-  server = await startServer()
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), "sluice-ws-fallback-chromium-"))
-  browser = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    timeout: 20_000,
-  })
-})
-
-afterEach(async () => {
-  await closeAllClients()
-  await Promise.all(proxies.splice(0).map((p) => p.stop()))
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.stop()
-  if(profile){ fs.rmSync(profile, {recursive: true, force: true}) }
-})
-
-/** Skips without Chromium outside CI; in CI a missing Chromium fails. */
-function needChromium(t){
-  if(haveChromium){ return true }
-  if(IN_CI){ assert.fail(`CI=true but there is no Chromium at ${CHROMIUM}: .ci/run installs Debian's chromium`) }
-  t.skip(`no Chromium at ${CHROMIUM}: install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH`)
-  return false
-}
+const suite = useChromium("sluice-ws-fallback-chromium-")
 
 /**
  * In the page: phoenix.js on withFallback({webSocket: true}), the seed scenario with `peer` (a
@@ -125,17 +83,10 @@ const cases = [
 
 for(const c of cases){
   test(`Chromium, withFallback({webSocket: true}), behind a proxy that ${c.name}: the seed scenario completes on ${c.ends}, and a reload goes straight to it`, {timeout: 120_000}, async (t) => {
-    if(!needChromium(t)){ return }
-    const proxy = await startUpgradeProxy(server.base, {mode: c.mode, sse: c.sse})
-    proxies.push(proxy)
-    const userId = newUserId()
-    const token = server.token(userId, "Navegadora")
-    const beto = await openClient(server, {name: "Beto", socketOpts: {transport: WebSocket}})
-    const {channel: chB} = await beto.join("sala:lobby")
-    const page = await browser.newPage()
+    if(!suite.needChromium(t)){ return }
+    // a page of the proxy's origin, so that "/socket" and "/js" go through the proxy
+    const {proxy, userId, token, beto, chB, page} = await suite.openProxiedPage({mode: c.mode, sse: c.sse})
     try {
-      // a page of the proxy's origin, so that "/socket" and "/js" go through the proxy
-      await page.goto(`${proxy.base}/healthz`)
       const run = async (label) => {
         const text = `desde Chromium ${newRoomId("m")}`
         const peerText = `desde Node ${newRoomId("m")}`

@@ -121,6 +121,7 @@ type ReadRequest struct {
 	// cursor its client presented): the broker drops them, so that a log
 	// of replies does not keep what was delivered for its retention
 	// period. A reader that then reads from an older cursor gets a Gap.
-	// The read itself is answered as without Acked.
+	// An After past the topic's head acknowledges nothing (no reader was
+	// handed such a cursor). The read itself is answered as without Acked.
 	Acked bool
 }

@@ -145,7 +145,9 @@ func (b *MemoryBroker) ack(topic string, after uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	l := b.logs[topic]
-	if l == nil || len(l.records) == 0 || l.records[0].Seq > after {
+	// A cursor past the head was never handed out (a forged or corrupted
+	// token): it acknowledges nothing.
+	if l == nil || after > l.head || len(l.records) == 0 || l.records[0].Seq > after {
 		return
 	}
 	n, _ := slices.BinarySearchFunc(l.records, after+1, func(r Record, seq uint64) int {

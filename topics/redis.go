@@ -251,7 +251,8 @@ return last
 // unknown) and the log entries from ID ARGV[1] on, at most ARGV[2] of them
 // (all if "0"). Reading both in one script keeps them consistent. With
 // ARGV[3] = "1" (ReadRequest.Acked), it then drops the entries before
-// ARGV[1], keeping the size key right, and deletes the log and its size key
+// ARGV[1] (unless ARGV[1] is past the head: a cursor never handed out
+// acknowledges nothing), keeping the size key right, and deletes the log and its size key
 // when nothing is left (the counter stays). KEYS: seq, log, size.
 var readScript = newScript(`
 local h = redis.call('GET', KEYS[1])
@@ -262,7 +263,7 @@ if ARGV[2] == '0' then
 else
   entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
 end
-if ARGV[3] == '1' then
+if ARGV[3] == '1' and tonumber(string.match(ARGV[1], '^%d+')) <= tonumber(h) then
   local acked = redis.call('XRANGE', KEYS[2], '-', string.match(ARGV[1], '^%d+') .. '-0')
   if #acked > 0 then
     if redis.call('XLEN', KEYS[2]) == #acked then

@@ -438,6 +438,11 @@ func testAckedRead(t *testing.T, nb NewBroker) {
 	h := head(t, b, topic)
 	all := sized("a", 1, 6, 10)
 	publish(t, b, topic, all...)
+	// A cursor past the head acknowledges nothing: it was never handed out
+	// (a forged or corrupted token), and must not drop what the session's
+	// real client has not received.
+	readAcked(t, b, topic, h+1000)
+	checkBatch(t, "a read after an acked read past the head", read(t, b, topic, h, 100), h+1, all, h+6, false)
 	checkBatch(t, "acked read at h+2", readAcked(t, b, topic, h+2), h+3, all[2:], h+6, false)
 	checkBatch(t, "the same acked read, retried", readAcked(t, b, topic, h+2), h+3, all[2:], h+6, false)
 	checkBatch(t, "a plain read at h+2", read(t, b, topic, h+2, 100), h+3, all[2:], h+6, false)

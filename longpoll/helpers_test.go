@@ -1,6 +1,7 @@
 package longpoll_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -43,6 +44,10 @@ type envConfig struct {
 	// NoPark serves every poll in its handler, as without ParkWith; by
 	// default waiting polls are parked, as `sluice serve` does.
 	NoPark bool
+	// ReadHeaderTimeout and IdleTimeout are the server's (default none and
+	// 2 minutes, as `sluice serve` has).
+	ReadHeaderTimeout time.Duration
+	IdleTimeout       time.Duration
 }
 
 // env is one test server: a Gateway behind the LongPoll transport.
@@ -104,10 +109,12 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		}()
 		e.ServeHTTP(w, r)
 	}))
+	idle := cmp.Or(cfg.IdleTimeout, 2*time.Minute)
+	srv.Config.ReadHeaderTimeout, srv.Config.IdleTimeout = cfg.ReadHeaderTimeout, idle
 	if !cfg.NoPark {
 		hl := handback.Wrap(srv.Listener)
 		srv.Listener = hl
-		lp.ParkWith(hl.Return)
+		lp.ParkWith(hl.Return, idle)
 	}
 	srv.Start()
 	t.Cleanup(func() {

@@ -52,6 +52,9 @@ type Transport struct {
 
 	// handback, set by ParkWith, gives a connection back to the server.
 	handback func(conn net.Conn, early []byte) bool
+	// idleTimeout is how long an answered poll's connection may wait for
+	// the next request before it is closed.
+	idleTimeout time.Duration
 	// parked holds the polls waiting without a goroutine (parked.go).
 	parked parkset.Set[*parkedPoll]
 }
@@ -76,10 +79,14 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 // ParkWith parks waiting HTTP/1.1 polls (parked.go): they hold no goroutine
 // and no net/http buffers while they wait. handback gives a connection back
 // to the server for its client's next request (handback.Listener's Return)
-// and reports whether it did. Call it before the transport serves; without
-// it, every poll waits in its handler.
-func (t *Transport) ParkWith(handback func(conn net.Conn, early []byte) bool) {
-	t.handback = handback
+// and reports whether it did. A connection is given back once the next
+// request begins, and closed if none begins within idleTimeout (the
+// server's IdleTimeout: net/http would give a new connection only its
+// ReadHeaderTimeout, and proxies that pool connections would race its
+// close). Call it before the transport serves; without it, every poll waits
+// in its handler.
+func (t *Transport) ParkWith(handback func(conn net.Conn, early []byte) bool, idleTimeout time.Duration) {
+	t.handback, t.idleTimeout = handback, idleTimeout
 	t.gw.OnDrain(t.drainParked)
 }
 

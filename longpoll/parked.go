@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,12 +51,11 @@ type parkedPoll struct {
 	// queued: a delivery task is scheduled and has not started.
 	queued atomic.Bool
 	window *time.Timer
-	// watched is closed when the watcher's read returned, with watchErr
-	// (nil when it read the first byte of the client's next request, which
-	// early then holds).
-	watched  chan struct{}
-	watchErr error
-	early    []byte
+	// watchDone: the watcher's read returned (with the first byte of the
+	// client's next request in early, or the client gone), or there is no
+	// watcher because early held the next request at parking.
+	watchDone bool
+	early     []byte
 }
 
 // Bounds of a parked poll's work.
@@ -152,14 +150,13 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	// net/http response, and through it the connection's buffers (10 KiB),
 	// until reused: it keeps a writer of nothing instead.
 	c.Response().Writer = handback.HijackedWriter{}
-	p.watched = make(chan struct{})
 	if len(p.early) == 0 {
 		go p.watchClient()
 	} else {
 		// The client sent its next request already (pipelining): it is
 		// not read before this answer, so a leaving client is noticed when
 		// the answer is written, as net/http does.
-		close(p.watched)
+		p.watchDone = true
 	}
 	t.parked.Add(p)
 	p.window = time.AfterFunc(t.cfg.Window, p.windowEnd)
@@ -237,29 +234,39 @@ func (t *Transport) drainParked() {
 	}
 }
 
-// watchClient reads until the client closes the connection, sends its next
-// request early, or the poll, answered, stops it (a read deadline).
+// watchClient reads one byte: before the answer, to notice the client
+// leaving (or keep the first byte of a request it sent early); after it,
+// while the connection waits for the client's next poll, to give the
+// connection back when that begins (or close it after the idle timeout).
 func (p *parkedPoll) watchClient() {
 	var b [1]byte
-	n, err := p.conn.Read(b[:])
-	if n > 0 {
-		p.early, err = append(p.early, b[0]), nil
-	}
-	p.watchErr = err
-	close(p.watched)
-	if err == nil {
-		return
-	}
+	n, _ := p.conn.Read(b[:])
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.answered {
-		return // stopped by the answer
+	p.watchDone = true
+	if n > 0 {
+		p.early = append(p.early, b[0])
 	}
-	// The client left: as Poll does, its session gets the session timeout
-	// from now.
-	p.release()
-	p.sub.Close()
-	_ = p.conn.Close()
+	if !p.answered {
+		if n > 0 {
+			return // the next request began early: the answer gives it back
+		}
+		// The client left: as Poll does, its session gets the session
+		// timeout from now.
+		p.release()
+		p.sub.Close()
+		_ = p.conn.Close()
+		return
+	}
+	if p.conn == nil {
+		return // closed by the answer
+	}
+	if n > 0 {
+		p.giveBack()
+		return
+	}
+	_ = p.conn.Close() // gone, or idle for the idle timeout
+	p.conn = nil
 }
 
 // release ends the poll's waiting: its timer, its place in t.parked and
@@ -299,23 +306,35 @@ func (p *parkedPoll) answerLocked(d *gateway.Delivery, err error) {
 	if werr == nil && d != nil && err == nil {
 		d.Observe(t.gw.Observer(), transportName)
 	}
+	p.header = nil
 	if werr != nil || closeConn {
 		_ = p.conn.Close() // which ends the watcher
+		p.conn = nil
 		return
 	}
-	// Stop the watcher, keeping what it read of the next request.
-	_ = p.conn.SetReadDeadline(time.Unix(1, 0))
-	<-p.watched
-	if p.watchErr != nil && !errors.Is(p.watchErr, os.ErrDeadlineExceeded) {
+	if !p.watchDone {
+		// The watcher gives the connection back when the next request
+		// begins, or closes it once idle for the server's idle timeout.
+		_ = p.conn.SetReadDeadline(time.Now().Add(t.idleTimeout))
+		return
+	}
+	if len(p.early) == 0 {
 		_ = p.conn.Close() // the client left as it was answered
+		p.conn = nil
 		return
 	}
+	p.giveBack()
+}
+
+// giveBack hands the connection, and what was read of the next request,
+// back to the server.
+func (p *parkedPoll) giveBack() {
 	_ = p.conn.SetDeadline(time.Time{})
 	conn, early := p.conn, p.early
-	p.conn, p.early, p.header = nil, nil, nil
-	// Given back on its own goroutine: Return waits for the server's
-	// Accept, and a drain waits for this poll's lock.
-	go t.handback(conn, early)
+	p.conn, p.early = nil, nil
+	// On its own goroutine: Return waits for the server's Accept, and a
+	// drain waits for this poll's lock.
+	go p.t.handback(conn, early)
 }
 
 // writeAnswer writes a as the handler's answer would have been written by

@@ -315,3 +315,40 @@ func TestParkedPollSessionEnds(t *testing.T) {
 		t.Fatalf("want status 410 with a new session, got %s", a.bytes)
 	}
 }
+
+// An answered poll's connection waits for the client's next poll as long as
+// the server's IdleTimeout, as net/http's own keep-alive connections do, not
+// only its ReadHeaderTimeout (which net/http gives a new connection, and so a
+// given-back one): a proxy pooling connections would race that close. Past
+// the idle timeout it is closed.
+func TestAnsweredPollConnectionWaitsTheIdleTimeout(t *testing.T) {
+	const readHeader = 100 * time.Millisecond
+	e := newEnv(t, envConfig{ReadHeaderTimeout: readHeader, IdleTimeout: time.Hour})
+	c := e.connect(t, "42", "2.0.0")
+	c.join(t, "room:lobby", "1", "ana")
+	rc := dialRaw(t, e)
+	rc.send(getRequest(c.queryWith(c.tok)))
+	waitParked(t, e, 1)
+	if err := e.gw.Broadcast(context.Background(), "room:lobby", "news", map[string]string{"text": "one"}); err != nil {
+		t.Fatal(err)
+	}
+	a := rc.read()
+	if a.body.Status != 200 {
+		t.Fatalf("want the news, got %s", a.bytes)
+	}
+	time.Sleep(5 * readHeader) // idle, well past the header timeout
+	rc.send(getRequest(c.queryWith(a.body.Token)))
+	waitParked(t, e, 1)
+
+	short := newEnv(t, envConfig{ReadHeaderTimeout: readHeader, IdleTimeout: 200 * time.Millisecond, Window: 50 * time.Millisecond})
+	sc := short.connect(t, "42", "2.0.0")
+	raw := dialRaw(t, short)
+	raw.send(getRequest(sc.queryWith(sc.tok)))
+	if a := raw.read(); a.body.Status != 204 {
+		t.Fatalf("want the window's 204, got %s", a.bytes)
+	}
+	_ = raw.conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if n, err := raw.conn.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("past the idle timeout: want the connection closed (EOF), got %d bytes, %v", n, err)
+	}
+}

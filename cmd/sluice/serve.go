@@ -433,7 +433,7 @@ func (s *server) serve(ctx context.Context, ln net.Listener) error {
 	// handed back through this listener for the client's next poll.
 	hl := handback.Wrap(ln)
 	ln = hl
-	s.longpoll.ParkWith(hl.Return)
+	s.longpoll.ParkWith(hl.Return, hs.IdleTimeout)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("sluice listening", "addr", ln.Addr().String(), "store", s.storeKind, "longpoll_window", s.cfg.LongpollWindow.String(), "session_timeout", s.cfg.SessionTimeout.String(), "api", s.apiKeys.enabled())

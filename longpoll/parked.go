@@ -151,7 +151,7 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	// until reused: it keeps a writer of nothing instead.
 	c.Response().Writer = handback.HijackedWriter{}
 	if len(p.early) == 0 {
-		go p.watchClient()
+		go p.watchClient(conn)
 	} else {
 		// The client sent its next request already (pipelining): it is
 		// not read before this answer, so a leaving client is noticed when
@@ -238,9 +238,12 @@ func (t *Transport) drainParked() {
 // leaving (or keep the first byte of a request it sent early); after it,
 // while the connection waits for the client's next poll, to give the
 // connection back when that begins (or close it after the idle timeout).
-func (p *parkedPoll) watchClient() {
+//
+// It is given conn rather than reading p.conn, which the answer may clear
+// before this goroutine first runs.
+func (p *parkedPoll) watchClient(conn net.Conn) {
 	var b [1]byte
-	n, _ := p.conn.Read(b[:])
+	n, _ := conn.Read(b[:])
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.watchDone = true
@@ -255,7 +258,8 @@ func (p *parkedPoll) watchClient() {
 		// timeout from now.
 		p.release()
 		p.sub.Close()
-		_ = p.conn.Close()
+		_ = conn.Close()
+		p.conn = nil
 		return
 	}
 	if p.conn == nil {

@@ -193,12 +193,16 @@ function makeServer({child, exitPromise, port, base, secret, apiKey, output}){
       }
       return res
     },
+    /** Stops the server; throws if it panicked meanwhile (a crash its clients may have survived by reconnecting). */
     async stop(){
-      if(child.exitCode !== null || child.signalCode !== null){ return }
-      child.kill("SIGTERM")
-      const t = setTimeout(() => child.kill("SIGKILL"), 3000)
-      await exitPromise
-      clearTimeout(t)
+      if(child.exitCode === null && child.signalCode === null){
+        child.kill("SIGTERM")
+        const t = setTimeout(() => child.kill("SIGKILL"), 3000)
+        await exitPromise
+        clearTimeout(t)
+      }
+      const panicked = output().search(/^panic: /m)
+      if(panicked >= 0){ throw new Error(`the server panicked:\n${output().slice(panicked, panicked + 3000)}`) }
     },
   }
   return server

@@ -398,9 +398,11 @@ scenario_i(){
   for rate in 10 100; do
     pair "i-sse-$FANOUT_SMALL-rate-$rate" --clients "$FANOUT_SMALL" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
   done
-  for rate in 10 40; do
-    pair "i-sse-$FANOUT_LARGE-rate-$rate" --clients "$FANOUT_LARGE" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
-  done
+  if [ -n "$FANOUT_LARGE" ]; then # BENCH_FANOUT_CLIENTS may name one size only
+    for rate in 10 40; do
+      pair "i-sse-$FANOUT_LARGE-rate-$rate" --clients "$FANOUT_LARGE" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
+    done
+  fi
   side_by_side i-
 }
 

@@ -2,7 +2,7 @@
 # Runs the load scenarios of BENCHMARKS.md on this machine, on loopback only,
 # and prints one line per run; each run's full report is kept as JSON.
 #
-#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] ... [i]   (default: all)
+#   scripts/build.sh bin/sluice && scripts/bench.sh [a] [b] ... [j]   (default: all)
 #
 # Scenarios:
 #   a  10,000 idle SSE streams (memory store): server RSS per connection.
@@ -22,7 +22,11 @@
 #      connect (and, Sluice only, the same for 10,000 long-poll first polls).
 #   i  fan-out: 2,000 subscribers of one topic at 10 and 100 broadcasts/s,
 #      5,000 at 10 and 40/s: latency, CPU per million deliveries.
-# g, h and i end with a side-by-side table (Sluice, Centrifugo, and their
+#   j  without Redis (Sluice's memory store, Centrifugo's memory engine):
+#      2,000 subscribers at 10 and 100 broadcasts/s; and 10,000 idle
+#      long-poll clients (Sluice) next to 10,000 idle uni_sse streams
+#      (Centrifugo has no long-poll transport; its cheapest idle connection).
+# g, h, i and j end with a side-by-side table (Sluice, Centrifugo, and their
 # ratio) in side-by-side.txt. Centrifugo's configuration is written to
 # centrifugo.json in the output folder. Without a Centrifugo binary
 # ($CENTRIFUGO_BIN, default ~/go/bin/centrifugo; install it with
@@ -43,9 +47,10 @@
 # 20000"), BENCH_IDLE_WINDOW (default 30s), BENCH_STORM_RUNS (default 3),
 # BENCH_CENTRIFUGO_PORT (default 4390; Sluice listens on 4300-4303),
 # BENCH_STORM_CLIENTS (default 10000), BENCH_FANOUT_CLIENTS (the two
-# subscriber counts of i, default "2000 5000"). A small trial of g, h and i:
+# subscriber counts of i, default "2000 5000"; j uses the first),
+# BENCH_IDLE_LP_CLIENTS (j's idle long-poll clients, default 10000). A small trial of g-j:
 #   BENCH_IDLE_COUNTS=300 BENCH_IDLE_WINDOW=10s BENCH_STORM_RUNS=1 BENCH_STORM_CLIENTS=300 \
-#   BENCH_FANOUT_CLIENTS="300 400" BENCH_DURATION=5s scripts/bench.sh g h i
+#   BENCH_FANOUT_CLIENTS="300 400" BENCH_IDLE_LP_CLIENTS=300 BENCH_DURATION=5s scripts/bench.sh g h i j
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -59,6 +64,7 @@ IDLE_COUNTS=${BENCH_IDLE_COUNTS:-1000 10000 20000}
 IDLE_WINDOW=${BENCH_IDLE_WINDOW:-30s}
 STORM_RUNS=${BENCH_STORM_RUNS:-3}
 STORM_CLIENTS=${BENCH_STORM_CLIENTS:-10000}
+IDLE_LP=${BENCH_IDLE_LP_CLIENTS:-10000}
 read -r FANOUT_SMALL FANOUT_LARGE <<<"${BENCH_FANOUT_CLIENTS:-2000 5000}"
 # The servers and the tool get their settings from flags only: no SLUICE_*
 # variable of the person running this changes a run.
@@ -166,7 +172,9 @@ fi
 # token secret (HS256) and API key, and bench:* channels any connected user
 # may subscribe to from the connect request, as Sluice's --open-topics.
 write_centrifugo_config(){
-  cat >"$OUT/centrifugo.json" <<JSON
+  local engine='{"type": "redis", "redis": {"address": ["'"$SIDE_REDIS"'"], "prefix": "'"$CF_PREFIX"'"}}'
+  [ "$CF_ENGINE" = memory ] && engine='{"type": "memory"}'
+  cat >"$OUT/$(cf_config_name)" <<JSON
 {
   "http_server": {"address": "127.0.0.1", "port": $CF_PORT},
   "log": {"level": "warn"},
@@ -175,21 +183,25 @@ write_centrifugo_config(){
   "client": {"token": {"hmac_secret_key": "$SECRET"}},
   "http_api": {"key": "$KEY"},
   "uni_sse": {"enabled": true},
-  "engine": {"type": "redis", "redis": {"address": ["$SIDE_REDIS"], "prefix": "$CF_PREFIX"}},
+  "engine": $engine,
   "channel": {
     "without_namespace": {"allow_subscribe_for_client": true},
     "namespaces": [{"name": "bench", "allow_subscribe_for_client": true}]
   }
 }
 JSON
-  "$CF_BIN" checkconfig --config "$OUT/centrifugo.json" >>"$OUT/centrifugo.log" 2>&1 || {
-    echo "centrifugo rejects $OUT/centrifugo.json:" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1; }
+  "$CF_BIN" checkconfig --config "$OUT/$(cf_config_name)" >>"$OUT/centrifugo.log" 2>&1 || {
+    echo "centrifugo rejects $OUT/$(cf_config_name):" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1; }
 }
+# CF_ENGINE is Centrifugo's engine for the next pairs: redis (g, h, i) or
+# memory (j), each with its own configuration file.
+CF_ENGINE=redis
+cf_config_name(){ if [ "$CF_ENGINE" = memory ]; then echo centrifugo-memory.json; else echo centrifugo.json; fi; }
 
 start_centrifugo(){
-  [ -f "$OUT/centrifugo.json" ] || write_centrifugo_config
+  [ -f "$OUT/$(cf_config_name)" ] || write_centrifugo_config
   port_free "$CF_PORT"
-  "$CF_BIN" --config "$OUT/centrifugo.json" >>"$OUT/centrifugo.log" 2>&1 &
+  "$CF_BIN" --config "$OUT/$(cf_config_name)" >>"$OUT/centrifugo.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$CF_PORT/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "centrifugo did not start" >&2; tail -5 "$OUT/centrifugo.log" >&2; return 1
@@ -211,16 +223,29 @@ pair(){
   fi
   return 0
 }
+# With CF_ENGINE=memory both run without Redis; SLUICE_EXTRA (an array) is
+# given to Sluice's run only (j's long-poll clients).
+SLUICE_EXTRA=()
 pair_sluice(){
   local name=$1; shift
+  if [ "$CF_ENGINE" = memory ]; then
+    start_server 4300
+    run "$name.sluice" --url http://127.0.0.1:4300 "$@" "${SLUICE_EXTRA[@]}"
+    cleanup; return 0
+  fi
   side_redis
   local prefix="sluicebench:$RANDOM$RANDOM:"
   start_server 4300 --redis "$SIDE_REDIS" --redis-prefix "$prefix"
-  run "$name.sluice" --url http://127.0.0.1:4300 --redis "$SIDE_REDIS" "$@"
+  run "$name.sluice" --url http://127.0.0.1:4300 --redis "$SIDE_REDIS" "$@" "${SLUICE_EXTRA[@]}"
   cleanup; redis_clean "$prefix" "$SIDE_REDIS"
 }
 pair_centrifugo(){
   local name=$1; shift
+  if [ "$CF_ENGINE" = memory ]; then
+    start_centrifugo
+    run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" "$@"
+    cleanup; return 0
+  fi
   side_redis
   start_centrifugo
   run "$name.centrifugo" --target centrifugo --url "http://127.0.0.1:$CF_PORT" --redis "$SIDE_REDIS" "$@"
@@ -406,8 +431,24 @@ scenario_i(){
   side_by_side i-
 }
 
+# (j) without Redis: Sluice's memory store against Centrifugo's memory
+# engine; fan-out at 10 and 100/s, and idle long-poll clients against idle
+# uni_sse streams.
+scenario_j(){
+  local rate
+  CF_ENGINE=memory
+  for rate in 10 100; do
+    pair "j-memory-sse-$FANOUT_SMALL-rate-$rate" --clients "$FANOUT_SMALL" --connect-rate 500 --duration "$DURATION" --rate "$rate" --publishers 8
+  done
+  SLUICE_EXTRA=(--transport longpoll)
+  pair "j-memory-idle-longpoll-$IDLE_LP" --scenario idle --clients "$IDLE_LP" --connect-rate 250 --duration "$IDLE_WINDOW"
+  SLUICE_EXTRA=()
+  CF_ENGINE=redis
+  side_by_side j-
+}
+
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(a b c d e f g h i)
+[ ${#want[@]} -gt 0 ] || want=(a b c d e f g h i j)
 echo "results in $OUT"
 for s in "${want[@]}"; do "scenario_$s"; done
 echo "summary: $OUT/summary.txt"

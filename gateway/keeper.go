@@ -12,12 +12,21 @@ import (
 // idle stream costs the store nothing of its own. A subscription whose
 // session turns out gone is woken, and ends as one that finds it gone.
 //
+// A pass only moves deadlines (on Redis, two commands per batch, whatever
+// its size); a session's data is renewed (on Redis, one command per session)
+// only once the deadline it was last renewed with is half the store's grace
+// behind, so that a stream held for days never outlives its data.
+//
 // Its goroutine runs only while it holds subscriptions.
 type keeper struct {
 	g *Gateway
 	// period is how often it looks: a quarter of the session timeout, so a
 	// deadline it keeps never gets nearer than half the timeout.
 	period time.Duration
+	// renewAfter is how far a deadline may move past the one a session's
+	// data was last renewed with before a pass renews it: half the store's
+	// grace, so the data always outlives the deadline by half that grace.
+	renewAfter time.Duration
 
 	mu   sync.Mutex
 	subs map[*Subscription]keptSession
@@ -34,6 +43,9 @@ type keptSession struct {
 	id string
 	// alive is the deadline last written.
 	alive time.Time
+	// renewed is the deadline the session's data was last renewed with
+	// (its store keeps the data a grace past it).
+	renewed time.Time
 	// extra is how far past the session timeout its deadline is written:
 	// the subscription's check interval (as its own touches did), at most
 	// the session timeout.
@@ -44,16 +56,30 @@ type keptSession struct {
 // the time one call holds the memory store's lock.
 const touchBatch = 1000
 
+// graceTeller is a SessionStore that says how long it keeps a session's
+// data past the deadline of its last renewal (see SessionStore.TouchMany).
+type graceTeller interface{ dataGrace() time.Duration }
+
 func newKeeper(g *Gateway) *keeper {
-	return &keeper{g: g, period: max(g.cfg.SessionTimeout/4, time.Millisecond), subs: make(map[*Subscription]keptSession), emptied: make(chan struct{}, 1)}
+	grace := sessionGrace // a store that does not say (a wrapper): Redis's
+	if gt, ok := g.cfg.Sessions.(graceTeller); ok {
+		grace = gt.dataGrace()
+	}
+	return &keeper{
+		g:          g,
+		period:     max(g.cfg.SessionTimeout/4, time.Millisecond),
+		renewAfter: grace / 2,
+		subs:       make(map[*Subscription]keptSession),
+		emptied:    make(chan struct{}, 1),
+	}
 }
 
 // add keeps sub's session alive from now on; its deadline was just written
-// as alive.
+// as alive, with its data (Create or Touch).
 func (k *keeper) add(sub *Subscription, alive time.Time, extra time.Duration) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.subs[sub] = keptSession{id: sub.tok.SessionID, alive: alive, extra: min(extra, k.g.cfg.SessionTimeout)}
+	k.subs[sub] = keptSession{id: sub.tok.SessionID, alive: alive, renewed: alive, extra: min(extra, k.g.cfg.SessionTimeout)}
 	if !k.running {
 		k.running = true
 		go k.run()
@@ -109,30 +135,45 @@ type due struct {
 // subscriptions whose session is gone. It returns how many deadlines it
 // moved. A failed batch is logged and tried again at the next pass: a slow
 // or restarting store does not end a stream, whose deadline is still at
-// least half a session timeout away.
+// least half a session timeout away. The sessions whose data is due for
+// renewal go in batches of their own, so the others' stay cheap.
 func (k *keeper) pass(ctx context.Context, now time.Time) int {
 	timeout := k.g.cfg.SessionTimeout
 	k.mu.Lock()
-	var all []due
+	var moving, renewing []due
 	for sub, ks := range k.subs {
 		if ks.alive.Sub(now) <= timeout/2+k.period {
-			all = append(all, due{sub, ks.id, now.Add(timeout + ks.extra)})
+			d := due{sub, ks.id, now.Add(timeout + ks.extra)}
+			// A period early: a batch writes its latest deadline, a
+			// little later than d.until.
+			if d.until.Sub(ks.renewed) >= k.renewAfter-k.period {
+				renewing = append(renewing, d)
+			} else {
+				moving = append(moving, d)
+			}
 		}
 	}
 	k.mu.Unlock()
+	return k.touchAll(ctx, moving, false) + k.touchAll(ctx, renewing, true)
+}
+
+// touchAll touches all in batches of touchBatch and returns how many
+// deadlines it moved.
+func (k *keeper) touchAll(ctx context.Context, all []due, renew bool) int {
 	moved := 0
 	for len(all) > 0 {
 		n := min(len(all), touchBatch)
 		batch := all[:n]
 		all = all[n:]
-		moved += k.touch(ctx, batch)
+		moved += k.touch(ctx, batch, renew)
 	}
 	return moved
 }
 
 // touch writes one batch of deadlines (the latest one for all: a few
-// milliseconds apart at most) and returns how many it moved.
-func (k *keeper) touch(ctx context.Context, batch []due) int {
+// milliseconds apart at most), and with renew renews their data, and
+// returns how many it moved.
+func (k *keeper) touch(ctx context.Context, batch []due, renew bool) int {
 	ids := make([]string, len(batch))
 	until := batch[0].until
 	for i, d := range batch {
@@ -140,10 +181,10 @@ func (k *keeper) touch(ctx context.Context, batch []due) int {
 		until = maxTime(until, d.until)
 	}
 	ctx, cancel := context.WithTimeout(ctx, keeperTimeout)
-	gone, err := k.g.cfg.Sessions.TouchMany(ctx, ids, until)
+	gone, err := k.g.cfg.Sessions.TouchMany(ctx, ids, until, renew)
 	cancel()
 	if err != nil {
-		k.g.log.Warn("keeping sessions alive", "sessions", len(ids), "err", err)
+		k.g.log.Warn("keeping sessions alive", "sessions", len(ids), "renew", renew, "err", err)
 		return 0
 	}
 	goneSet := make(map[string]struct{}, len(gone))
@@ -165,6 +206,9 @@ func (k *keeper) touch(ctx context.Context, batch []due) int {
 			continue
 		}
 		ks.alive = until
+		if renew {
+			ks.renewed = until
+		}
 		k.subs[d.sub] = ks
 	}
 	k.mu.Unlock()

@@ -113,7 +113,8 @@ func (m *MemoryStore) Touch(_ context.Context, id string, deadline time.Time) (*
 }
 
 // TouchMany implements SessionStore, under one hold of the store's mutex.
-func (m *MemoryStore) TouchMany(_ context.Context, ids []string, deadline time.Time) ([]string, error) {
+// Its sessions' data lives until they are removed: renew changes nothing.
+func (m *MemoryStore) TouchMany(_ context.Context, ids []string, deadline time.Time, _ bool) ([]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var gone []string

@@ -34,7 +34,8 @@ type RedisOptions struct {
 // Keys, under the Prefix (hash tags in braces; every multi-key script stays
 // inside one tag, so one Cluster slot):
 //
-//	{s:<id>}           the session's JSON; TTL = its deadline + sessionGrace
+//	{s:<id>}           the session's JSON; TTL = the deadline it was last
+//	                   renewed with + sessionGrace (see TouchMany)
 //	{s:<id>}:lock      the session's lock token; TTL lockTTL
 //	{expiry}           sorted set: session id → deadline (unix ms); bounded
 //	                   by the live sessions, and Claim drops ids without data
@@ -59,6 +60,12 @@ type RedisStore struct {
 	rdb    redis.UniversalClient
 	prefix string
 	log    *slog.Logger
+	// grace is how long a session's data outlives the deadline it was
+	// last written with: sessionGrace (tests shorten it).
+	grace time.Duration
+	// now is the clock its TTLs are computed from: time.Now (tests drive
+	// it along with the keeper's).
+	now func() time.Time
 }
 
 var (
@@ -67,9 +74,11 @@ var (
 )
 
 const (
-	// sessionGrace is how long a session's data outlives its deadline. The
-	// deadline index ends sessions; the TTL only keeps a lost index from
-	// leaving data behind for ever, so it is generous.
+	// sessionGrace is how long a session's data outlives the deadline of
+	// its last renewal (Create, Touch, TouchMany with renew). The deadline
+	// index ends sessions; the TTL only keeps a lost index from leaving
+	// data behind for ever, so it is generous, and a held session's data
+	// needs renewing only every half of it (see keeper).
 	sessionGrace = 24 * time.Hour
 	// socketTTL bounds a socket index. It is refreshed by Create and by
 	// Save (every handled request, including phoenix.js heartbeats), so it
@@ -100,7 +109,7 @@ func NewRedisStore(client redis.UniversalClient, opts RedisOptions) *RedisStore 
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	return &RedisStore{rdb: client, prefix: opts.Prefix, log: opts.Logger}
+	return &RedisStore{rdb: client, prefix: opts.Prefix, log: opts.Logger, grace: sessionGrace, now: time.Now}
 }
 
 // tagEscaper keeps values from closing (or opening) a hash tag; it is
@@ -136,9 +145,13 @@ func deadlineScore(t time.Time) float64 {
 func nowScore(t time.Time) int64 { return t.UnixMilli() }
 
 // sessionTTL is the safety-net TTL of a session's data.
-func sessionTTL(deadline time.Time) time.Duration {
-	return max(time.Until(deadline), 0) + sessionGrace
+func (r *RedisStore) sessionTTL(deadline time.Time) time.Duration {
+	return max(deadline.Sub(r.now()), 0) + r.grace
 }
+
+// dataGrace tells the keeper how long a session's data outlives the
+// deadline of its last renewal (see SessionStore.TouchMany).
+func (r *RedisStore) dataGrace() time.Duration { return r.grace }
 
 // Create implements SessionStore. One round trip on one server: the
 // deadline, the data (SET NX) and then the socket index (reserveScript),
@@ -177,7 +190,7 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 	var reserved *redis.Cmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: score, Member: s.ID}}})
-		set = p.SetNX(ctx, key, data, sessionTTL(deadline))
+		set = p.SetNX(ctx, key, data, r.sessionTTL(deadline))
 		if !cluster {
 			reserved = reserveScript.EvalSha(ctx, p, []string{r.socketKey(sock)}, reserveArgs(s.ID, maxPerSocket, nil, nil)...)
 		}
@@ -410,7 +423,7 @@ func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) (
 	var zadd *redis.IntCmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		get = p.Get(ctx, r.sessionKey(id))
-		exp = p.PExpire(ctx, r.sessionKey(id), sessionTTL(deadline))
+		exp = p.PExpire(ctx, r.sessionKey(id), r.sessionTTL(deadline))
 		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: deadlineScore(deadline), Member: id}}})
 		return nil
 	})
@@ -430,34 +443,68 @@ func (r *RedisStore) Touch(ctx context.Context, id string, deadline time.Time) (
 	return decodeSession(data)
 }
 
-// TouchMany implements SessionStore. One round trip: a pipeline of PEXPIRE
-// (0: the session is gone) and ZADD XX (never re-adds a removed id; see
-// Touch) per id; on a Cluster, go-redis sends each node its share in
-// parallel. A gone id is reported only on PEXPIRE's answer, not on an error.
-func (r *RedisStore) TouchMany(ctx context.Context, ids []string, deadline time.Time) ([]string, error) {
+// TouchMany implements SessionStore. One round trip, on the single key
+// {expiry} (so one Cluster node): one ZADD XX of every id (it never re-adds a
+// removed id; see Touch) and one ZMSCORE of them all, which answers nil for
+// an id no longer listed: removed, never created, or dropped by a Claim that
+// found its data gone. So an idle stream's session costs Redis no command of
+// its own, and a pass over 1,000 sessions two commands.
+//
+// With renew, the pipeline also holds one PEXPIRE per id, which moves the
+// data's TTL to deadline + grace and reports a session whose data is gone
+// although its id is still listed (a Remove whose unindexing failed); on a
+// Cluster, go-redis sends each node its share in parallel. A gone id is
+// reported only on an answer, not on an error.
+func (r *RedisStore) TouchMany(ctx context.Context, ids []string, deadline time.Time, renew bool) ([]string, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	exps := make([]*redis.BoolCmd, len(ids))
-	zadds := make([]*redis.IntCmd, len(ids))
-	ttl, score := sessionTTL(deadline), deadlineScore(deadline)
+	var exps []*redis.BoolCmd
+	if renew {
+		exps = make([]*redis.BoolCmd, len(ids))
+	}
+	score := deadlineScore(deadline)
+	members := make([]redis.Z, len(ids))
+	args := make([]any, 2, 2+len(ids))
+	args[0], args[1] = "zmscore", r.expiryKey()
+	for i, id := range ids {
+		members[i] = redis.Z{Score: score, Member: id}
+		args = append(args, id)
+	}
+	var zadd *redis.IntCmd
+	var scores *redis.Cmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			exps[i] = p.PExpire(ctx, r.sessionKey(id), ttl)
-			zadds[i] = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: []redis.Z{{Score: score, Member: id}}})
+		if renew {
+			ttl := r.sessionTTL(deadline)
+			for i, id := range ids {
+				exps[i] = p.PExpire(ctx, r.sessionKey(id), ttl)
+			}
 		}
+		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{XX: true, Members: members})
+		scores = p.Do(ctx, args...)
 		return nil
 	})
+	if err := zadd.Err(); err != nil {
+		return nil, fmt.Errorf("redis: touch %d sessions: deadlines: %w", len(ids), err)
+	}
+	listed, err := scores.Slice()
+	if err == nil && len(listed) != len(ids) {
+		err = fmt.Errorf("%d scores for %d ids", len(listed), len(ids))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: touch %d sessions: read deadlines: %w", len(ids), err)
+	}
 	var gone []string
 	for i, id := range ids {
-		ok, err := exps[i].Result()
-		if err == nil {
-			err = zadds[i].Err()
+		kept := listed[i] != nil
+		if renew {
+			ok, err := exps[i].Result()
+			if err != nil {
+				return nil, fmt.Errorf("redis: touch %d sessions: %s: %w", len(ids), SessionHandle(id), err)
+			}
+			kept = kept && ok
 		}
-		if err != nil {
-			return nil, fmt.Errorf("redis: touch %d sessions: %s: %w", len(ids), SessionHandle(id), err)
-		}
-		if !ok {
+		if !kept {
 			gone = append(gone, id)
 		}
 	}

@@ -117,9 +117,19 @@ func newTestRedisStore(t *testing.T, c redis.UniversalClient, prefix string) *ga
 // token is its user id. cfg gives the rest (timeouts, limits).
 func countedEchoGateway(t *testing.T, c redis.UniversalClient, prefix string, cfg gateway.Config) (*gateway.Gateway, *gateway.RedisStore, *redistest.Counter) {
 	t.Helper()
+	return countedEchoGatewayWith(t, c, prefix, cfg, nil)
+}
+
+// countedEchoGatewayWith is countedEchoGateway whose store setup changes
+// (if not nil) before the gateway is made.
+func countedEchoGatewayWith(t *testing.T, c redis.UniversalClient, prefix string, cfg gateway.Config, setup func(*gateway.RedisStore)) (*gateway.Gateway, *gateway.RedisStore, *redistest.Counter) {
+	t.Helper()
 	counter := &redistest.Counter{}
 	c.AddHook(counter)
 	store := newTestRedisStore(t, c, prefix)
+	if setup != nil {
+		setup(store)
+	}
 	router := &topics.Router[gateway.Handler]{}
 	router.Add("room:*", echoRoom{})
 	cfg.Router = router

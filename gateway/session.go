@@ -212,7 +212,16 @@ type SessionStore interface {
 	// (the keeper of an instance's held streams calls it for them all), and
 	// returns the ids that are gone. Like Touch, it never revives a removed
 	// session.
-	TouchMany(ctx context.Context, ids []string, deadline time.Time) (gone []string, err error)
+	//
+	// A store may keep a session's data only a bounded grace past the
+	// deadline it was last given by Create, Touch or a TouchMany with renew
+	// (RedisStore: a day); without renew, TouchMany only moves deadlines,
+	// which may cost the store far less (RedisStore: two commands for the
+	// whole batch instead of two per session). A caller that keeps moving a
+	// session's deadline therefore renews it well within that grace. A
+	// session removed (Remove) or never created is reported gone either
+	// way; one whose data alone vanished may be reported only by a renewal.
+	TouchMany(ctx context.Context, ids []string, deadline time.Time, renew bool) (gone []string, err error)
 	// Lock serializes the handling of one session's messages across
 	// instances. It waits up to ctx's deadline; unlock releases it.
 	Lock(ctx context.Context, id string) (unlock func(), err error)

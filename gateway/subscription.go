@@ -153,7 +153,7 @@ func (sub *Subscription) Close() {
 	// Give the session only the timeout from now, not from the end of a
 	// wait its client gave up (TouchMany: a touch without loading it).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	_, _ = sub.g.cfg.Sessions.TouchMany(ctx, []string{sub.tok.SessionID}, time.Now().Add(sub.g.cfg.SessionTimeout))
+	_, _ = sub.g.cfg.Sessions.TouchMany(ctx, []string{sub.tok.SessionID}, time.Now().Add(sub.g.cfg.SessionTimeout), true)
 	cancel()
 }
 

@@ -65,8 +65,8 @@ func Run(t *testing.T, newStore NewStore) {
 		{"SaveGoneSessionDoesNotRevive", testSaveGoneDoesNotRevive},
 		{"TouchMovesDeadline", testTouchMovesDeadline},
 		{"TouchUnknown", testTouchUnknown},
-		{"TouchManyMovesDeadlines", testTouchManyMovesDeadlines},
-		{"TouchManyReportsGone", testTouchManyReportsGone},
+		{"TouchManyMovesDeadlines", touchManyBoth(testTouchManyMovesDeadlines)},
+		{"TouchManyReportsGone", touchManyBoth(testTouchManyReportsGone)},
 		{"ClaimOnlyExpired", testClaimOnlyExpired},
 		{"ClaimRespectsLimit", testClaimRespectsLimit},
 		{"ClaimLeases", testClaimLeases},
@@ -516,52 +516,83 @@ func testTouchUnknown(t *testing.T, st Store) {
 	}
 }
 
-func testTouchManyMovesDeadlines(t *testing.T, st Store) {
-	d := base()
-	made := make([]*gateway.Session, 3)
-	for i := range made {
-		made[i] = fullSession(sid(i), `1`)
-		create(t, st, made[i], d)
-	}
-	gone, err := st.TouchMany(t.Context(), []string{sid(0), sid(1)}, d.Add(10*time.Minute))
-	if err != nil || len(gone) != 0 {
-		t.Fatalf("TouchMany of live sessions = %v, %v; want none gone", gone, err)
-	}
-	if got := claim(t, st, d.Add(5*time.Minute), 10); !slices.Equal(ids(got), []string{sid(2)}) {
-		t.Errorf("Claim between the old and the new deadline = %v, want only the untouched [%s]", ids(got), sid(2))
-	}
-	if got := slices.Sorted(slices.Values(ids(claim(t, st, d.Add(11*time.Minute), 10)))); !slices.Equal(got, []string{sid(0), sid(1)}) {
-		t.Errorf("Claim after the new deadline = %v, want [%s %s]", got, sid(0), sid(1))
-	}
-	// The session's data is untouched.
-	wantSession(t, "after TouchMany", made[0], load(t, st, sid(0)))
-	if gone, err := st.TouchMany(t.Context(), nil, d); err != nil || len(gone) != 0 {
-		t.Errorf("TouchMany of no ids = %v, %v; want nothing", gone, err)
+// touchManyBoth runs a TouchMany test with renew and without: both move
+// deadlines, neither revives, and both report removed and unknown ids gone.
+func touchManyBoth(fn func(t *testing.T, st Store, renew bool)) func(t *testing.T, st Store) {
+	return func(t *testing.T, st Store) {
+		fn(t, st, false)
+		if !t.Failed() {
+			// The same store: the renewing run uses other ids, and later
+			// deadlines (the first run removes what it made).
+			fn(t, st, true)
+		}
 	}
 }
 
-func testTouchManyReportsGone(t *testing.T, st Store) {
-	d := base()
-	create(t, st, minimalSession(sid(1), `1`), d)
-	create(t, st, minimalSession(sid(2), `2`), d)
-	if _, err := st.Remove(t.Context(), sid(2)); err != nil {
+func testTouchManyMovesDeadlines(t *testing.T, st Store, renew bool) {
+	o, d := 0, base()
+	if renew {
+		o = 10
+	}
+	made := make([]*gateway.Session, 3)
+	for i := range made {
+		made[i] = fullSession(sid(o+i), `1`)
+		create(t, st, made[i], d)
+	}
+	gone, err := st.TouchMany(t.Context(), []string{sid(o), sid(o + 1)}, d.Add(10*time.Minute), renew)
+	if err != nil || len(gone) != 0 {
+		t.Fatalf("TouchMany (renew %v) of live sessions = %v, %v; want none gone", renew, gone, err)
+	}
+	if got := claim(t, st, d.Add(5*time.Minute), 10); !slices.Equal(ids(got), []string{sid(o + 2)}) {
+		t.Errorf("Claim between the old and the new deadline = %v, want only the untouched [%s]", ids(got), sid(o+2))
+	}
+	if got := slices.Sorted(slices.Values(ids(claim(t, st, d.Add(11*time.Minute), 10)))); !slices.Equal(got, []string{sid(o), sid(o + 1)}) {
+		t.Errorf("Claim after the new deadline = %v, want [%s %s]", got, sid(o), sid(o+1))
+	}
+	// The session's data is untouched.
+	wantSession(t, "after TouchMany", made[0], load(t, st, sid(o)))
+	if gone, err := st.TouchMany(t.Context(), nil, d, renew); err != nil || len(gone) != 0 {
+		t.Errorf("TouchMany of no ids = %v, %v; want nothing", gone, err)
+	}
+	removeAll(t, st, sid(o), sid(o+1), sid(o+2))
+}
+
+func testTouchManyReportsGone(t *testing.T, st Store, renew bool) {
+	o, d := 0, base()
+	if renew {
+		o = 10
+	}
+	create(t, st, minimalSession(sid(o+1), `1`), d)
+	create(t, st, minimalSession(sid(o+2), `2`), d)
+	if _, err := st.Remove(t.Context(), sid(o+2)); err != nil {
 		t.Fatalf("Remove: %v", err)
 	}
-	gone, err := st.TouchMany(t.Context(), []string{sid(3), sid(1), sid(2)}, d.Add(time.Hour))
+	gone, err := st.TouchMany(t.Context(), []string{sid(o + 3), sid(o + 1), sid(o + 2)}, d.Add(time.Hour), renew)
 	if err != nil {
-		t.Fatalf("TouchMany: %v", err)
+		t.Fatalf("TouchMany (renew %v): %v", renew, err)
 	}
 	slices.Sort(gone)
-	if want := []string{sid(2), sid(3)}; !slices.Equal(gone, want) {
-		t.Errorf("TouchMany gone = %v, want the removed and the never-created %v", gone, want)
+	if want := []string{sid(o + 2), sid(o + 3)}; !slices.Equal(gone, want) {
+		t.Errorf("TouchMany (renew %v) gone = %v, want the removed and the never-created %v", renew, gone, want)
 	}
 	// Neither revived nor created.
-	wantGone(t, st, sid(2), "user_socket:2", "after TouchMany of a removed session")
-	if _, err := st.Load(t.Context(), sid(3)); !errors.Is(err, gateway.ErrNoSession) {
+	wantGone(t, st, sid(o+2), "user_socket:2", "after TouchMany of a removed session")
+	if _, err := st.Load(t.Context(), sid(o+3)); !errors.Is(err, gateway.ErrNoSession) {
 		t.Errorf("TouchMany created a session: Load = %v", err)
 	}
-	if got := claim(t, st, d.Add(2*time.Hour), 10); !slices.Equal(ids(got), []string{sid(1)}) {
-		t.Errorf("Claim after every deadline = %v, want only the live [%s]", ids(got), sid(1))
+	if got := claim(t, st, d.Add(2*time.Hour), 10); !slices.Equal(ids(got), []string{sid(o + 1)}) {
+		t.Errorf("Claim after every deadline = %v, want only the live [%s]", ids(got), sid(o+1))
+	}
+	removeAll(t, st, sid(o+1))
+}
+
+// removeAll removes the sessions a test made, as their claimer would.
+func removeAll(t *testing.T, st Store, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		if _, err := st.Remove(t.Context(), id); err != nil {
+			t.Fatalf("Remove %s: %v", id, err)
+		}
 	}
 }
 

@@ -308,11 +308,21 @@ func TestCentrifugoConfigValidation(t *testing.T) {
 
 func TestRedisDeltaRates(t *testing.T) {
 	t0 := time.Unix(1000, 0)
-	before := redisSample{at: t0, total: 100, calls: map[string]int64{"get": 10, "info": 4}}
-	after := redisSample{at: t0.Add(4 * time.Second), total: 100 + probeReads + 40, calls: map[string]int64{"get": 40, "publish": 10, "info": 6}}
+	before := redisSample{at: t0, total: 100, calls: map[string]int64{"get": 10, "info": 4}, cpu: 10, mainCPU: 8}
+	after := redisSample{at: t0.Add(4 * time.Second), total: 100 + probeReads + 40, calls: map[string]int64{"get": 40, "publish": 10, "info": 6}, cpu: 11, mainCPU: 8.5}
 	rs := redisDelta(before, after)
 	if rs.Commands != 40 || rs.Seconds != 4 || rs.PerSecond != 10 {
 		t.Errorf("commands %d over %gs = %g/s; want 40 over 4s = 10/s", rs.Commands, rs.Seconds, rs.PerSecond)
+	}
+	if rs.CPUSeconds != 1 || rs.CPUPercent != 25 || rs.MainThreadCPUSeconds == nil || *rs.MainThreadCPUSeconds != 0.5 {
+		t.Errorf("Redis CPU %gs (%g%%), main thread %v; want 1s over 4s (25%%), main thread 0.5s", rs.CPUSeconds, rs.CPUPercent, rs.MainThreadCPUSeconds)
+	}
+	if got := rs.cpuLine(); got != "1.00s (25.0% of a core; main thread 0.50s)" {
+		t.Errorf("summary line %q", got)
+	}
+	before.mainCPU = -1 // a Redis before 6.2
+	if rs := redisDelta(before, after); rs.MainThreadCPUSeconds != nil || rs.cpuLine() != "1.00s (25.0% of a core)" {
+		t.Errorf("without the main thread's figure: %v, %q", rs.MainThreadCPUSeconds, rs.cpuLine())
 	}
 	if len(rs.Top) != 2 || rs.Top[0] != (RedisCommand{"get", 30}) || rs.Top[1] != (RedisCommand{"publish", 10}) {
 		t.Errorf("top %v", rs.Top)
@@ -344,5 +354,28 @@ func TestCFReadFrames(t *testing.T) {
 	}
 	if c.e.delivered.Load() != 1 || c.e.dups.Load() != 1 || len(c.e.errs.snapshot()) != 0 {
 		t.Errorf("delivered %d, dups %d, errors %v; want 1, 1 and none", c.e.delivered.Load(), c.e.dups.Load(), c.e.errs.snapshot())
+	}
+}
+
+// TestParseRedisInfo reads the counters and CPU times out of INFO's text as
+// Redis 7 writes it (CRLF, section headers), children's CPU left out.
+func TestParseRedisInfo(t *testing.T) {
+	info := "# Stats\r\ntotal_connections_received:5\r\ntotal_commands_processed:1234\r\n\r\n" +
+		"# Commandstats\r\ncmdstat_zadd:calls=7,usec=70,usec_per_call=10.00,rejected_calls=0,failed_calls=0\r\n\r\n" +
+		"# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.000000\r\n" +
+		"used_cpu_user_children:9.000000\r\nused_cpu_sys_main_thread:1.000000\r\nused_cpu_user_main_thread:2.000000\r\n"
+	s, err := parseRedisInfo(redisSample{calls: map[string]int64{}, mainCPU: -1}, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.total != 1234 || s.calls["zadd"] != 7 || s.cpu != 3.75 || s.mainCPU != 3 {
+		t.Errorf("parsed total %d, zadd %d, cpu %g, main thread %g; want 1234, 7, 3.75, 3", s.total, s.calls["zadd"], s.cpu, s.mainCPU)
+	}
+	old := strings.NewReplacer("used_cpu_sys_main_thread", "x", "used_cpu_user_main_thread", "y").Replace(info)
+	if s, err := parseRedisInfo(redisSample{calls: map[string]int64{}, mainCPU: -1}, old); err != nil || s.mainCPU != -1 || s.cpu != 3.75 {
+		t.Errorf("INFO of a Redis before 6.2: cpu %g, main thread %g, %v; want 3.75, -1 (unknown)", s.cpu, s.mainCPU, err)
+	}
+	if _, err := parseRedisInfo(redisSample{calls: map[string]int64{}, mainCPU: -1}, "total_commands_processed:1\r\n"); err == nil {
+		t.Error("INFO without CPU times: no error")
 	}
 }

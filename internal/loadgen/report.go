@@ -206,10 +206,12 @@ func (r *Report) WriteText(w io.Writer) error {
 	if rs := r.RedisConnect; rs != nil {
 		head("redis while connecting")
 		line("commands", "%d (%.2f per connect, %.1f/s)", rs.Commands, rs.PerConnect, rs.PerSecond)
+		line("CPU", "%s", rs.cpuLine())
 	}
 	if rs := r.Redis; rs != nil {
 		head("redis during the window")
 		line("commands", "%d (%.1f/s)", rs.Commands, rs.PerSecond)
+		line("CPU", "%s", rs.cpuLine())
 		if rs.PerBroadcast > 0 {
 			line("per broadcast", "%.2f", rs.PerBroadcast)
 		}
@@ -258,4 +260,14 @@ func clip(s string, n int) string {
 		return string(r[:n]) + "…"
 	}
 	return s
+}
+
+// cpuLine is the summary of Redis's CPU time: "0.41s (1.0% of a core; main
+// thread 0.38s)".
+func (rs *RedisStats) cpuLine() string {
+	out := fmt.Sprintf("%.2fs (%.1f%% of a core", rs.CPUSeconds, rs.CPUPercent)
+	if rs.MainThreadCPUSeconds != nil {
+		out += fmt.Sprintf("; main thread %.2fs", *rs.MainThreadCPUSeconds)
+	}
+	return out + ")"
 }

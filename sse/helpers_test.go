@@ -66,6 +66,8 @@ type envConfig struct {
 	NoPark bool
 	// Shards, when set, is the number of deliverers of parked streams.
 	Shards int
+	// WriteTimeout is sse.Config.WriteTimeout (default: the transport's).
+	WriteTimeout time.Duration
 	// Plain, when set, serves "plain:*" with a handler that accepts every
 	// join and tracks no presence (for benchmarks).
 	Plain gateway.Handler
@@ -139,6 +141,7 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 		AllowCredentials: cfg.AllowCredentials,
 		MaxStreams:       cfg.MaxStreams,
 		NoPark:           cfg.NoPark,
+		WriteTimeout:     cfg.WriteTimeout,
 		Logger:           log,
 	})
 	if cfg.Shards > 0 {

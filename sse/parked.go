@@ -406,10 +406,10 @@ func (p *parked) write(buf *bytes.Buffer) error {
 	return nil
 }
 
-// writeBlocking writes b, waiting up to writeTimeout for the client.
+// writeBlocking writes b, waiting up to Config.WriteTimeout for the client.
 func (p *parked) writeBlocking(b []byte) error {
-	if now := time.Now(); p.deadline.Sub(now) < writeTimeout/2 {
-		p.deadline = now.Add(writeTimeout)
+	if now := time.Now(); p.deadline.Sub(now) < p.t.cfg.WriteTimeout/2 {
+		p.deadline = now.Add(p.t.cfg.WriteTimeout)
 		_ = p.conn.SetWriteDeadline(p.deadline)
 	}
 	_, err := p.conn.Write(b)
@@ -436,11 +436,11 @@ func (p *parked) writeNow(b []byte) (int, error) {
 }
 
 // writeBehind writes the rest of a chunk that the client's socket did not
-// take, waiting up to writeTimeout for the client (a client that stopped
+// take, waiting up to Config.WriteTimeout for the client (a client that stopped
 // reading is dropped), without holding the stream: its deliverer goes on
 // with other streams. Then it makes the delivery or the end that waited.
 func (p *parked) writeBehind(rest []byte) {
-	_ = p.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = p.conn.SetWriteDeadline(time.Now().Add(p.t.cfg.WriteTimeout))
 	_, err := p.conn.Write(rest)
 	if err == nil {
 		_ = p.conn.SetWriteDeadline(time.Time{}) // see park

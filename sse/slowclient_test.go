@@ -17,8 +17,12 @@ import (
 // reading one gets every message while the other reads nothing.
 func TestSlowClientHoldsUpNobody(t *testing.T) {
 	// No heartbeat: every delivery runs on the deliverer (a heartbeat's
-	// check would deliver on its own goroutine).
-	e := newEnv(t, envConfig{Shards: 1, Heartbeat: time.Hour})
+	// check would deliver on its own goroutine). A write timeout longer than
+	// the test: the slow client reads nothing while the other one gets 16
+	// MiB, which a loaded machine can take longer than the default 10 s to
+	// deliver, and dropping a client that took nothing for that long is
+	// right, but not what this test is about.
+	e := newEnv(t, envConfig{Shards: 1, Heartbeat: time.Hour, WriteTimeout: 10 * time.Minute})
 	addr := strings.TrimPrefix(e.srv.URL, "http://")
 	// A receive buffer of fixed size (no autotuning up to 32 MiB), set
 	// before the connect so that the window is scaled for it, and larger

@@ -74,6 +74,10 @@ type Config struct {
 	// streams outside net/http while they wait (see parked.go): for
 	// comparison, or a middleware that must see the whole response.
 	NoPark bool
+	// WriteTimeout is how long a write may wait for a client that stopped
+	// reading before its stream is dropped (a write gets between half of it
+	// and all of it). Default 10s.
+	WriteTimeout time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -102,6 +106,9 @@ func New(gw *gateway.Gateway, cfg Config) *Transport {
 	}
 	if cfg.MaxLifetime <= 0 {
 		cfg.MaxLifetime = 2 * time.Minute
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
 	}
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 1 << 20
@@ -333,7 +340,7 @@ func (t *Transport) stream(c echo.Context) error {
 		w.Header().Set("Connection", "close")
 	}
 	w.WriteHeader(http.StatusOK)
-	sw := &streamWriter{w: w, rc: http.NewResponseController(w)}
+	sw := &streamWriter{w: w, rc: http.NewResponseController(w), timeout: t.cfg.WriteTimeout}
 	buf := &sw.buf
 	obs.Open(transportName, 1)
 	defer func() {
@@ -472,10 +479,6 @@ func draining(gw *gateway.Gateway) bool {
 // transportName labels this transport's metrics.
 const transportName = "sse"
 
-// writeTimeout bounds a write to a client (a write gets between half of it
-// and all of it), so that a client that stopped reading frees its stream.
-const writeTimeout = 10 * time.Second
-
 // streamWriter writes a stream: what its buffer holds goes as one write and
 // one flush, so the events of one delivery cost one syscall.
 type streamWriter struct {
@@ -487,12 +490,14 @@ type streamWriter struct {
 	// deadline is the write deadline set on the connection. Moving it is a
 	// timer update; it is moved only once it is half spent, not per write.
 	deadline time.Time
+	// timeout is Config.WriteTimeout.
+	timeout time.Duration
 }
 
 // flush writes and flushes what the buffer holds.
 func (sw *streamWriter) flush() error {
-	if now := time.Now(); sw.deadline.Sub(now) < writeTimeout/2 {
-		sw.deadline = now.Add(writeTimeout)
+	if now := time.Now(); sw.deadline.Sub(now) < sw.timeout/2 {
+		sw.deadline = now.Add(sw.timeout)
 		_ = sw.rc.SetWriteDeadline(sw.deadline)
 	}
 	_, err := sw.w.Write(sw.buf.Bytes())

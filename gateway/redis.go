@@ -604,13 +604,15 @@ func (r *RedisStore) saveUnlock(ctx context.Context, s *Session, l *redisLock) e
 	err := r.save(ctx, s, func(p redis.Pipeliner) {
 		unlock = unlockScript.EvalSha(ctx, p, []string{l.key}, l.token)
 	})
-	if unlock == nil || isNoScript(unlock.Err()) {
-		// Nothing was sent (the session did not encode), or the script
-		// was not in Redis's cache (which ran nothing).
+	if unlock == nil || unlock.Err() != nil {
+		// Nothing was sent (the session did not encode), the script was
+		// not in Redis's cache (which ran nothing), or the round trip
+		// failed, often because the save's context ran out on a slow
+		// Redis: release it on its own, with the unlock's own timeout, as
+		// unlock would, rather than leave the session's next requests
+		// waiting for the lock's TTL. The script frees only this lock,
+		// so running it twice is harmless.
 		l.release()
-	} else if uerr := unlock.Err(); uerr != nil {
-		// The lock ends by its TTL instead.
-		r.log.Warn("redis: unlock session", "session", LogSession(l.id), "err", uerr)
 	}
 	return err
 }

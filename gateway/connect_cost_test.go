@@ -29,14 +29,14 @@ func TestConnectRoundTrips(t *testing.T) {
 			MaxSessionsPerUser: 10,
 		})
 		budgets := map[string]int64{
-			"connect": 2, // the mailbox's head; the session's deadline, data and socket index
+			"connect": 1, // the mailbox's head, the session's deadline, data and socket index, pipelined
 
 			"first poll": 2, // touch+load; read the mailbox
-			"join":       7, // load; lock+load; the channel's head; save; publish; clear the outbox; unlock
+			"join":       5, // lock+load; the channel's head; save; publish; clear the outbox and unlock
 			// Connect, then the join applied to the new session without
-			// loading or locking it: the mailbox's head; the session; the
-			// channel's head; publish; save.
-			"connect and join": 5,
+			// loading or locking it: the mailbox's head with the session;
+			// the channel's head; publish; save.
+			"connect and join": 4,
 			"subscribe opened": 0, // the session as ConnectAndHandle saved it
 			"subscribe":        1, // touch+load
 			"first read":       1, // the mailbox and the channel, pipelined

@@ -74,6 +74,10 @@ type Gateway struct {
 	keys    sessionKeys
 	// keeper keeps the sessions of held subscriptions alive.
 	keeper *keeper
+	// createHead, set when the sessions and the broker share one Redis
+	// client, creates a session and reads its mailbox's head in one round
+	// trip.
+	createHead func(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int, topic string) (uint64, error)
 }
 
 // ConnectInfo is what a transport knows about a connecting client.
@@ -176,6 +180,13 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger, draining: make(chan struct{}), limiter: newPostLimiter(cfg.PostRate, cfg.PostBurst), records: newRecordCache(), keys: newSessionKeys(cfg.SessionSecret)}
 	g.keeper = newKeeper(g)
+	if rs, ok := cfg.Sessions.(*RedisStore); ok {
+		if rb, ok := cfg.Broker.(*topics.RedisBroker); ok && rb.Client() == rs.rdb {
+			g.createHead = func(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int, topic string) (uint64, error) {
+				return rs.createWithHead(ctx, s, deadline, maxPerSocket, rb, topic)
+			}
+		}
+	}
 	return g, nil
 }
 
@@ -285,14 +296,19 @@ func (g *Gateway) connect(ctx context.Context, info ConnectInfo) (Opened, error)
 		return Opened{}, fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
 	s := &Session{ID: newSessionID(), UserID: id.UserID, Name: id.Name, Vsn: ser.Vsn(), CreatedAt: time.Now().UTC()}
-	head, err := g.cfg.Broker.Head(ctx, mailboxTopic(s.ID))
-	if err != nil {
-		return Opened{}, fmt.Errorf("create session: %w", err)
-	}
 	// The store checks the per-user limit atomically with the insertion:
 	// a count read before creating would let parallel connects all pass.
 	deadline := time.Now().Add(g.cfg.SessionTimeout)
-	if err := g.cfg.Sessions.Create(ctx, s, deadline, g.cfg.MaxSessionsPerUser); err != nil {
+	var head uint64
+	if g.createHead != nil {
+		// One round trip for both: nobody can publish to the mailbox of
+		// an id not handed out yet, so its head may be read with the
+		// creation.
+		head, err = g.createHead(ctx, s, deadline, g.cfg.MaxSessionsPerUser, mailboxTopic(s.ID))
+	} else if head, err = g.cfg.Broker.Head(ctx, mailboxTopic(s.ID)); err == nil {
+		err = g.cfg.Sessions.Create(ctx, s, deadline, g.cfg.MaxSessionsPerUser)
+	}
+	if err != nil {
 		if errors.Is(err, ErrTooManySessions) {
 			return Opened{}, err
 		}
@@ -340,14 +356,23 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if !validSessionID(sessionID) {
 		return ErrNoSession
 	}
-	s, err := g.cfg.Sessions.Load(ctx, sessionID)
+	// The session is read under its lock, in the same round trip: the
+	// batch must see what an earlier request of the session saved. The
+	// checks below that refuse a request (another user's session, over
+	// the rate, a malformed batch) release the lock having applied
+	// nothing; they are rare, and reading the session once before locking
+	// would cost every batch a round trip more.
+	lctx, cancel := context.WithTimeout(ctx, lockWait)
+	unlock, saveUnlock, s, err := g.lockLoad(lctx, sessionID)
+	cancel()
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	if err := checkUser(ctx, s); err != nil {
 		return err
 	}
-	// After the Load: only sessions that exist get a rate limiter.
+	// After the LockLoad: only sessions that exist get a rate limiter.
 	if !g.limiter.allow(sessionID, time.Now()) {
 		return ErrRateLimited
 	}
@@ -359,15 +384,6 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if err != nil {
 		return err
 	}
-	// Reload under the lock (one round trip with it): another request may
-	// have changed the session.
-	lctx, cancel := context.WithTimeout(ctx, lockWait)
-	unlock, s, err := g.cfg.Sessions.LockLoad(lctx, sessionID)
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	// Once started, a batch is applied whole even if the client gives up on
 	// its request: stopping half way would record its refs as handled (so a
 	// retry is dropped as a duplicate) without delivering their replies.
@@ -375,7 +391,7 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	defer cancel()
 	// An earlier batch was applied but not all it sent was published (its
 	// request failed): publish that first, before anything this batch sends.
-	if err := g.publishOutbox(ctx, s); err != nil {
+	if err := g.publishOutbox(ctx, s, nil); err != nil {
 		return err
 	}
 	fx := g.applyBatch(ctx, s, msgs)
@@ -383,7 +399,25 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if err := g.saveBatch(ctx, s, fx); err != nil {
 		return err
 	}
-	return g.publishOutbox(ctx, s)
+	// The save that clears the outbox also releases the lock, when the
+	// store can do both in one round trip.
+	return g.publishOutbox(ctx, s, saveUnlock)
+}
+
+// lockLoad is Sessions.LockLoad. saveUnlock, when the store can, saves a
+// session and releases the lock in one round trip (unlock then does
+// nothing); else it is nil.
+func (g *Gateway) lockLoad(ctx context.Context, id string) (unlock func(), saveUnlock func(context.Context, *Session) error, s *Session, err error) {
+	rs, ok := g.cfg.Sessions.(*RedisStore)
+	if !ok {
+		unlock, s, err = g.cfg.Sessions.LockLoad(ctx, id)
+		return unlock, nil, s, err
+	}
+	l, s, err := rs.lockLoad(ctx, id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return l.unlock, func(ctx context.Context, s *Session) error { return rs.saveUnlock(ctx, s, l) }, s, nil
 }
 
 // decodeBatch decodes a batch of frames, refusing it whole (a *BatchError)
@@ -444,8 +478,10 @@ func (g *Gateway) saveBatch(ctx context.Context, s *Session, fx *effects) error 
 // the session with it cleared. If publishing fails part way, it saves what is
 // left (best effort: the store may be failing too) so that the next attempt
 // does not publish again the records known published, and returns the error.
-// The caller holds the session's lock.
-func (g *Gateway) publishOutbox(ctx context.Context, s *Session) error {
+// The caller holds the session's lock. save, if not nil, is the save that
+// clears the outbox once everything is published (one that also releases
+// the lock); else Sessions.Save.
+func (g *Gateway) publishOutbox(ctx context.Context, s *Session, save func(context.Context, *Session) error) error {
 	if len(s.Outbox) == 0 {
 		return nil
 	}
@@ -463,7 +499,10 @@ func (g *Gateway) publishOutbox(ctx context.Context, s *Session) error {
 		}
 		return fmt.Errorf("publish what the session sent: %w", err)
 	}
-	if err := g.cfg.Sessions.Save(ctx, s); err != nil && !errors.Is(err, ErrNoSession) {
+	if save == nil {
+		save = g.cfg.Sessions.Save
+	}
+	if err := save(ctx, s); err != nil && !errors.Is(err, ErrNoSession) {
 		// Everything is published, so the batch succeeded; only its
 		// outbox is still listed, and will be published again.
 		g.log.Warn("outbox: published but not cleared", "session", LogSession(s.ID), "records", n, "err", err)
@@ -719,7 +758,7 @@ func (g *Gateway) endSession(ctx context.Context, id, reason string) (bool, erro
 	} else if err != nil {
 		return false, err
 	}
-	if err := g.publishOutbox(ctx, s); err != nil {
+	if err := g.publishOutbox(ctx, s, nil); err != nil {
 		return false, err
 	}
 	g.limiter.forget(id)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicegw/sluice/topics"
 )
 
 // RedisOptions configures a RedisStore.
@@ -175,6 +177,31 @@ func (r *RedisStore) dataGrace() time.Duration { return r.grace }
 // before the id is indexed, so a listed id without data is gone for good
 // (sessions never come back), never a Create in progress.
 func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int) error {
+	return r.create(ctx, s, deadline, maxPerSocket, nil)
+}
+
+// createWithHead is Create, with the head of topic, a broker topic on the
+// store's client, read in the same round trip (queued first); on an error
+// after the session was written, it takes the session back. The gateway
+// uses it for a new session's mailbox, which nobody can publish to before
+// the client has the session's id, so reading its head with the creation
+// rather than before changes nothing.
+func (r *RedisStore) createWithHead(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int, b *topics.RedisBroker, topic string) (uint64, error) {
+	var head func() (uint64, error)
+	if err := r.create(ctx, s, deadline, maxPerSocket, func(p redis.Pipeliner) { head = b.HeadPipelined(ctx, p, topic) }); err != nil {
+		return 0, err
+	}
+	h, err := head()
+	if err != nil {
+		r.undoCreate(ctx, s)
+		return 0, fmt.Errorf("read the mailbox's head: %w", err)
+	}
+	return h, nil
+}
+
+// create is Create; with, if set, queues commands of the caller's first in
+// the pipeline that writes the session.
+func (r *RedisStore) create(ctx context.Context, s *Session, deadline time.Time, maxPerSocket int, with func(redis.Pipeliner)) error {
 	data, err := marshalJSON(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
@@ -189,6 +216,9 @@ func (r *RedisStore) Create(ctx context.Context, s *Session, deadline time.Time,
 	var set *redis.BoolCmd
 	var reserved *redis.Cmd
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		if with != nil {
+			with(p)
+		}
 		zadd = p.ZAddArgs(ctx, r.expiryKey(), redis.ZAddArgs{NX: true, Members: []redis.Z{{Score: score, Member: s.ID}}})
 		set = p.SetNX(ctx, key, data, r.sessionTTL(deadline))
 		if !cluster {
@@ -387,6 +417,12 @@ func (r *RedisStore) Load(ctx context.Context, id string) (*Session, error) {
 // Save implements SessionStore. One round trip: SET XX KEEPTTL (never
 // revives; the deadline and its TTL stay), and the socket index's TTL.
 func (r *RedisStore) Save(ctx context.Context, s *Session) error {
+	return r.save(ctx, s, nil)
+}
+
+// save is Save; with, if set, queues commands of the caller's after the
+// save's, in its pipeline.
+func (r *RedisStore) save(ctx context.Context, s *Session, with func(redis.Pipeliner)) error {
 	data, err := marshalJSON(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
@@ -396,6 +432,9 @@ func (r *RedisStore) Save(ctx context.Context, s *Session) error {
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		set = p.SetXX(ctx, r.sessionKey(s.ID), data, redis.KeepTTL)
 		exp = p.PExpire(ctx, r.socketKey(s.SocketID()), socketTTL)
+		if with != nil {
+			with(p)
+		}
 		return nil
 	})
 	if err := set.Err(); err != nil {
@@ -539,8 +578,11 @@ return 0
 // done. One round trip per attempt; unlock is one round trip and safe to
 // call twice.
 func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
-	unlock, _, err := r.lock(ctx, id, false)
-	return unlock, err
+	l, _, err := r.lock(ctx, id, false)
+	if err != nil {
+		return nil, err
+	}
+	return l.unlock, nil
 }
 
 // LockLoad implements SessionStore. One round trip per attempt: the lock
@@ -548,25 +590,83 @@ func (r *RedisStore) Lock(ctx context.Context, id string) (func(), error) {
 // hash tag, so they are on one node, which runs them in order: the GET
 // that follows a won lock reads the session under it.
 func (r *RedisStore) LockLoad(ctx context.Context, id string) (func(), *Session, error) {
-	unlock, data, err := r.lock(ctx, id, true)
+	l, s, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l.unlock, s, nil
+}
+
+// lockLoad is LockLoad, returning the lock itself, which saveUnlock can
+// release with a save.
+func (r *RedisStore) lockLoad(ctx context.Context, id string) (*redisLock, *Session, error) {
+	l, data, err := r.lock(ctx, id, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	if data == nil {
-		unlock()
+		l.unlock()
 		return nil, nil, ErrNoSession
 	}
 	s, err := decodeSession(data)
 	if err != nil {
-		unlock()
+		l.unlock()
 		return nil, nil, fmt.Errorf("redis: load session %s: %w", id, err)
 	}
-	return unlock, s, nil
+	return l, s, nil
+}
+
+// redisLock is a held session lock.
+type redisLock struct {
+	r              *RedisStore
+	key, token, id string
+	ctx            context.Context // the Lock's, without its cancel
+	once           sync.Once
+}
+
+// unlock releases the lock, once (one round trip); later calls do nothing.
+func (l *redisLock) unlock() { l.once.Do(l.release) }
+
+// release runs the unlock script (one round trip).
+func (l *redisLock) release() {
+	ctx, cancel := context.WithTimeout(l.ctx, unlockTimeout)
+	defer cancel()
+	if err := unlockScript.Run(ctx, l.r.rdb, []string{l.key}, l.token).Err(); err != nil {
+		// The lock ends by its TTL instead.
+		l.r.log.Warn("redis: unlock session", "session", LogSession(l.id), "err", err)
+	}
+}
+
+// saveUnlock is Save, then the release of l, in one round trip (both keys
+// share the session's hash tag: one node runs them in order, so the save
+// is done under the lock). The lock is released even if the save fails;
+// l.unlock then does nothing. If l was released already, it is Save.
+func (r *RedisStore) saveUnlock(ctx context.Context, s *Session, l *redisLock) error {
+	release := false
+	l.once.Do(func() { release = true })
+	if !release {
+		return r.Save(ctx, s)
+	}
+	var unlock *redis.Cmd
+	err := r.save(ctx, s, func(p redis.Pipeliner) {
+		unlock = unlockScript.EvalSha(ctx, p, []string{l.key}, l.token)
+	})
+	if unlock == nil || unlock.Err() != nil {
+		// Nothing was sent (the session did not encode), the script was
+		// not in Redis's cache (which ran nothing), or the round trip
+		// failed, often because the save's context ran out on a slow
+		// Redis: release it on its own, with the unlock's own timeout, as
+		// unlock would, rather than leave the session's next requests
+		// waiting for the lock's TTL. The script frees only this lock,
+		// so running it twice is harmless.
+		l.release()
+	}
+	return err
 }
 
 // lock takes a session's lock (see Lock) and, with load, reads the
 // session's data in the same round trip (nil: it is gone).
-func (r *RedisStore) lock(ctx context.Context, id string, load bool) (func(), []byte, error) {
+func (r *RedisStore) lock(ctx context.Context, id string, load bool) (*redisLock, []byte, error) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
@@ -599,18 +699,7 @@ func (r *RedisStore) lock(ctx context.Context, id string, load bool) (func(), []
 		}
 		wait = min(2*wait, lockRetryMax)
 	}
-	var once sync.Once
-	uctx := context.WithoutCancel(ctx)
-	return func() {
-		once.Do(func() {
-			ctx, cancel := context.WithTimeout(uctx, unlockTimeout)
-			defer cancel()
-			if err := unlockScript.Run(ctx, r.rdb, []string{key}, token).Err(); err != nil {
-				// The lock ends by its TTL instead.
-				r.log.Warn("redis: unlock session", "session", LogSession(id), "err", err)
-			}
-		})
-	}, data, nil
+	return &redisLock{r: r, key: key, token: token, id: id, ctx: context.WithoutCancel(ctx)}, data, nil
 }
 
 // lockAttempt runs lockScript once and, with load, GETs the session after

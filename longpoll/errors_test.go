@@ -69,6 +69,13 @@ func (s *flakyStore) Load(ctx context.Context, id string) (*gateway.Session, err
 	return s.SessionStore.Load(ctx, id)
 }
 
+func (s *flakyStore) LockLoad(ctx context.Context, id string) (func(), *gateway.Session, error) {
+	if s.down.Load() {
+		return nil, nil, errStoreDown
+	}
+	return s.SessionStore.LockLoad(ctx, id)
+}
+
 func (s *flakyStore) Touch(ctx context.Context, id string, deadline time.Time) (*gateway.Session, error) {
 	if s.down.Load() {
 		return nil, errStoreDown

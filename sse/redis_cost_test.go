@@ -66,17 +66,18 @@ func TestIdleParkedStreamsCostRedisNothing(t *testing.T) {
 // the session's lock, with its presence), the subscription and its first
 // read. It fails if a change adds one; lower the budget when one goes.
 func TestConnectRoundTrips(t *testing.T) {
-	// Connect 2 (the mailbox's head; the session); the join, applied to
-	// the new session without loading or locking it again, 8 (the
-	// channel's head, the test room's presence list, put and list, the
-	// reply, the diff and the presence_state published in order, one save);
-	// the subscription 0 (it starts from the session as saved); first read
-	// 1. It was 18 before the session's create and its lock+load went to
-	// one round trip each, 16 before Gateway.ConnectAndHandle, 12 before
-	// SubscribeOpened.
-	const budget = 11
-	// Without ?join=: connect 2, first read 1.
-	const budgetNoJoin = 3
+	// Connect 1 (the mailbox's head and the session, pipelined); the
+	// join, applied to the new session without loading or locking it
+	// again, 8 (the channel's head, the test room's presence list, put and
+	// list, the reply, the diff and the presence_state published in order,
+	// one save); the subscription 0 (it starts from the session as saved);
+	// first read 1. It was 18 before the session's create and its
+	// lock+load went to one round trip each, 16 before
+	// Gateway.ConnectAndHandle, 12 before SubscribeOpened, 11 before the
+	// mailbox's head went with the session's creation.
+	const budget = 10
+	// Without ?join=: connect 1, first read 1.
+	const budgetNoJoin = 2
 	e, counter := redisEnv(t, envConfig{SessionTimeout: time.Hour})
 	// The first connect loads the scripts into Redis; count the second.
 	s, _ := e.connect(t, "1", "2.0.0", "join=room:warm")

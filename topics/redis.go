@@ -601,6 +601,36 @@ func (b *RedisBroker) Head(ctx context.Context, topic string) (uint64, error) {
 	return h, nil
 }
 
+// Client returns the client the broker sends through, so that a store on
+// the same client can send one of the broker's commands with its own
+// (HeadPipelined).
+func (b *RedisBroker) Client() redis.UniversalClient { return b.client }
+
+// HeadPipelined queues Head of topic in p, a pipeline of the broker's
+// client, so that a caller saves a round trip by sending it with commands
+// of its own (a new session's mailbox head with the session's creation).
+// The returned function, called after p ran, returns what Head would. If
+// the script was not in Redis's cache (which ran nothing), it runs Head on
+// its own: one round trip more, once per script cache.
+func (b *RedisBroker) HeadPipelined(ctx context.Context, p redis.Pipeliner, topic string) func() (uint64, error) {
+	cmd := headScript.EvalSha(ctx, p, b.keys(topic), clockStart(), b.seqTTL.Milliseconds())
+	return func() (uint64, error) {
+		v, err := cmd.Result()
+		if isNoScript(err) {
+			return b.Head(ctx, topic)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("head %s: %w", topic, err)
+		}
+		s, _ := v.(string)
+		h, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("head %s: unexpected reply %#v", topic, v)
+		}
+		return h, nil
+	}
+}
+
 // Delete implements Broker. It removes the log (and its size) but keeps the
 // counter (until its TTL), so that a topic used again goes on numbering
 // above its old records and old cursors read as a Gap.

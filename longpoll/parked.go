@@ -10,20 +10,25 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
 	"github.com/sluicegw/sluice/internal/handback"
+	"github.com/sluicegw/sluice/internal/idlepoll"
 )
 
 // A parked poll is a waiting long-poll whose connection was taken from
 // net/http (Hijack) once a first read found nothing for it, so that while it
 // waits it holds no handler goroutine and no net/http buffers: only its
-// connection, its subscription, a timer for the window, the headers of its
-// answer and a goroutine blocked on a one-byte read (which notices the
-// client leaving). A wake-up, the window's end and a drain each run a short
+// connection, its subscription, a timer for the window and the headers of
+// its answer, serialized. Its connection waits in the process's epoll set
+// (internal/idlepoll, on Linux), which notices the client leaving or
+// sending its next request without a goroutine; elsewhere, or on a
+// connection that is not a plain socket, a goroutine blocked on a one-byte
+// read does. A wake-up, the window's end and a drain each run a short
 // task, one at a time per poll; the one that answers writes the whole
 // HTTP/1.1 response as net/http would have (parkedAnswer), then gives the
 // connection back to the server (Transport.ParkWith) for the client's next
@@ -37,8 +42,9 @@ type parkedPoll struct {
 	sub  *gateway.Subscription
 	tok  gateway.SessionToken
 	// header holds the answer's headers as the handler and the middleware
-	// set them (CORS, caching, request id).
-	header http.Header
+	// set them (CORS, caching, request id), serialized as net/http writes
+	// them: a few hundred bytes, where a cloned map is three times that.
+	header []byte
 	// closeAfter: the request said Connection: close.
 	closeAfter bool
 	// query and userToken start a new session if this one ends while the
@@ -56,6 +62,14 @@ type parkedPoll struct {
 	// watcher because early held the next request at parking.
 	watchDone bool
 	early     []byte
+	// raw and wait, when set, watch the connection in the process's epoll
+	// set instead of the watcher goroutine; pending: its wake-up found the
+	// client's next request waiting, unread; idle closes the connection if
+	// none comes after the answer (the server's idle timeout).
+	raw     syscall.RawConn
+	wait    idlepoll.Waiter
+	pending bool
+	idle    *time.Timer
 }
 
 // Bounds of a parked poll's work.
@@ -144,14 +158,13 @@ func (t *Transport) pollParked(c echo.Context, ctx context.Context, tok gateway.
 	// this connection's.
 	_ = conn.SetDeadline(time.Time{})
 	p.conn, p.sub = conn, sub
-	p.header = c.Response().Header().Clone()
-	p.header.Set("Content-Type", jsonType)
+	p.header = serializeHeader(c.Response().Header())
 	// echo pools its contexts, and a pooled one would keep this request's
 	// net/http response, and through it the connection's buffers (10 KiB),
 	// until reused: it keeps a writer of nothing instead.
 	c.Response().Writer = handback.HijackedWriter{}
 	if len(p.early) == 0 {
-		go p.watchClient(conn)
+		p.watch(conn)
 	} else {
 		// The client sent its next request already (pipelining): it is
 		// not read before this answer, so a leaving client is noticed when
@@ -234,6 +247,90 @@ func (t *Transport) drainParked() {
 	}
 }
 
+// watch starts watching conn for the client leaving or its next request:
+// in the process's epoll set if conn is a plain socket there is one for,
+// else on a goroutine of its own (watchClient).
+func (p *parkedPoll) watch(conn net.Conn) {
+	if sc, ok := conn.(syscall.Conn); ok {
+		if poller := idlepoll.Shared(p.t.cfg.Logger); poller != nil {
+			if raw, err := sc.SyscallConn(); err == nil {
+				poller.Add(&p.wait, p.readable)
+				p.raw = raw
+				if p.arm() {
+					return
+				}
+				p.wait.Remove()
+				p.raw = nil
+			}
+		}
+	}
+	go p.watchClient(conn)
+}
+
+// arm asks the poller for one wake-up when the connection becomes
+// readable; false if it could not (the connection is closed).
+func (p *parkedPoll) arm() bool {
+	var armErr error
+	err := p.raw.Control(func(fd uintptr) { armErr = p.wait.Arm(int(fd)) })
+	return err == nil && armErr == nil
+}
+
+// readable is the poller's wake-up; it must not block the poller.
+func (p *parkedPoll) readable() { go p.checkReadable() }
+
+// checkReadable does what watchClient does once its read returns, having
+// peeked rather than read: the client's next request stays on the
+// connection for the server.
+func (p *parkedPoll) checkReadable() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn == nil || p.watchDone {
+		return // closed or given back meanwhile
+	}
+	state := idlepoll.Peek(p.raw)
+	if state == idlepoll.Nothing {
+		if p.arm() {
+			return // woken for nothing
+		}
+		state = idlepoll.Closed
+	}
+	p.watchDone = true
+	p.wait.Remove()
+	if p.idle != nil {
+		p.idle.Stop()
+	}
+	if state == idlepoll.Data {
+		p.pending = true
+		if p.answered {
+			p.giveBack()
+		}
+		// Else the next request began early: the answer gives it back.
+		return
+	}
+	if !p.answered {
+		// The client left: as Poll does, its session gets the session
+		// timeout from now.
+		p.release()
+		p.sub.Close()
+	}
+	_ = p.conn.Close()
+	p.conn = nil
+}
+
+// idleEnd closes an answered poll's connection on which no next request
+// began within the idle timeout.
+func (p *parkedPoll) idleEnd() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conn == nil || p.watchDone {
+		return
+	}
+	p.watchDone = true
+	p.wait.Remove()
+	_ = p.conn.Close()
+	p.conn = nil
+}
+
 // watchClient reads one byte: before the answer, to notice the client
 // leaving (or keep the first byte of a request it sent early); after it,
 // while the connection waits for the client's next poll, to give the
@@ -314,15 +411,20 @@ func (p *parkedPoll) answerLocked(d *gateway.Delivery, err error) {
 	if werr != nil || closeConn {
 		_ = p.conn.Close() // which ends the watcher
 		p.conn = nil
+		p.wait.Remove()
 		return
 	}
 	if !p.watchDone {
 		// The watcher gives the connection back when the next request
 		// begins, or closes it once idle for the server's idle timeout.
-		_ = p.conn.SetReadDeadline(time.Now().Add(t.idleTimeout))
+		if p.raw != nil {
+			p.idle = time.AfterFunc(t.idleTimeout, p.idleEnd)
+		} else {
+			_ = p.conn.SetReadDeadline(time.Now().Add(t.idleTimeout))
+		}
 		return
 	}
-	if len(p.early) == 0 {
+	if len(p.early) == 0 && !p.pending {
 		_ = p.conn.Close() // the client left as it was answered
 		p.conn = nil
 		return
@@ -351,17 +453,13 @@ func (p *parkedPoll) writeAnswer(buf *bytes.Buffer, a answer, closeConn bool) er
 		p.t.cfg.Logger.Error("longpoll: encode answer", "session", gateway.LogSession(p.tok.SessionID), "err", err)
 		return err
 	}
-	h := p.header
-	if a.retryAfter {
-		h.Set("Retry-After", "1")
-	}
 	buf.WriteString("HTTP/1.1 ")
 	var num [20]byte
 	buf.Write(strconv.AppendInt(num[:0], int64(a.status), 10))
 	buf.WriteByte(' ')
 	buf.WriteString(http.StatusText(a.status))
 	buf.WriteString("\r\n")
-	_ = h.Write(buf)
+	writeHeader(buf, p.header, a.retryAfter)
 	var date [29]byte
 	buf.WriteString("Date: ")
 	buf.Write(time.Now().UTC().AppendFormat(date[:0], http.TimeFormat))
@@ -388,4 +486,42 @@ func (p *parkedPoll) writeAnswer(buf *bytes.Buffer, a answer, closeConn bool) er
 	_ = p.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	_, err = p.conn.Write(buf.Bytes())
 	return err
+}
+
+// serializeHeader returns h, with the answer's Content-Type, as net/http
+// writes a handler's headers: sorted by key.
+func serializeHeader(h http.Header) []byte {
+	h.Set("Content-Type", jsonType)
+	buf := writeBuffers.Get().(*bytes.Buffer)
+	defer writeBuffers.Put(buf)
+	buf.Reset()
+	_ = h.Write(buf)
+	return bytes.Clone(buf.Bytes())
+}
+
+// retryAfterLine is the header line of a transient failure's answer.
+const retryAfterLine = "Retry-After: 1\r\n"
+
+// writeHeader writes the serialized header hdr, with Retry-After: 1 in its
+// sorted place if retryAfter (as setting it in the map would).
+func writeHeader(buf *bytes.Buffer, hdr []byte, retryAfter bool) {
+	if !retryAfter {
+		buf.Write(hdr)
+		return
+	}
+	rest := hdr
+	for len(rest) > 0 {
+		key, _, _ := bytes.Cut(rest, []byte(":"))
+		if string(key) >= "Retry-After" {
+			break
+		}
+		_, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+	}
+	buf.Write(hdr[:len(hdr)-len(rest)])
+	buf.WriteString(retryAfterLine)
+	if bytes.HasPrefix(rest, []byte("Retry-After:")) {
+		// Set replaces: the handler's own Retry-After goes.
+		_, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+	}
+	buf.Write(rest)
 }

@@ -9,12 +9,15 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sluicegw/sluice/internal/idlepoll"
 )
 
 // rawConn is a client connection that reads answers byte for byte.
@@ -261,7 +264,7 @@ func TestParkedPollNoticesTheClientLeaving(t *testing.T) {
 		rc.conn.Close()
 		waitParked(t, e, 0)
 	}
-	goleak.VerifyNone(t, ignore)
+	goleak.VerifyNone(t, ignore, goleak.IgnoreAnyFunction(idlepoll.Loop))
 	// The session lives on for its client's next poll.
 	rc := dialRaw(t, e)
 	rc.send(getRequest(c.queryWith(c.tok)))
@@ -351,4 +354,61 @@ func TestAnsweredPollConnectionWaitsTheIdleTimeout(t *testing.T) {
 	if n, err := raw.conn.Read(make([]byte, 1)); n != 0 || err != io.EOF {
 		t.Fatalf("past the idle timeout: want the connection closed (EOF), got %d bytes, %v", n, err)
 	}
+}
+
+// Parked polls hold no goroutine of the server while they wait (on Linux,
+// the process's epoll set watches their connections), yet each still
+// notices its client leaving, and is answered and serves its client's next
+// poll on the same connection.
+func TestParkedPollsHoldNoGoroutine(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("parked polls are watched without a goroutine on Linux only")
+	}
+	e := newEnv(t, envConfig{Window: time.Hour})
+	c := e.connect(t, "42", "2.0.0")
+	c.join(t, "room:lobby", "1", "ana")
+	// The poller's goroutine, started by the first parked poll.
+	first := dialRaw(t, e)
+	first.send(getRequest(c.queryWith(c.tok)))
+	waitParked(t, e, 1)
+	base := runtime.NumGoroutine()
+
+	const n = 20
+	conns := []*rawConn{first}
+	for range n {
+		rc := dialRaw(t, e)
+		rc.send(getRequest(c.queryWith(c.tok)))
+		conns = append(conns, rc)
+	}
+	waitParked(t, e, n+1)
+	// Goroutines that served the requests may take a moment to end.
+	var extra int
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if extra = runtime.NumGoroutine() - base; extra < n/2 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if extra >= n/2 {
+		t.Fatalf("%d parked polls hold %d goroutines more than one", n, extra)
+	}
+
+	// One client leaves: its poll ends.
+	conns[n].conn.Close()
+	waitParked(t, e, n)
+	// The others are answered, and serve their next poll.
+	if err := e.gw.Broadcast(context.Background(), "room:lobby", "news", map[string]string{"text": "hi"}); err != nil {
+		t.Fatal(err)
+	}
+	next := make([]string, n)
+	for i, rc := range conns[:n] {
+		a := rc.read()
+		if a.body.Status != 200 || len(a.body.Messages) != 1 {
+			t.Fatalf("want the news, got %s", a.bytes)
+		}
+		next[i] = a.body.Token
+	}
+	for i, rc := range conns[:n] {
+		rc.send(getRequest(c.queryWith(next[i])))
+	}
+	waitParked(t, e, n)
 }

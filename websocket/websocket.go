@@ -42,6 +42,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/sluicegw/sluice/gateway"
+	"github.com/sluicegw/sluice/internal/idlepoll"
 )
 
 // Config tunes the transport. Zero values take the defaults.
@@ -139,10 +140,11 @@ func (t *Transport) Register(e *echo.Echo, path string) {
 }
 
 // IdlePollerLoop is the function of the goroutine that waits for idle
-// connections to become readable (on Linux). It is started with the first
-// connection and lives as long as the process, as the runtime's own poller:
-// leak checks (goleak.IgnoreAnyFunction) may ignore it.
-const IdlePollerLoop = "github.com/sluicegw/sluice/websocket.(*idlePoller).loop"
+// connections to become readable (on Linux, internal/idlepoll's, which
+// the LongPoll transport shares). It is started at first use and lives as
+// long as the process, as the runtime's own poller: leak checks
+// (goleak.IgnoreAnyFunction) may ignore it.
+const IdlePollerLoop = idlepoll.Loop
 
 // transportName labels this transport's metrics.
 const transportName = "websocket"
@@ -304,7 +306,7 @@ func (t *Transport) serve(c echo.Context) error {
 	if hj.out != nil {
 		s.readable = readableWaiter(hj.out.Conn, hj.br)
 		if s.raw = rawConnOf(hj.out.Conn); s.readable != nil && s.raw != nil {
-			s.poller = sharedIdlePoller(t.cfg.Logger)
+			s.poller = idlepoll.Shared(t.cfg.Logger)
 		}
 	}
 	if s.readable != nil && s.br.Buffered() == 0 {
@@ -319,7 +321,7 @@ func (t *Transport) serve(c echo.Context) error {
 	// something arrives, and nothing while it is idle; else the socket's
 	// goroutine does.
 	if s.poller != nil {
-		s.poller.add(s)
+		s.poller.Add(&s.wait, s.unpark)
 		go s.readTurn()
 	} else {
 		go s.run()
@@ -390,13 +392,12 @@ type socket struct {
 	// lent is the pooled reader whose buffer br uses while reading.
 	lent *bufio.Reader
 	// poller, when set, holds the connection while it is idle (see
-	// idlePoller): raw is its connection, turn says who has it (turnReading,
-	// turnParked, turnDone), pollID and armed are the poller's.
-	poller *idlePoller
+	// idlepoll): raw is its connection, turn says who has it (turnReading,
+	// turnParked, turnDone), wait is its registration.
+	poller *idlepoll.Poller
 	raw    syscall.RawConn
 	turn   atomic.Int32
-	pollID uint64
-	armed  bool
+	wait   idlepoll.Waiter
 	// reading waits for readFrames' goroutine, readErr is what it returned.
 	reading sync.WaitGroup
 	readErr error
@@ -468,7 +469,7 @@ func (s *socket) readTurn() {
 func (s *socket) park() {
 	s.turn.Store(turnParked)
 	var armErr error
-	err := s.raw.Control(func(fd uintptr) { armErr = s.poller.arm(int(fd), s) })
+	err := s.raw.Control(func(fd uintptr) { armErr = s.wait.Arm(int(fd)) })
 	if err != nil || armErr != nil {
 		s.unpark() // closed meanwhile: the turn finds out and finishes
 	}
@@ -494,7 +495,7 @@ func (s *socket) finish() {
 	t := s.t
 	s.turn.Store(turnDone)
 	if s.poller != nil {
-		s.poller.remove(s)
+		s.wait.Remove()
 	}
 	s.mu.Lock()
 	s.stopLocked()

@@ -99,8 +99,17 @@ func (l *Listener) Return(conn net.Conn, early []byte) bool {
 	// A connection given back before is one already: it gets the new bytes
 	// rather than another layer, however many times it comes back.
 	if pc, ok := conn.(*prefixedConn); ok {
-		pc.early = append(early, pc.early...)
-	} else if len(early) > 0 {
+		if len(early) > 0 || len(pc.early) > 0 {
+			pc.early = append(early, pc.early...)
+			early = nil
+		} else {
+			// All read, nothing new: the plain connection again, which
+			// a parked poll can watch without a goroutine (it is a
+			// syscall.Conn).
+			conn = pc.Conn
+		}
+	}
+	if len(early) > 0 {
 		conn = &prefixedConn{Conn: conn, early: early}
 	}
 	select {

@@ -55,13 +55,24 @@ func TestReturn(t *testing.T) {
 		t.Fatalf("want the second early bytes: got %q, %v", b, err)
 	}
 
+	// Given back with nothing left to read first, it is the plain
+	// connection again.
+	go func() { given <- l.Return(again, nil) }()
+	plain, err := l.Accept()
+	if err != nil || !<-given {
+		t.Fatal("the connection was not given back a third time", err)
+	}
+	if plain != conn {
+		t.Fatalf("a connection given back with nothing to read first: want the plain connection, got %T", plain)
+	}
+
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept after Close: want net.ErrClosed, got %v", err)
 	}
-	if l.Return(again, nil) {
+	if l.Return(plain, nil) {
 		t.Fatal("Return after Close: want the connection closed, not given back")
 	}
 	if _, err := client.Read(b); err != io.EOF {

@@ -590,6 +590,11 @@ func decodeEntry(e any) (Record, error) {
 // counter's TTL from now. It is one command.
 func (b *RedisBroker) Head(ctx context.Context, topic string) (uint64, error) {
 	v, err := headScript.Run(ctx, b.client, b.keys(topic), clockStart(), b.seqTTL.Milliseconds()).Result()
+	return headReply(topic, v, err)
+}
+
+// headReply is what Head returns for the head script's reply v (or err).
+func headReply(topic string, v any, err error) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("head %s: %w", topic, err)
 	}
@@ -619,15 +624,7 @@ func (b *RedisBroker) HeadPipelined(ctx context.Context, p redis.Pipeliner, topi
 		if isNoScript(err) {
 			return b.Head(ctx, topic)
 		}
-		if err != nil {
-			return 0, fmt.Errorf("head %s: %w", topic, err)
-		}
-		s, _ := v.(string)
-		h, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("head %s: unexpected reply %#v", topic, v)
-		}
-		return h, nil
+		return headReply(topic, v, err)
 	}
 }
 

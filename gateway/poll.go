@@ -29,6 +29,16 @@ type Delivery struct {
 	truncated bool
 }
 
+// singleDelivery is a Delivery of one frame with its slices' arrays in the
+// same allocation.
+type singleDelivery struct {
+	Delivery
+	frame [1][]byte
+	token [1]SessionToken
+	kind  [1]string
+	time  [1]int64
+}
+
 // Poll returns the frames for the session after the token's cursor, waiting
 // up to wait for some to arrive. With none, it returns an empty Delivery and
 // the same token. A retried poll with the same token gets the same frames:
@@ -171,13 +181,17 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 			next.Slots[ch.Slot] = batch.Head
 			continue
 		}
-		c := g.context(ctx, s, ch, nil)
+		// A Context and the owner string only where used: both were
+		// allocations per subscriber per broadcast.
+		var c *Context
 		var intercepts []string
-		ic, _ := c.handler.(Interceptor)
+		h, _, _ := g.cfg.Router.Match(ch.Topic)
+		ic, _ := h.(Interceptor)
 		if ic != nil {
+			c = &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h}
 			intercepts = ic.Intercepts()
 		}
-		own := owner(s.ID, ch.Slot)
+		var own string
 		topic := chReqs[i].Topic
 		for _, rec := range batch.Records {
 			next.Slots[ch.Slot] = rec.Seq
@@ -187,8 +201,13 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 				continue
 			}
 			r := cr.rec
-			if r.From != "" && r.From == own {
-				continue
+			if r.From != "" {
+				if own == "" {
+					own = owner(s.ID, ch.Slot)
+				}
+				if r.From == own {
+					continue
+				}
 			}
 			if ic != nil && slices.Contains(intercepts, r.Event) {
 				c.deliver = func(m *Message) { emit(r.Time, ch.Slot, rec.Seq, m) }
@@ -207,12 +226,16 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 		}
 	}
 	out = mergeByTime(out)
+	if len(out) == 1 {
+		// The usual delivery of a broadcast: one allocation, not five.
+		d := &singleDelivery{}
+		d.Delivery = Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, truncated: truncated}
+		d.frame[0], d.kind[0], d.time[0], d.token[0] = out[0].frame, out[0].kind, out[0].time, d.Token
+		d.Frames, d.Kinds, d.Times, d.Tokens = d.frame[:], d.kind[:], d.time[:], d.token[:]
+		return &d.Delivery, nil
+	}
 	d := &Delivery{Token: SessionToken{SessionID: s.ID, Cursor: next}, Frames: make([][]byte, len(out)), Tokens: make([]SessionToken, len(out)),
 		Kinds: make([]string, len(out)), Times: make([]int64, len(out)), truncated: truncated}
-	if len(out) == 1 {
-		d.Frames[0], d.Kinds[0], d.Times[0], d.Tokens[0] = out[0].frame, out[0].kind, out[0].time, d.Token
-		return d, nil
-	}
 	// The cursor after each frame: where the client started, advanced by
 	// the frames up to it.
 	run := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}

@@ -68,6 +68,9 @@ type envConfig struct {
 	Shards int
 	// WriteTimeout is sse.Config.WriteTimeout (default: the transport's).
 	WriteTimeout time.Duration
+	// AfterSessionEvent, when set, runs once each stream's session event is
+	// flushed (sse.SetAfterSessionEvent).
+	AfterSessionEvent func()
 	// Plain, when set, serves "plain:*" with a handler that accepts every
 	// join and tracks no presence (for benchmarks).
 	Plain gateway.Handler
@@ -146,6 +149,9 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	})
 	if cfg.Shards > 0 {
 		sse.SetShards(tr, cfg.Shards)
+	}
+	if cfg.AfterSessionEvent != nil {
+		sse.SetAfterSessionEvent(tr, cfg.AfterSessionEvent)
 	}
 	tr.Register(e, ssePath)
 	// A handler panic is a server crash as far as the client is concerned:

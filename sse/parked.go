@@ -80,10 +80,10 @@ var writeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // park hands the stream to a parked task set, and reports false if the
 // connection cannot be hijacked (the caller then serves the stream itself).
-// On true, the stream's counters are the parked stream's to release.
-// opened is the session ConnectAndHandle made (zero on a resume), tok the
-// stream's token.
-func (t *Transport) park(w http.ResponseWriter, opened gateway.Opened, tok gateway.SessionToken, lifetime time.Duration) bool {
+// On true, the stream's counters and sub are the parked stream's to
+// release. p is from newParked, sub the subscription whose wake-ups go to
+// p.wake.
+func (t *Transport) park(w http.ResponseWriter, p *parked, sub *gateway.Subscription, lifetime time.Duration) bool {
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return false
@@ -94,23 +94,13 @@ func (t *Transport) park(w http.ResponseWriter, opened gateway.Opened, tok gatew
 	_ = brw.Writer.Flush()
 	brw = nil
 	now := time.Now()
-	p := &parked{t: t, conn: conn, session: tok.SessionID, lastWrite: now, lastCheck: now, shard: t.nextShard.Add(1)}
+	p.conn, p.lastWrite, p.lastCheck = conn, now, now
 	if sc, ok := conn.(syscall.Conn); ok {
 		if p.raw, _ = sc.SyscallConn(); p.raw != nil {
 			// A raw write fails once a write deadline has passed: none
 			// while the stream writes without waiting.
 			_ = conn.SetWriteDeadline(time.Time{})
 		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), storeTimeout)
-	defer cancel()
-	opened.Token = tok
-	sub, err := t.gw.SubscribeOpened(ctx, opened, t.cfg.Heartbeat, p.wake)
-	if err != nil {
-		p.mu.Lock()
-		p.fail(err)
-		p.unlock()
-		return true
 	}
 	p.mu.Lock()
 	defer p.unlock()
@@ -119,9 +109,20 @@ func (t *Transport) park(w http.ResponseWriter, opened gateway.Opened, tok gatew
 	p.beat = time.AfterFunc(t.cfg.Heartbeat, p.heartbeat)
 	p.life = time.AfterFunc(lifetime, p.expire)
 	go p.watchClient()
-	// What arrived since the opening: the first read of everything.
+	// Wake-ups schedule deliveries from now on; what arrived since the
+	// subscription listened is in the first read of everything.
+	p.queued.Store(false)
 	p.deliverLocked()
 	return true
+}
+
+// newParked returns a stream to park, for its subscription's wake-ups
+// (wake) before it is parked: they are held back (queued) until park makes
+// its first read, which reads what they announced.
+func (t *Transport) newParked(tok gateway.SessionToken) *parked {
+	p := &parked{t: t, session: tok.SessionID, shard: t.nextShard.Add(1)}
+	p.queued.Store(true)
+	return p
 }
 
 // wake is the subscription's wake-up: schedule a delivery. It runs with

@@ -22,6 +22,7 @@ package sse
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -94,6 +95,10 @@ type Transport struct {
 	parked     parkset.Set[*parked]
 	deliverers *deliverers
 	nextShard  atomic.Uint32
+
+	// afterSessionEvent, if set (by tests), runs once a stream's session
+	// event is flushed, before the stream goes on.
+	afterSessionEvent func()
 }
 
 // New returns a Transport serving gw.
@@ -331,9 +336,36 @@ func (t *Transport) stream(c echo.Context) error {
 		}
 	}
 
+	// The subscription listens before the session event hands the session
+	// out: from then on its client may POST (a join), and a subscription
+	// that adopts the session as ConnectAndHandle saved it (SubscribeOpened)
+	// must hear of any change made after that, or it would not read the
+	// joined channels (a presence_diff, broadcasts) until its session
+	// changed again.
+	parkable := !t.cfg.NoPark && r.ProtoMajor == 1
+	opened.Token = tok
+	var p *parked
+	var sub *gateway.Subscription
+	var err error
+	if parkable {
+		p = t.newParked(tok)
+		subCtx, cancel := context.WithTimeout(context.Background(), storeTimeout)
+		sub, err = t.gw.SubscribeOpened(subCtx, opened, t.cfg.Heartbeat, p.wake)
+		cancel()
+	} else {
+		sub, err = t.gw.SubscribeOpened(ctx, opened, 0, nil)
+	}
+	if sub != nil {
+		defer func() {
+			if !isParked {
+				sub.Close()
+			}
+		}()
+	}
+
 	w := c.Response()
 	setStreamHeaders(w.Header(), r)
-	if !t.cfg.NoPark && r.ProtoMajor == 1 {
+	if parkable {
 		// A parked stream's connection is closed when the stream ends
 		// (net/http cannot take it back): say so, or the client reuses
 		// it for its next request and that request fails.
@@ -365,28 +397,37 @@ func (t *Transport) stream(c echo.Context) error {
 	// which proxies log.
 	hello, _ := json.Marshal(map[string]any{"session": tok.SessionID, "credential": t.gw.SessionCredential(tok.SessionID), "post": t.path, "resumed": resumed})
 	writeEvent(buf, "session", []byte(tok.String()), hello)
+	if err != nil {
+		t.endStream(sw, tok, err)
+		return nil
+	}
 	if err := sw.flush(); err != nil {
 		return nil
 	}
+	if t.afterSessionEvent != nil {
+		t.afterSessionEvent()
+	}
 
 	lifetime := jitter(t.cfg.MaxLifetime, -0.1)
-	if !t.cfg.NoPark && r.ProtoMajor == 1 {
-		if isParked = t.park(w, opened, tok, lifetime); isParked {
+	if parkable {
+		if isParked = t.park(w, p, sub, lifetime); isParked {
 			// echo pools its contexts: this one must not keep net/http's
 			// response and the connection's buffers until reused.
 			c.Response().Writer = handback.HijackedWriter{}
 			return nil
 		}
+		// A writer that cannot be hijacked: this goroutine serves the
+		// stream, with a subscription of its own, which reads the session
+		// after it listens (the session is handed out already).
+		sub.Close()
+		if sub, err = t.gw.SubscribeOpened(ctx, gateway.Opened{Token: tok}, 0, nil); err != nil {
+			sub = nil
+			t.endStream(sw, tok, err)
+			return nil
+		}
 	}
-	// Not parked (HTTP/2, or a writer that cannot be hijacked): this
-	// goroutine serves the stream.
-	opened.Token = tok
-	sub, err := t.gw.SubscribeOpened(ctx, opened, 0, nil)
-	if err != nil {
-		t.endStream(sw, tok, err)
-		return nil
-	}
-	defer sub.Close()
+	// Not parked (HTTP/2, NoPark, or a writer that cannot be hijacked):
+	// this goroutine serves the stream.
 	deadline := time.Now().Add(lifetime)
 	// While the stores fail, the stream waits and retries, as a parked
 	// one does (see parked.storeFailed).

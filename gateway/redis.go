@@ -417,12 +417,6 @@ func (r *RedisStore) Load(ctx context.Context, id string) (*Session, error) {
 // Save implements SessionStore. One round trip: SET XX KEEPTTL (never
 // revives; the deadline and its TTL stay), and the socket index's TTL.
 func (r *RedisStore) Save(ctx context.Context, s *Session) error {
-	return r.save(ctx, s, nil)
-}
-
-// save is Save; with, if set, queues commands of the caller's after the
-// save's, in its pipeline.
-func (r *RedisStore) save(ctx context.Context, s *Session, with func(redis.Pipeliner)) error {
 	data, err := marshalJSON(s)
 	if err != nil {
 		return fmt.Errorf("redis: encode session: %w", err)
@@ -432,9 +426,6 @@ func (r *RedisStore) save(ctx context.Context, s *Session, with func(redis.Pipel
 	_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		set = p.SetXX(ctx, r.sessionKey(s.ID), data, redis.KeepTTL)
 		exp = p.PExpire(ctx, r.socketKey(s.SocketID()), socketTTL)
-		if with != nil {
-			with(p)
-		}
 		return nil
 	})
 	if err := set.Err(); err != nil {
@@ -443,13 +434,17 @@ func (r *RedisStore) save(ctx context.Context, s *Session, with func(redis.Pipel
 	if !set.Val() {
 		return ErrNoSession
 	}
-	if err := exp.Err(); err != nil {
-		// The session is saved: failing now would make the gateway drop
-		// the replies of a batch it has applied. Only the index's TTL
-		// missed one refresh.
-		r.log.Warn("redis: save session: refresh socket index", "session", LogSession(s.ID), "err", err)
-	}
+	r.warnSocketIndex(s.ID, exp)
 	return nil
+}
+
+// warnSocketIndex logs a failed refresh of a saved session's socket index.
+// The session is saved: failing now would make the gateway drop the replies
+// of a batch it has applied. Only the index's TTL missed one refresh.
+func (r *RedisStore) warnSocketIndex(id string, exp *redis.BoolCmd) {
+	if err := exp.Err(); err != nil {
+		r.log.Warn("redis: save session: refresh socket index", "session", LogSession(id), "err", err)
+	}
 }
 
 // Touch implements SessionStore. One round trip: GET the data, PEXPIRE it
@@ -637,31 +632,78 @@ func (l *redisLock) release() {
 	}
 }
 
+// saveUnlockScript saves a session (SET XX KEEPTTL) and releases its lock,
+// only if the lock still holds the caller's token: 1 saved, 0 the session
+// is gone (the lock is released all the same), -1 the lock is not the
+// caller's and nothing was written. go-redis sends a pipeline again when its
+// connection broke before the reply or the reply timed out, although Redis
+// may have run it: a second run must not write the session over what the
+// next holder of the lock saved meanwhile.
+var saveUnlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('DEL', KEYS[1])
+if redis.call('SET', KEYS[2], ARGV[2], 'XX', 'KEEPTTL') then return 1 end
+return 0
+`)
+
+// errLockLost is saveUnlock's error for a session whose lock was no longer
+// the caller's: its lock expired, or this is a second run of a save+unlock
+// that had been done.
+var errLockLost = errors.New("the session's lock was no longer held: not saved")
+
 // saveUnlock is Save, then the release of l, in one round trip (both keys
-// share the session's hash tag: one node runs them in order, so the save
-// is done under the lock). The lock is released even if the save fails;
-// l.unlock then does nothing. If l was released already, it is Save.
+// share the session's hash tag: one node runs saveUnlockScript on both),
+// writing only while l is held (see saveUnlockScript). The lock is released
+// even if the save fails; l.unlock then does nothing. If l was released
+// already, it is Save.
 func (r *RedisStore) saveUnlock(ctx context.Context, s *Session, l *redisLock) error {
 	release := false
 	l.once.Do(func() { release = true })
 	if !release {
 		return r.Save(ctx, s)
 	}
-	var unlock *redis.Cmd
-	err := r.save(ctx, s, func(p redis.Pipeliner) {
-		unlock = unlockScript.EvalSha(ctx, p, []string{l.key}, l.token)
-	})
-	if unlock == nil || unlock.Err() != nil {
-		// Nothing was sent (the session did not encode), the script was
-		// not in Redis's cache (which ran nothing), or the round trip
-		// failed, often because the save's context ran out on a slow
-		// Redis: release it on its own, with the unlock's own timeout, as
-		// unlock would, rather than leave the session's next requests
-		// waiting for the lock's TTL. The script frees only this lock,
-		// so running it twice is harmless.
+	data, err := marshalJSON(s)
+	if err != nil {
 		l.release()
+		return fmt.Errorf("redis: encode session: %w", err)
 	}
-	return err
+	keys := []string{l.key, r.sessionKey(s.ID)}
+	var saved *redis.Cmd
+	var exp *redis.BoolCmd
+	run := func(eval bool) {
+		_, _ = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			if eval {
+				saved = saveUnlockScript.Eval(ctx, p, keys, l.token, data)
+			} else {
+				saved = saveUnlockScript.EvalSha(ctx, p, keys, l.token, data)
+			}
+			exp = p.PExpire(ctx, r.socketKey(s.SocketID()), socketTTL)
+			return nil
+		})
+	}
+	run(false)
+	if isNoScript(saved.Err()) {
+		run(true)
+	}
+	n, err := saved.Int()
+	if err != nil {
+		// The round trip failed, often because the save's context ran
+		// out on a slow Redis: release the lock on its own, with the
+		// unlock's own timeout, as unlock would, rather than leave the
+		// session's next requests waiting for the lock's TTL. The unlock
+		// frees only this lock, so running it after the script is
+		// harmless.
+		l.release()
+		return fmt.Errorf("redis: save session %s: %w", s.ID, err)
+	}
+	switch n {
+	case 0:
+		return ErrNoSession
+	case -1:
+		return fmt.Errorf("redis: save session %s: %w", s.ID, errLockLost)
+	}
+	r.warnSocketIndex(s.ID, exp)
+	return nil
 }
 
 // lock takes a session's lock (see Lock) and, with load, reads the

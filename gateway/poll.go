@@ -107,7 +107,9 @@ const (
 //
 // chTopics are the session's channel topics, sorted, and logs their broker
 // topics (channelTopics): the caller keeps both with the session it loaded.
-func (g *Gateway) collect(ctx context.Context, s *Session, chTopics, logs []string, cur Cursor, mode readMode) (*Delivery, error) {
+// reqs is room for the read's requests, reused from call to call: it is
+// used if it has room for 1+len(chTopics) (a ReadMany keeps none of it).
+func (g *Gateway) collect(ctx context.Context, s *Session, chTopics, logs []string, cur Cursor, mode readMode, reqs []topics.ReadRequest) (*Delivery, error) {
 	readMailbox := mode != readWoken
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
@@ -123,7 +125,10 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics, logs []stri
 
 	// One read of the mailbox and every joined topic: one round trip with a
 	// remote broker.
-	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
+	if cap(reqs) < 1+len(chTopics) {
+		reqs = make([]topics.ReadRequest, 0, 1+len(chTopics))
+	}
+	reqs = reqs[:0]
 	if readMailbox {
 		reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit, Acked: mode == readFirst && cur.Mailbox > 0})
 	}

@@ -26,6 +26,9 @@ type Subscription struct {
 	// chTopics are s's channel topics, sorted, and chLogs their broker
 	// topics (channelTopics(s), in the same order).
 	chTopics, chLogs []string
+	// reqs is collect's room for its read requests (an allocation per
+	// delivery otherwise).
+	reqs []topics.ReadRequest
 	// timer times Next's waits; reused between them.
 	timer *time.Timer
 
@@ -355,7 +358,10 @@ func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, er
 		}
 		sub.setSession(s)
 	}
-	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.chLogs, sub.tok.Cursor, mode)
+	if cap(sub.reqs) < 1+len(sub.chTopics) {
+		sub.reqs = make([]topics.ReadRequest, 0, 1+len(sub.chTopics))
+	}
+	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.chLogs, sub.tok.Cursor, mode, sub.reqs)
 	if err != nil {
 		sub.stale = true // the mailbox may have been skipped: read it too
 		return nil, err

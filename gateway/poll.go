@@ -105,9 +105,11 @@ const (
 // channels' topics (as mode says), applies broadcast_from exclusions and
 // interceptors, and encodes it with the session's serializer.
 //
-// chTopics are the session's channel topics, sorted (the caller keeps them
-// with the session it loaded).
-func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cur Cursor, mode readMode) (*Delivery, error) {
+// chTopics are the session's channel topics, sorted, and logs their broker
+// topics (channelTopics): the caller keeps both with the session it loaded.
+// reqs is room for the read's requests, reused from call to call: it is
+// used if it has room for 1+len(chTopics) (a ReadMany keeps none of it).
+func (g *Gateway) collect(ctx context.Context, s *Session, chTopics, logs []string, cur Cursor, mode readMode, reqs []topics.ReadRequest) (*Delivery, error) {
 	readMailbox := mode != readWoken
 	ser, err := SerializerFor(s.Vsn)
 	if err != nil {
@@ -115,29 +117,28 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 	}
 	limit := g.cfg.MaxPollMessages
 	next := Cursor{Mailbox: cur.Mailbox, Slots: make(map[int]uint64, len(s.Channels))}
-	var out []timedFrame
-	emit := func(t int64, slot int, seq uint64, m *Message) {
-		b, err := ser.Encode(m)
-		if err != nil {
-			g.log.Error("encode frame", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "err", err)
-			return
-		}
-		out = append(out, timedFrame{t, b, slot, seq, frameKind(m)})
-	}
+	// Room for the usual delivery on the stack: out escapes nowhere (an
+	// interceptor's frames come back from intercept, not through a closure
+	// over out).
+	var room [4]timedFrame
+	out := room[:0]
 
 	// One read of the mailbox and every joined topic: one round trip with a
 	// remote broker.
-	reqs := make([]topics.ReadRequest, 0, 1+len(chTopics))
+	if cap(reqs) < 1+len(chTopics) {
+		reqs = make([]topics.ReadRequest, 0, 1+len(chTopics))
+	}
+	reqs = reqs[:0]
 	if readMailbox {
 		reqs = append(reqs, topics.ReadRequest{Topic: mailboxTopic(s.ID), After: cur.Mailbox, Limit: limit, Acked: mode == readFirst && cur.Mailbox > 0})
 	}
-	for _, t := range chTopics {
+	for i, t := range chTopics {
 		ch := s.Channels[t]
 		after := ch.Since
 		if c, ok := cur.Slots[ch.Slot]; ok && c > after {
 			after = c
 		}
-		reqs = append(reqs, topics.ReadRequest{Topic: channelTopic(t), After: after, Limit: limit, Recent: mode == readWoken})
+		reqs = append(reqs, topics.ReadRequest{Topic: logs[i], After: after, Limit: limit, Recent: mode == readWoken})
 	}
 	batches, err := g.cfg.Broker.ReadMany(ctx, reqs)
 	if err != nil {
@@ -163,7 +164,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 		if r.Topic == TopicPhoenix && (r.Event == EventClose || r.Event == eventSessionChanged) {
 			continue // wake-ups for subscriptions, not for the client
 		}
-		emit(r.Time, -1, rec.Seq, &r.Message)
+		out = g.emit(out, s, ser, r.Time, -1, rec.Seq, &r.Message)
 	}
 
 	truncated := limit > 0 && len(mb.Records) >= limit
@@ -177,18 +178,16 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 			// phoenix.js rejoins, rather than leave a silent gap.
 			g.log.Warn("client fell behind the retained history", "session", LogSession(s.ID), "topic", t)
 			g.cfg.Observer.Gap()
-			emit(time.Now().UnixNano(), ch.Slot, batch.Head, &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
+			out = g.emit(out, s, ser, time.Now().UnixNano(), ch.Slot, batch.Head, &Message{JoinRef: ch.JoinRef, Ref: ch.JoinRef, Topic: t, Event: EventError, Payload: json.RawMessage(`{"reason":"missed messages"}`)})
 			next.Slots[ch.Slot] = batch.Head
 			continue
 		}
 		// A Context and the owner string only where used: both were
 		// allocations per subscriber per broadcast.
-		var c *Context
 		var intercepts []string
 		h, _, _ := g.cfg.Router.Match(ch.Topic)
 		ic, _ := h.(Interceptor)
 		if ic != nil {
-			c = &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h}
 			intercepts = ic.Intercepts()
 		}
 		var own string
@@ -210,11 +209,7 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 				}
 			}
 			if ic != nil && slices.Contains(intercepts, r.Event) {
-				c.deliver = func(m *Message) { emit(r.Time, ch.Slot, rec.Seq, m) }
-				var err error
-				if g.protect(c, "handle_out", func() { err = ic.HandleOut(c, r.Event, r.Payload) }) || err != nil {
-					g.log.Error("handle_out failed", "session", LogSession(s.ID), "topic", t, "event", r.Event, "err", err)
-				}
+				out = append(out, g.intercept(ctx, s, ser, t, ch, h, ic, r, rec.Seq)...)
 				continue
 			}
 			f, err := cr.frame(ser, t)
@@ -257,6 +252,29 @@ func (g *Gateway) collect(ctx context.Context, s *Session, chTopics []string, cu
 		d.Tokens[len(out)-1] = d.Token
 	}
 	return d, nil
+}
+
+// emit appends m's frame, encoded with ser, to out.
+func (g *Gateway) emit(out []timedFrame, s *Session, ser Serializer, t int64, slot int, seq uint64, m *Message) []timedFrame {
+	b, err := ser.Encode(m)
+	if err != nil {
+		g.log.Error("encode frame", "session", LogSession(s.ID), "topic", m.Topic, "event", m.Event, "err", err)
+		return out
+	}
+	return append(out, timedFrame{t, b, slot, seq, frameKind(m)})
+}
+
+// intercept runs a channel's HandleOut on a record of topic it intercepts,
+// and returns the frames the handler pushed.
+func (g *Gateway) intercept(ctx context.Context, s *Session, ser Serializer, topic string, ch *ChannelState, h Handler, ic Interceptor, r *record, seq uint64) []timedFrame {
+	var out []timedFrame
+	c := &Context{ctx: ctx, gw: g, session: s, channel: ch, handler: h}
+	c.deliver = func(m *Message) { out = g.emit(out, s, ser, r.Time, ch.Slot, seq, m) }
+	var err error
+	if g.protect(c, "handle_out", func() { err = ic.HandleOut(c, r.Event, r.Payload) }) || err != nil {
+		g.log.Error("handle_out failed", "session", LogSession(s.ID), "topic", topic, "event", r.Event, "err", err)
+	}
+	return out
 }
 
 // mergeByTime orders frames by the time their records were made while

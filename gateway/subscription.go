@@ -23,8 +23,12 @@ type Subscription struct {
 	g   *Gateway
 	tok SessionToken
 	s   *Session
-	// chTopics are s's channel topics, sorted.
-	chTopics []string
+	// chTopics are s's channel topics, sorted, and chLogs their broker
+	// topics (channelTopics(s), in the same order).
+	chTopics, chLogs []string
+	// reqs is collect's room for its read requests (an allocation per
+	// delivery otherwise).
+	reqs []topics.ReadRequest
 	// timer times Next's waits; reused between them.
 	timer *time.Timer
 
@@ -203,6 +207,7 @@ func (sub *Subscription) setSession(s *Session) {
 	sub.s, sub.stale = s, false
 	sub.chTopics = slices.Sorted(maps.Keys(s.Channels))
 	want := channelTopics(s)
+	sub.chLogs = want
 	if sub.channels != nil && slices.Equal(want, sub.listened) {
 		return
 	}
@@ -353,7 +358,10 @@ func (sub *Subscription) read(ctx context.Context, mode readMode) (*Delivery, er
 		}
 		sub.setSession(s)
 	}
-	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.tok.Cursor, mode)
+	if cap(sub.reqs) < 1+len(sub.chTopics) {
+		sub.reqs = make([]topics.ReadRequest, 0, 1+len(sub.chTopics))
+	}
+	d, err := sub.g.collect(ctx, sub.s, sub.chTopics, sub.chLogs, sub.tok.Cursor, mode, sub.reqs)
 	if err != nil {
 		sub.stale = true // the mailbox may have been skipped: read it too
 		return nil, err

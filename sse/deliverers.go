@@ -27,6 +27,9 @@ type deliverer struct {
 	mu      sync.Mutex
 	queue   []*parked
 	running bool
+	// spare is the array the last run worked on, kept for the next run's
+	// first swap (else its first wake-up grows the queue from nothing).
+	spare []*parked
 }
 
 // shardsPerCPU is how many shards per GOMAXPROCS.
@@ -54,11 +57,15 @@ func (ds *deliverers) add(p *parked) {
 // run delivers the queued streams, in the order they were woken, until the
 // queue is empty.
 func (d *deliverer) run() {
-	var batch []*parked
+	d.mu.Lock()
+	batch := d.spare
+	d.spare = nil
+	d.mu.Unlock()
 	for {
 		d.mu.Lock()
 		if len(d.queue) == 0 {
 			d.running = false
+			d.spare = batch[:0]
 			d.mu.Unlock()
 			return
 		}

@@ -33,6 +33,11 @@ type parked struct {
 	// socket (then its writes block, and its deliveries run on goroutines
 	// of their own rather than hold up a deliverer).
 	raw syscall.RawConn
+	// rw is writeNow's state and rawWrite the function it hands raw.Write,
+	// made once per stream: a closure per write cost two or three
+	// allocations per delivery.
+	rw       rawWrite
+	rawWrite func(fd uintptr) bool
 	// shard is the deliverer the stream's deliveries run on.
 	shard uint32
 	sub   *gateway.Subscription
@@ -97,6 +102,7 @@ func (t *Transport) park(w http.ResponseWriter, p *parked, sub *gateway.Subscrip
 	p.conn, p.lastWrite, p.lastCheck = conn, now, now
 	if sc, ok := conn.(syscall.Conn); ok {
 		if p.raw, _ = sc.SyscallConn(); p.raw != nil {
+			p.rawWrite = p.rw.write
 			// A raw write fails once a write deadline has passed: none
 			// while the stream writes without waiting.
 			_ = conn.SetWriteDeadline(time.Time{})
@@ -417,14 +423,27 @@ func (p *parked) writeBlocking(b []byte) error {
 	return err
 }
 
-// writeNow writes what the socket takes of b at once, without waiting.
+// rawWrite is one non-blocking write's argument and results.
+type rawWrite struct {
+	b   []byte
+	n   int
+	err error
+}
+
+// write is the function raw.Write calls: one write(2), never waiting for
+// the socket to be writable.
+func (w *rawWrite) write(fd uintptr) bool {
+	w.n, w.err = syscall.Write(int(fd), w.b)
+	return true
+}
+
+// writeNow writes what the socket takes of b at once, without waiting. It
+// runs in the stream's task (p.rw is the task's).
 func (p *parked) writeNow(b []byte) (int, error) {
-	var n int
-	var werr error
-	err := p.raw.Write(func(fd uintptr) bool {
-		n, werr = syscall.Write(int(fd), b)
-		return true // never wait for the socket to be writable
-	})
+	p.rw = rawWrite{b: b}
+	err := p.raw.Write(p.rawWrite)
+	n, werr := p.rw.n, p.rw.err
+	p.rw = rawWrite{} // holds no buffer while the stream waits
 	switch {
 	case err != nil:
 		return 0, err

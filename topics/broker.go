@@ -91,6 +91,7 @@ type Broker interface {
 	Read(ctx context.Context, topic string, after uint64, limit int) (Batch, error)
 	// ReadMany performs several Reads, in one round trip where the broker
 	// is remote. Its batches are in the order of reqs.
+	// It keeps no reference to reqs after it returns: callers reuse it.
 	ReadMany(ctx context.Context, reqs []ReadRequest) ([]Batch, error)
 	// Head returns the Seq of the newest record of topic: the cursor from which
 	// a new reader receives everything published after this call.

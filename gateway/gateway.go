@@ -356,6 +356,13 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 	if !validSessionID(sessionID) {
 		return ErrNoSession
 	}
+	// A session over its rate is refused before its lock, so that a flood
+	// (from a holder of its credential) neither waits for the lock nor
+	// holds up the session's own requests behind it. This spends no token:
+	// the request that passes spends one below, after the user check.
+	if g.limiter.spent(sessionID, time.Now()) {
+		return ErrRateLimited
+	}
 	// The session is read under its lock, in the same round trip: the
 	// batch must see what an earlier request of the session saved. The
 	// checks below that refuse a request (another user's session, over

@@ -58,6 +58,20 @@ func (p *postLimiter) allow(sessionID string, now time.Time) bool {
 	return e.lim.AllowN(now, 1)
 }
 
+// spent reports whether a session the limiter already keeps state for has
+// no token now, without spending one: Handle asks before it takes the
+// session's lock. A session it does not know is never spent (it gets its
+// state, and its first token, once Handle has loaded it).
+func (p *postLimiter) spent(sessionID string, now time.Time) bool {
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.byID[sessionID]
+	return e != nil && e.lim.TokensAt(now) < 1
+}
+
 // forget drops the state of a session that ended.
 func (p *postLimiter) forget(sessionID string) {
 	if p == nil {

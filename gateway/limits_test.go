@@ -65,6 +65,27 @@ func TestPostRateLimit(t *testing.T) {
 	}
 }
 
+// TestRateLimitedBatchWaitsForNoLock: a session over its rate is refused
+// at once, even while another request holds its lock (before, it queued
+// for the lock and then failed on it: a flood held up the session's own
+// requests).
+func TestRateLimitedBatchWaitsForNoLock(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.PostRate, c.PostBurst = 0.001, 1 })
+	a := h.connect("1", "2.0.0")
+	ping := [][]byte{[]byte(`[null,"1","phoenix","heartbeat",{}]`)}
+	if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); err != nil {
+		t.Fatalf("request within the burst: %v", err)
+	}
+	unlock, err := h.store.Lock(context.Background(), a.tok.SessionID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := h.gw.Handle(context.Background(), a.tok.SessionID, ping); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("request over the rate while the lock is held: %v, want ErrRateLimited", err)
+	}
+}
+
 // TestPostLimiterRefills: a spent bucket gives a token back after 1/rate,
 // on the limiter's own clock.
 func TestPostLimiterRefills(t *testing.T) {

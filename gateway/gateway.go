@@ -415,16 +415,17 @@ func (g *Gateway) Handle(ctx context.Context, sessionID string, frames [][]byte)
 // session and releases the lock in one round trip (unlock then does
 // nothing); else it is nil.
 func (g *Gateway) lockLoad(ctx context.Context, id string) (unlock func(), saveUnlock func(context.Context, *Session) error, s *Session, err error) {
-	rs, ok := g.cfg.Sessions.(*RedisStore)
-	if !ok {
-		unlock, s, err = g.cfg.Sessions.LockLoad(ctx, id)
-		return unlock, nil, s, err
+	if ls, ok := g.cfg.Sessions.(lockSaver); ok {
+		return ls.lockLoadSave(ctx, id)
 	}
-	l, s, err := rs.lockLoad(ctx, id)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return l.unlock, func(ctx context.Context, s *Session) error { return rs.saveUnlock(ctx, s, l) }, s, nil
+	unlock, s, err = g.cfg.Sessions.LockLoad(ctx, id)
+	return unlock, nil, s, err
+}
+
+// lockSaver is a SessionStore whose LockLoad can also hand out a save that
+// releases the lock in the same round trip (RedisStore).
+type lockSaver interface {
+	lockLoadSave(ctx context.Context, id string) (unlock func(), saveUnlock func(context.Context, *Session) error, s *Session, err error)
 }
 
 // decodeBatch decodes a batch of frames, refusing it whole (a *BatchError)

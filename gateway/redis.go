@@ -651,6 +651,16 @@ return 0
 // that had been done.
 var errLockLost = errors.New("the session's lock was no longer held: not saved")
 
+// lockLoadSave is LockLoad, with a save that also releases the lock (see
+// saveUnlock): the gateway's lockSaver.
+func (r *RedisStore) lockLoadSave(ctx context.Context, id string) (func(), func(context.Context, *Session) error, *Session, error) {
+	l, s, err := r.lockLoad(ctx, id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return l.unlock, func(ctx context.Context, s *Session) error { return r.saveUnlock(ctx, s, l) }, s, nil
+}
+
 // saveUnlock is Save, then the release of l, in one round trip (both keys
 // share the session's hash tag: one node runs saveUnlockScript on both),
 // writing only while l is held (see saveUnlockScript). The lock is released
